@@ -1,0 +1,239 @@
+"""The public Python API: :func:`finetune`, :func:`evaluate`, :func:`load`.
+
+The CLI is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import datasets
+from accelerate.utils import set_seed
+
+from deltatune.config import RunConfig, build_config
+from deltatune.data import load_table, train_validation_split
+from deltatune.errors import DeltatuneError
+from deltatune.metrics import format_table
+from deltatune.models import resolve_model
+from deltatune.models.loading import dropout_overrides, load_tokenizer, quiet_transformers
+from deltatune.rundir import RunDir
+from deltatune.serving.predictor import Predictor, load
+from deltatune.tasks import Task, create_task
+from deltatune.training import Trainer, TrainResult
+from deltatune.training.checkpoint import replace_dir_atomically
+from deltatune.training.weights import load_model_weights
+
+datasets.disable_progress_bars()
+
+
+@dataclass
+class Run:
+    """The outcome of :func:`finetune`.
+
+    Attributes:
+        path: the run directory.
+        config: the resolved config.
+        metrics: final metrics per split (``{"validation": {...}, "test": {...}}``), as in eval.json.
+        result: training summary (steps, time, throughput, peak memory, best step).
+    """
+
+    path: Path
+    config: RunConfig
+    metrics: dict[str, Any] = field(default_factory=dict)
+    result: Optional[TrainResult] = None
+
+    def predictor(self) -> Predictor:
+        """A :class:`Predictor` over this run's model."""
+        return load(self.path)
+
+
+def _read_split(ref: str, task: Task, cfg: RunConfig, with_labels: bool = True) -> datasets.Dataset:
+    ds = load_table(ref, split="validation", config_name=cfg.data.dataset_config_name)
+    task.check(ds, ref, with_labels=with_labels)
+    if cfg.data.max_eval_samples:
+        ds = ds.select(range(min(cfg.data.max_eval_samples, len(ds))))
+    return ds
+
+
+def _check_resume_config(cfg: RunConfig, run_dir: RunDir) -> None:
+    saved = build_config(run_dir.config)
+    a, b = _flatten(saved.to_dict()), _flatten(cfg.to_dict())
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        k = diff[0]
+        raise DeltatuneError(
+            f"cannot resume {run_dir.root}: the config differs from its config.yaml at {', '.join(diff[:5])} "
+            f"({k}: {a.get(k)!r} there, {b.get(k)!r} now); resume with the run's own config"
+        )
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def finetune(
+    config: str | Path | dict[str, Any] | RunConfig | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: tuple[Callable, ...] = (),
+    verbose: bool = True,
+) -> Run:
+    """Fine-tune a pretrained model as ``config`` says and evaluate it.
+
+    Args:
+        config: a YAML path, a dict or a :class:`RunConfig`; with ``resume=True`` it may also be
+            the run directory itself.
+        overrides: dotted ``key=value`` strings or a dict (``{"train.learning_rate": 1e-4}``).
+        overwrite: replace an existing run directory.
+        resume: continue the run in ``output_dir`` from its newest checkpoint.
+        callbacks: passed to :class:`deltatune.training.Trainer`.
+        verbose: print the evaluation table.
+
+    Returns:
+        :class:`Run` with the run directory, resolved config and final metrics. An interrupted
+        run (Ctrl-C) returns with ``result.interrupted`` true and a checkpoint to resume from.
+
+    Raises:
+        DeltatuneError: any input problem (config, data, model, run directory), before anything
+            is written.
+    """
+    if resume and isinstance(config, (str, Path)) and Path(config).is_dir():
+        config = Path(config) / "config.yaml"
+    cfg = build_config(config, overrides)
+    run_dir = RunDir(cfg.output_dir)
+    if resume:
+        run_dir.prepare(overwrite=False, resume=True)
+        _check_resume_config(cfg, run_dir)
+    elif run_dir.exists() and not overwrite:
+        run_dir.prepare(overwrite=False, resume=False)  # raises with the remedy
+
+    d = cfg.data
+    if not d.train_file:
+        raise DeltatuneError("no training data: set data.train_file in the config or pass --train FILE")
+    train = load_table(d.train_file, split="train", config_name=d.dataset_config_name)
+    if d.max_train_samples:
+        train = train.select(range(min(d.max_train_samples, len(train))))
+    task = create_task(cfg)
+    task.fit(train, d.train_file)
+    if d.validation_file:
+        validation = _read_split(d.validation_file, task, cfg)
+    else:
+        if len(train) < 2:
+            raise DeltatuneError(f"{d.train_file}: needs at least 2 rows to carve out a validation split")
+        train, validation = train_validation_split(train, d.validation_split, cfg.seed, task.stratify_keys(train))
+        if cfg.data.max_eval_samples:
+            validation = validation.select(range(min(cfg.data.max_eval_samples, len(validation))))
+    test = _read_split(d.test_file, task, cfg) if d.test_file else None
+
+    model_path = resolve_model(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    task.set_tokenizer(tokenizer)
+    train_f = task.encode(train, tokenizer)
+    val_f = task.encode(validation, tokenizer)
+    test_f = task.encode(test, tokenizer) if test is not None else None
+    extra = dropout_overrides(model_path, cfg.model.dropout, cfg.model.trust_remote_code)
+
+    set_seed(cfg.seed)
+    model = task.build_model(model_path, extra)
+
+    # everything the user gave has been read and checked: only now touch the run directory
+    run_dir.prepare(overwrite=overwrite, resume=resume)
+    if not resume:
+        cfg.save(run_dir.config)
+
+    def save_model(folder: Path) -> None:
+        def write(tmp: Path) -> None:
+            with quiet_transformers():
+                trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+
+        replace_dir_atomically(write, folder)
+
+    trainer = Trainer(model, task, train_f, val_f, cfg, run_dir, save_model, callbacks)
+    if verbose:
+        print(_summary(cfg, model, len(train_f), len(val_f), trainer), flush=True)
+    result = trainer.train(resume=resume)
+    run = Run(run_dir.root, cfg, result=result)
+    if result.interrupted:
+        if verbose:
+            print(f"interrupted at step {result.global_step}; continue with: deltatune train --resume {run_dir.root}")
+        return run
+
+    if result.best_step is not None and result.best_step != result.global_step:
+        load_model_weights(trainer.accelerator.unwrap_model(trainer.model), run_dir.model)
+    metrics: dict[str, Any] = {"validation": trainer.evaluate(val_f)}
+    if test_f is not None:
+        metrics["test"] = trainer.evaluate(test_f)
+    metrics["train"] = {
+        "global_step": result.global_step,
+        "best_step": result.best_step,
+        "train_seconds": round(result.train_seconds, 2),
+        "examples_per_second": round(result.examples_per_second, 2),
+        "peak_rss_mib": round(result.peak_rss_mib, 1),
+        "early_stopped": result.early_stopped,
+    }
+    if trainer.is_main:
+        run_dir.eval.write_text(json.dumps(metrics, indent=2))
+        if verbose:
+            for split in ("validation", "test"):
+                if split in metrics:
+                    print(format_table(metrics[split], f"{split} metrics"))
+            t = metrics["train"]
+            print(
+                f"trained {t['global_step']} steps in {t['train_seconds']:.1f} s ({t['examples_per_second']:.1f} examples/s), "
+                f"peak RSS {t['peak_rss_mib'] / 1024:.2f} GiB; model in {run_dir.model}"
+            )
+    run.metrics = metrics
+    return run
+
+
+def _summary(cfg: RunConfig, model, n_train: int, n_val: int, trainer: Trainer) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (
+        f"deltatune: {cfg.task} | model {cfg.model.name_or_path} | {trainable / 1e6:.1f}M of {total / 1e6:.1f}M "
+        f"parameters trainable | {n_train} train / {n_val} validation examples | {trainer.total_steps} steps "
+        f"(batch {trainer.global_batch} x accumulation {cfg.train.gradient_accumulation_steps}) | "
+        f"device {trainer.accelerator.device}, precision {trainer.accelerator.mixed_precision} | run {cfg.output_dir}"
+    )
+
+
+def evaluate(run: str | Path, data: str, output: str | Path | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Evaluate a trained run on a labelled data file with the task's metrics.
+
+    Args:
+        run: the run directory.
+        data: a labelled data file with the run's column names.
+        output: optional path of a JSON file to write the metrics to.
+        batch_size: examples per forward pass (default: the run's eval batch size).
+
+    Returns:
+        The metrics dict (same keys as eval.json's splits).
+
+    Raises:
+        DeltatuneError: not a run directory, bad data, labels unknown to the model.
+    """
+    predictor = load(run)
+    ds = load_table(data, split="test", config_name=predictor.config.data.dataset_config_name)
+    predictor.task.check(ds, data, with_labels=True)
+    outputs = predictor.outputs(ds, batch_size=batch_size)
+    metrics = predictor.task.compute_metrics(outputs)
+    if output is not None:
+        out = Path(output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+__all__ = ["Predictor", "Run", "evaluate", "finetune", "load"]

@@ -1,0 +1,154 @@
+"""Command line: ``deltatune train | evaluate | predict``. Thin: parse, call :mod:`deltatune.api`, print.
+
+Every :class:`DeltatuneError` is printed as one line ``error: ...`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from deltatune.errors import DeltatuneError
+
+# flag -> dotted config key, for the settings people change most
+FLAG_KEYS: dict[str, tuple[str, Any]] = {
+    "task": ("task", str),
+    "model": ("model.name_or_path", str),
+    "train": ("data.train_file", str),
+    "validation": ("data.validation_file", str),
+    "test": ("data.test_file", str),
+    "text_column": ("data.text_column", str),
+    "text_pair_column": ("data.text_pair_column", str),
+    "label_column": ("data.label_column", str),
+    "max_train_samples": ("data.max_train_samples", int),
+    "max_seq_length": ("data.max_seq_length", int),
+    "output_dir": ("output_dir", str),
+    "name": ("name", str),
+    "seed": ("seed", int),
+    "epochs": ("train.num_train_epochs", float),
+    "max_steps": ("train.max_steps", int),
+    "learning_rate": ("train.learning_rate", float),
+    "batch_size": ("train.per_device_train_batch_size", int),
+    "gradient_accumulation_steps": ("train.gradient_accumulation_steps", int),
+    "weight_decay": ("train.weight_decay", float),
+    "mixed_precision": ("train.mixed_precision", str),
+}
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a model (config file and/or flags)", description="Fine-tune and evaluate.")
+    p.add_argument("config", nargs="?", help="YAML config file (or, with --resume, the run directory)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as train.learning_rate=1e-4")
+    for flag, (key, typ) in FLAG_KEYS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, default=None, help=f"sets {key}")
+    p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="any config key")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deltatune", description="Fine-tune pretrained transformers.")
+    parser.add_argument("--version", action="store_true", help="print the version")
+    sub = parser.add_subparsers(dest="command")
+    _train_parser(sub)
+    e = sub.add_parser("evaluate", help="evaluate a trained run on labelled data")
+    e.add_argument("run", help="run directory")
+    e.add_argument("--data", required=True, help="labelled data file")
+    e.add_argument("--output", help="write metrics JSON here")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument("--batch-size", type=int, default=None)
+    pr = sub.add_parser("predict", help="predict with a trained run")
+    pr.add_argument("run", help="run directory")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="data file with the run's text column")
+    src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    pr.add_argument("--output", help="CSV/TSV/JSONL file to write (default: print JSONL)")
+    pr.add_argument("--batch-size", type=int, default=None)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    for flag, (key, _) in FLAG_KEYS.items():
+        v = getattr(args, flag)
+        if v is not None:
+            out.append(f"{key}={json.dumps(v) if isinstance(v, str) else v}")
+    out += list(args.set_) + list(args.overrides)
+    if args.quiet:
+        out.append("train.progress_bar=false")
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from deltatune.api import finetune
+
+    config = args.config
+    if config and "=" in config and not os.path.exists(config):
+        args.overrides.insert(0, config)  # `deltatune train key=value` without a file
+        config = None
+    run = finetune(config, _overrides(args), overwrite=args.overwrite, resume=args.resume)
+    return 130 if run.result and run.result.interrupted else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from deltatune.api import evaluate
+    from deltatune.metrics import format_table
+
+    metrics = evaluate(args.run, args.data, args.output, args.batch_size)
+    print(json.dumps(metrics, indent=2) if args.json else format_table(metrics, f"metrics on {args.data}"))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import datasets
+
+    from deltatune.data import load_table
+    from deltatune.serving import load, write_predictions
+
+    predictor = load(args.run)
+    if args.input:
+        ds = load_table(args.input)
+        source = args.input
+    else:
+        ds = datasets.Dataset.from_dict({predictor.config.data.text_column: args.text})
+        source = "--text"
+    records = predictor.predict_rows(ds, source, batch_size=args.batch_size)
+    inputs = ds.to_list()
+    if args.output:
+        write_predictions(records, inputs, args.output)
+        print(f"wrote {len(records)} predictions to {args.output}")
+    else:
+        for inp, rec in zip(inputs, records):
+            print(json.dumps({**inp, **rec}, ensure_ascii=False, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``deltatune`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from deltatune import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+    try:
+        return handlers[args.command](args)
+    except DeltatuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Run configuration: pydantic models, YAML loading and ``key=value`` overrides.
+
+A run is fully described by one :class:`RunConfig`. It is read from YAML, overridden from the
+command line with dotted keys (``train.learning_rate=1e-4``), validated (unknown keys and
+wrong types are errors naming the key) and written back, resolved, to ``<run>/config.yaml`` so
+that the run can be reproduced from that file and its seed alone.
+
+Field names follow Hugging Face ``TrainingArguments`` where one exists (learning_rate,
+warmup_ratio, weight_decay, per_device_train_batch_size, gradient_accumulation_steps,
+max_grad_norm, metric_for_best_model, ...), so users can carry their settings over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deltatune.errors import DeltatuneError
+
+TASKS = ("text-classification",)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which pretrained model to start from and how to load it.
+
+    ``name_or_path`` is a local model folder, a Hugging Face hub id (needs network), or a
+    packaged default name (``minilm``). ``dropout`` overrides every dropout probability in the
+    model config (hidden, attention, classifier) when set; ``None`` keeps the model's own.
+    """
+
+    name_or_path: str = "minilm"
+    revision: Optional[str] = None
+    dropout: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
+    trust_remote_code: bool = False
+
+
+class DataConfig(_Section):
+    """Where the rows come from and which columns hold what.
+
+    Files may be CSV, TSV, JSON, JSONL or Parquet (by extension) or a hub dataset name.
+    ``validation_split`` is the fraction carved out of the training rows (stratified by label,
+    seeded) when no ``validation_file`` is given. ``label_separator`` splits a string label
+    into several labels for multi-label data stored in CSV (``"sports;politics"``).
+    """
+
+    train_file: Optional[str] = None
+    validation_file: Optional[str] = None
+    test_file: Optional[str] = None
+    dataset_config_name: Optional[str] = None
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    multi_label: Optional[bool] = None
+    label_separator: Optional[str] = None
+    validation_split: float = Field(default=0.1, gt=0.0, lt=1.0)
+    max_train_samples: Optional[int] = Field(default=None, gt=0)
+    max_eval_samples: Optional[int] = Field(default=None, gt=0)
+    max_seq_length: int = Field(default=128, gt=1)
+
+
+class TrainConfig(_Section):
+    """Optimisation and the training loop.
+
+    Units: ``learning_rate`` is the peak rate after warmup; ``warmup_ratio`` is a fraction of
+    the total optimizer steps (``warmup_steps`` wins when set); ``weight_decay`` is the
+    decoupled (AdamW) or L2 (SGD) coefficient, never applied to biases or normalization
+    weights; ``l1_lambda`` multiplies sum(|w|) over the same weights; batch sizes are in
+    examples per process per forward pass.
+    """
+
+    num_train_epochs: float = Field(default=1.0, gt=0)
+    max_steps: Optional[int] = Field(default=None, gt=0)
+    per_device_train_batch_size: int = Field(default=32, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    adam_beta1: float = Field(default=0.9, ge=0, lt=1)
+    adam_beta2: float = Field(default=0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(default=1e-8, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    l1_lambda: float = Field(default=0.0, ge=0)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    warmup_steps: Optional[int] = Field(default=None, ge=0)
+    max_grad_norm: Optional[float] = Field(default=1.0, gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    group_by_length: bool = True
+    logging_steps: int = Field(default=20, gt=0)
+    save_steps: Optional[int] = Field(default=None, gt=0)
+    save_total_limit: int = Field(default=2, ge=1)
+    progress_bar: bool = True
+
+
+class EvalConfig(_Section):
+    """When to evaluate, which metric decides the best model, and early stopping.
+
+    ``eval_strategy``: ``epoch`` evaluates at each epoch end, ``steps`` every ``eval_steps``
+    optimizer steps, ``no`` only once after training. ``metric_for_best_model`` defaults to
+    the task's main metric (``accuracy`` for classification). ``early_stopping_patience`` is
+    the number of evaluations without an improvement larger than
+    ``early_stopping_threshold`` after which training stops (``None`` disables it).
+    """
+
+    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    eval_steps: Optional[int] = Field(default=None, gt=0)
+    per_device_eval_batch_size: int = Field(default=64, gt=0)
+    metric_for_best_model: Optional[str] = None
+    greater_is_better: Optional[bool] = None
+    early_stopping_patience: Optional[int] = Field(default=None, gt=0)
+    early_stopping_threshold: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _steps_need_eval_steps(self) -> "EvalConfig":
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise ValueError("eval_strategy 'steps' needs eval.eval_steps")
+        return self
+
+
+class DeltaConfig(_Section):
+    """What is trained and what is stored (Δθ methods grow here; ``full`` trains everything)."""
+
+    method: Literal["full"] = "full"
+
+
+class RunConfig(_Section):
+    """The whole run: task, model, data, training, evaluation, and where results go.
+
+    ``output_dir`` defaults to ``runs/<name>``; ``name`` defaults to the task name.
+    """
+
+    task: Literal[TASKS] = "text-classification"  # type: ignore[valid-type]
+    name: Optional[str] = None
+    output_dir: Optional[str] = None
+    seed: int = 42
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    delta: DeltaConfig = Field(default_factory=DeltaConfig)
+
+    @model_validator(mode="after")
+    def _fill_names(self) -> "RunConfig":
+        if self.name is None:
+            object.__setattr__(self, "name", self.task)
+        if self.output_dir is None:
+            object.__setattr__(self, "output_dir", str(Path("runs") / str(self.name)))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/YAML-safe) of every field, defaults included."""
+        return self.model_dump(mode="json")
+
+    def save(self, path: str | Path) -> None:
+        """Write the resolved config as YAML to ``path``."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        parent = _section_fields(first["loc"][:-1])
+        known = f" (known keys: {', '.join(parent)})" if parent else ""
+        msg = f"unknown key '{key}'{known}"
+    else:
+        got = first.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        msg = f"'{key}': {first['msg']}{got_s}"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"config error in {source}: {msg}{more}"
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"train.learning_rate=1e-4"`` into (["train", "learning_rate"], 1e-4).
+
+    The value is parsed as YAML, so numbers, booleans, ``null`` and lists work.
+
+    Raises:
+        DeltatuneError: when there is no ``=`` or the key is empty.
+    """
+    if "=" not in text:
+        raise DeltatuneError(f"override '{text}' is not of the form key=value (e.g. train.learning_rate=1e-4)")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise DeltatuneError(f"override '{text}' has an empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    # keep strings that YAML would turn into dates etc. as plain text
+    if not isinstance(parsed, (str, int, float, bool, list, dict, type(None))):
+        parsed = value
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            pass
+    return parts, parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of nested ``data`` with dotted overrides applied.
+
+    ``overrides`` is a list of ``key=value`` strings or a dict of dotted key -> value.
+    """
+    out = _deep_copy(data)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        parts = key.split(".") if isinstance(key, str) else key
+        node = out
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``.
+
+    Raises:
+        DeltatuneError: file missing, unreadable, not YAML, or not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DeltatuneError(f"config file not found: {p} (give a YAML file, or use flags such as --train)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise DeltatuneError(f"config file {p}{line} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise DeltatuneError(f"config file {p} must hold a mapping of keys (task:, model:, data:, ...), not a {type(data).__name__}")
+    return data
+
+
+def build_config(
+    source: str | Path | dict[str, Any] | RunConfig | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a YAML path, a dict or a config, plus overrides.
+
+    Raises:
+        DeltatuneError: unknown keys or wrong types, naming the dotted key.
+    """
+    if isinstance(source, RunConfig):
+        data, where = source.to_dict(), "config"
+    elif isinstance(source, (str, Path)):
+        data, where = read_yaml(source), str(source)
+    else:
+        data, where = dict(source or {}), "config"
+    if overrides:
+        data = apply_overrides(data, overrides)
+        where = f"{where} + overrides" if where != "config" else "config overrides"
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise DeltatuneError(_format_validation_error(e, where)) from None

@@ -1,0 +1,50 @@
+"""Checks that the columns a task needs exist and hold usable values."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import datasets
+
+from deltatune.errors import DeltatuneError
+
+
+def require_columns(ds: datasets.Dataset, columns: Iterable[str | None], source: str, config_key: str = "data") -> None:
+    """Raise if any of ``columns`` (``None`` entries are skipped) is missing from ``ds``.
+
+    Raises:
+        DeltatuneError: naming the missing column, the file, and the columns that exist.
+    """
+    for col in columns:
+        if col is not None and col not in ds.column_names:
+            raise DeltatuneError(
+                f"{source}: no column '{col}'; columns are {', '.join(map(repr, ds.column_names))} "
+                f"(set the column name in {config_key}.*_column, e.g. --text-column)"
+            )
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN and empty/whitespace-only strings."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    if isinstance(value, str) and not value.strip():
+        return True
+    return False
+
+
+def check_text_column(values: list, column: str, source: str) -> None:
+    """Raise on the first row whose text is missing or empty (rows are numbered from 1).
+
+    Raises:
+        DeltatuneError: all values missing, or the first missing row, with its number.
+    """
+    missing = [i for i, v in enumerate(values) if is_missing(v)]
+    if len(missing) == len(values):
+        raise DeltatuneError(f"{source}: column '{column}' is empty in every row; point data.text_column at the text")
+    if missing:
+        raise DeltatuneError(
+            f"{source}: row {missing[0] + 1} has an empty '{column}' ({len(missing)} such rows); remove or fill them"
+        )

@@ -1,0 +1,161 @@
+"""Read a table of rows from a local file or a hub dataset into a ``datasets.Dataset``.
+
+Formats by extension: ``.csv``, ``.tsv``/``.tab`` (tab separated, no quoting, as GLUE ships
+them), ``.json``/``.jsonl``/``.ndjson`` (JSON Lines or one JSON array), ``.parquet``/``.pq``.
+Anything that is not an existing path is treated as a hub dataset name (needs network).
+
+Before parsing, text files are checked to be UTF-8 so that a bad byte is reported with its
+line number instead of a parser traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import datasets
+
+from deltatune.errors import DeltatuneError
+
+_TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".txt": "text"}
+_BINARY_FORMATS = {".parquet": "parquet", ".pq": "parquet"}
+SUPPORTED = ", ".join(sorted(set(_TEXT_FORMATS) | set(_BINARY_FORMATS)))
+
+
+def _check_utf8(path: Path) -> None:
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DeltatuneError(
+            f"{path}: line {line} is not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
+            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _looks_like_path(ref: str) -> bool:
+    return (
+        ref.startswith((".", "/", "~"))
+        or os.sep in ref and Path(ref).suffix.lower() in (set(_TEXT_FORMATS) | set(_BINARY_FORMATS))
+        or Path(ref).suffix.lower() in (set(_TEXT_FORMATS) | set(_BINARY_FORMATS))
+    )
+
+
+def load_table(ref: str, split: str = "train", config_name: str | None = None) -> datasets.Dataset:
+    """Load rows from ``ref`` (a local file, or a hub dataset name) as a ``datasets.Dataset``.
+
+    Args:
+        ref: path to a CSV/TSV/JSON/JSONL/Parquet/text file, or a hub dataset id.
+        split: the split to take from a hub dataset (ignored for files).
+        config_name: the hub dataset's configuration name, if it has several.
+
+    Returns:
+        A ``datasets.Dataset`` with one row per record (text files: one row per line, column
+        ``text``).
+
+    Raises:
+        DeltatuneError: missing file, unsupported extension, invalid UTF-8 (with line number),
+            a file that does not parse, an empty file, or an unreachable hub dataset.
+    """
+    path = Path(ref).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise DeltatuneError(f"{path} is a folder; give a data file ({SUPPORTED})")
+        return _load_file(path)
+    if _looks_like_path(ref):
+        raise DeltatuneError(f"data file not found: {path} (check the path; relative paths start from {Path.cwd()})")
+    return _load_hub(ref, split, config_name)
+
+
+def _load_file(path: Path) -> datasets.Dataset:
+    ext = path.suffix.lower()
+    fmt = _TEXT_FORMATS.get(ext) or _BINARY_FORMATS.get(ext)
+    if fmt is None:
+        raise DeltatuneError(f"{path}: unsupported file type '{ext or '(none)'}'; use one of {SUPPORTED}")
+    if path.stat().st_size == 0:
+        raise DeltatuneError(f"{path} is empty; it needs a header row and at least one data row")
+    if fmt != "parquet":
+        _check_utf8(path)
+    try:
+        if fmt == "csv":
+            ds = datasets.Dataset.from_pandas(_read_csv(path, sep=","), preserve_index=False)
+        elif fmt == "tsv":
+            ds = datasets.Dataset.from_pandas(_read_csv(path, sep="\t", quoting=csv.QUOTE_NONE), preserve_index=False)
+        elif fmt == "json":
+            ds = datasets.Dataset.from_list(_read_json_rows(path))
+        elif fmt == "parquet":
+            ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+        else:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            ds = datasets.Dataset.from_dict({"text": lines})
+    except DeltatuneError:
+        raise
+    except Exception as e:  # parser errors from pandas/pyarrow: report them in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeltatuneError(f"{path}: could not be read as {fmt.upper()}: {first}") from None
+    if len(ds) == 0:
+        raise DeltatuneError(f"{path} has no data rows")
+    return ds
+
+
+def _read_csv(path: Path, **kw):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, encoding="utf-8", keep_default_na=True, **kw)
+    except pd.errors.EmptyDataError:
+        raise DeltatuneError(f"{path} is empty; it needs a header row and at least one data row") from None
+
+
+def _read_json_rows(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DeltatuneError(f"{path}: line {e.lineno} is not valid JSON: {e.msg}") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise DeltatuneError(f"{path}: a JSON array must hold objects (one per row)")
+        return rows
+    if stripped.startswith("{") and path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None  # fall through to JSON Lines
+        if isinstance(obj, dict):
+            # {"data": [...]} or {"col": [...], ...}
+            if isinstance(obj.get("data"), list) and all(isinstance(r, dict) for r in obj["data"]):
+                return obj["data"]
+            if obj and all(isinstance(v, list) for v in obj.values()):
+                n = {len(v) for v in obj.values()}
+                if len(n) == 1:
+                    keys = list(obj)
+                    return [dict(zip(keys, vals)) for vals in zip(*obj.values())]
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DeltatuneError(f"{path}: line {i} is not valid JSON ({e.msg}); JSON Lines needs one object per line") from None
+        if not isinstance(row, dict):
+            raise DeltatuneError(f"{path}: line {i} is a {type(row).__name__}, expected a JSON object per line")
+        rows.append(row)
+    return rows
+
+
+def _load_hub(name: str, split: str, config_name: str | None) -> datasets.Dataset:
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise DeltatuneError(
+            f"'{name}' is not a local file and the hub is offline (HF_HUB_OFFLINE=1); give a path to a data file"
+        )
+    try:
+        return datasets.load_dataset(name, config_name, split=split)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeltatuneError(f"'{name}' is neither a local file nor a loadable hub dataset: {first}") from None

@@ -1,0 +1,42 @@
+"""Carve a validation split out of the training rows when none is given."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Hashable, Sequence
+
+import datasets
+from sklearn.model_selection import train_test_split
+
+
+def train_validation_split(
+    ds: datasets.Dataset,
+    fraction: float,
+    seed: int,
+    stratify_by: Sequence[Hashable] | None = None,
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split ``ds`` into (train, validation) with ``fraction`` of the rows in validation.
+
+    Stratified by ``stratify_by`` (one hashable key per row, e.g. the label) when every class
+    has at least two rows, so both parts keep the label proportions; otherwise a plain seeded
+    shuffle split. Deterministic for a given ``seed``.
+
+    Args:
+        ds: the rows to split (at least 2).
+        fraction: share of rows for validation, 0 < fraction < 1; at least one row each side.
+        seed: random seed of the shuffle.
+        stratify_by: optional per-row class keys, ``len(stratify_by) == len(ds)``.
+
+    Returns:
+        (train, validation) datasets; row order inside each is the shuffled order.
+    """
+    n = len(ds)
+    n_val = min(max(1, round(n * fraction)), n - 1)
+    idx = list(range(n))
+    strat = list(stratify_by) if stratify_by is not None else None
+    if strat is not None:
+        counts = Counter(strat)
+        if min(counts.values()) < 2 or n_val < len(counts) or n - n_val < len(counts):
+            strat = None
+    train_idx, val_idx = train_test_split(idx, test_size=n_val, random_state=seed, shuffle=True, stratify=strat)
+    return ds.select(train_idx), ds.select(val_idx)

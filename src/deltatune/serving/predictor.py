@@ -1,0 +1,125 @@
+"""Predictions from a trained run: :func:`load` returns a :class:`Predictor`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import datasets
+import numpy as np
+import torch
+
+from deltatune.config import RunConfig, build_config
+from deltatune.errors import DeltatuneError
+from deltatune.models.loading import load_config, load_tokenizer
+from deltatune.rundir import RunDir
+from deltatune.tasks import Task, get_task_class
+from deltatune.training.inference import batched_outputs, merge_outputs
+
+
+class Predictor:
+    """A trained model with its task, ready to predict.
+
+    Attributes:
+        config: the run's resolved config.
+        task: the fitted task (label map restored from the saved model config).
+        model: the model in eval mode, on ``device``.
+        tokenizer: the run's tokenizer.
+    """
+
+    def __init__(self, config: RunConfig, task: Task, model: torch.nn.Module, tokenizer, device: str | torch.device):
+        self.config, self.task, self.model, self.tokenizer, self.device = config, task, model, tokenizer, torch.device(device)
+
+    def outputs(self, ds: datasets.Dataset, with_labels: bool = True, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Raw :meth:`Task.eval_step` outputs for every row of ``ds``, in row order."""
+        features = self.task.encode(ds, self.tokenizer, with_labels=with_labels)
+        bs = batch_size or self.config.eval.per_device_eval_batch_size
+        return merge_outputs(batched_outputs(self.model, self.task, features, bs, self.device), len(features))
+
+    def predict_rows(self, ds: datasets.Dataset, source: str = "input", batch_size: int | None = None) -> list[dict[str, Any]]:
+        """One prediction record per row (``label`` and ``probabilities`` for classification).
+
+        Raises:
+            DeltatuneError: missing text column or empty texts, naming ``source`` and the row.
+        """
+        self.task.check(ds, source, with_labels=False)
+        return self.task.decode(self.outputs(ds, with_labels=False, batch_size=batch_size))
+
+    def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]] | str) -> list[dict[str, Any]]:
+        """Predict for raw texts (or (text, text_pair) tuples for pair tasks).
+
+        Returns:
+            One record per input, e.g. ``{"label": "1", "probabilities": {"0": 0.03, "1": 0.97}}``.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        d = self.config.data
+        if d.text_pair_column:
+            pairs = [t if isinstance(t, (tuple, list)) else (t, "") for t in texts]
+            ds = datasets.Dataset.from_dict({d.text_column: [p[0] for p in pairs], d.text_pair_column: [p[1] for p in pairs]})
+        else:
+            ds = datasets.Dataset.from_dict({d.text_column: list(texts)})
+        return self.predict_rows(ds, "input")
+
+
+def load(run: str | Path, device: str | None = None) -> Predictor:
+    """Load a run directory (or its model/ folder's parent) for prediction.
+
+    Raises:
+        DeltatuneError: not a deltatune run directory, or the model is missing.
+    """
+    rd = RunDir(run)
+    if not rd.config.is_file():
+        raise DeltatuneError(f"{rd.root} is not a deltatune run directory (no config.yaml); give the folder made by deltatune train")
+    if not rd.model.is_dir():
+        raise DeltatuneError(f"{rd.root} has no model/ folder: the run did not finish (resume it with deltatune train --resume {rd.root})")
+    cfg = build_config(rd.config)
+    model_cfg = load_config(str(rd.model), cfg.model.trust_remote_code)
+    task = get_task_class(cfg.task).from_pretrained_config(cfg, model_cfg)
+    tokenizer = load_tokenizer(str(rd.model), cfg.model.trust_remote_code)
+    task.set_tokenizer(tokenizer)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = task.load_trained(str(rd.model)).to(dev).eval()
+    return Predictor(cfg, task, model, tokenizer, dev)
+
+
+def write_predictions(records: list[dict[str, Any]], inputs: Iterable[dict[str, Any]], path: str | Path) -> None:
+    """Write inputs + predictions to CSV (one ``prob_<label>`` column per label) or JSONL, by extension.
+
+    Raises:
+        DeltatuneError: an extension other than .csv, .tsv, .jsonl or .json.
+    """
+    import json
+
+    import pandas as pd
+
+    path = Path(path)
+    rows = []
+    for inp, rec in zip(inputs, records):
+        rows.append({**inp, **rec})
+    ext = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if ext in (".jsonl", ".json"):
+        with path.open("w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n")
+    elif ext in (".csv", ".tsv"):
+        flat = []
+        for r in rows:
+            r = dict(r)
+            probs = r.pop("probabilities", None) or {}
+            if isinstance(r.get("label"), list):
+                r["label"] = ";".join(r["label"])
+            r.update({f"prob_{k}": v for k, v in probs.items()})
+            flat.append(r)
+        pd.DataFrame(flat).to_csv(path, index=False, sep="\t" if ext == ".tsv" else ",")
+    else:
+        raise DeltatuneError(f"output {path}: use a .csv, .tsv or .jsonl file name")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return str(o)

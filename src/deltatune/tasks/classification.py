@@ -1,0 +1,269 @@
+"""Text classification: single-label (softmax) and multi-label (sigmoid), single texts or pairs.
+
+Rows: ``data.text_column`` (and optionally ``data.text_pair_column``) plus ``data.label_column``.
+Labels may be strings or integers; they are normalised to strings (``1``, ``1.0`` and ``"1"``
+are the same label) and sorted to make the label map (integers numerically). Multi-label rows
+hold a list of labels (JSON) or a string split on ``data.label_separator`` (CSV).
+
+Loss: cross-entropy (single-label) or binary cross-entropy averaged over the label set
+(multi-label), summed over examples; the loop divides by the number of examples in the
+accumulated batch. Multi-label predictions threshold sigmoid probabilities at 0.5.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification
+
+from deltatune.config import RunConfig
+from deltatune.data.columns import check_text_column, is_missing, require_columns
+from deltatune.errors import DeltatuneError
+from deltatune.metrics.classification import multi_label_metrics, single_label_metrics
+from deltatune.models.loading import load_pretrained
+from deltatune.tasks.base import Features, Task
+from deltatune.tasks.collate import pad_batch
+
+
+def normalize_label(value: Any) -> str:
+    """Canonical string form of one label: ints and integral floats lose the ``.0``.
+
+    Raises:
+        ValueError: for a missing value (None/NaN/empty).
+    """
+    if is_missing(value):
+        raise ValueError("missing label")
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _sort_key(name: str):
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+class ClassificationTask(Task):
+    """Sequence classification with a linear head on the encoder (``AutoModelForSequenceClassification``)."""
+
+    name = "text-classification"
+    auto_model_class = AutoModelForSequenceClassification
+
+    def __init__(self, config: RunConfig, labels: list[str] | None = None, multi_label: bool | None = None):
+        super().__init__(config)
+        self.labels: list[str] = list(labels or [])
+        self.multi_label = multi_label
+
+    # ---- labels ---------------------------------------------------------------------------
+    @property
+    def default_metric(self) -> str:  # type: ignore[override]
+        return "f1_micro" if self.multi_label else "accuracy"
+
+    greater_is_better = True
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.labels)}
+
+    def _row_labels(self, value: Any, row: int, source: str) -> list[str]:
+        col = self.config.data.label_column
+        try:
+            if self.multi_label:
+                if isinstance(value, (list, tuple, np.ndarray)):
+                    items = list(value)
+                elif self.config.data.label_separator and isinstance(value, str):
+                    items = [v for v in value.split(self.config.data.label_separator) if v.strip()]
+                elif is_missing(value):
+                    items = []  # a row with no labels is valid multi-label data
+                else:
+                    items = [value]
+                return sorted({normalize_label(v) for v in items})
+            if isinstance(value, (list, tuple, np.ndarray)):
+                raise DeltatuneError(
+                    f"{source}: row {row} has a list in '{col}' but the task is single-label; set data.multi_label: true"
+                )
+            return [normalize_label(value)]
+        except ValueError:
+            raise DeltatuneError(f"{source}: row {row} has no label in column '{col}'; fill it or drop the row") from None
+
+    def _detect_multi_label(self, values: list) -> bool:
+        if self.config.data.multi_label is not None:
+            return self.config.data.multi_label
+        if self.config.data.label_separator:
+            return True
+        return any(isinstance(v, (list, tuple, np.ndarray)) for v in values)
+
+    def fit(self, train: datasets.Dataset, source: str) -> None:
+        """Build the label map from the training rows and check texts and labels.
+
+        Raises:
+            DeltatuneError: missing columns, empty texts, missing labels, fewer than 2 classes.
+        """
+        d = self.config.data
+        require_columns(train, [d.text_column, d.text_pair_column, d.label_column], source)
+        values = train[d.label_column]
+        self.multi_label = self._detect_multi_label(values)
+        names: set[str] = set()
+        for i, v in enumerate(values, start=1):
+            names.update(self._row_labels(v, i, source))
+        if len(names) < 2 and not self.multi_label:
+            raise DeltatuneError(
+                f"{source}: column '{d.label_column}' has {len(names)} distinct label(s) {sorted(names)}; "
+                "classification needs at least 2"
+            )
+        if not names:
+            raise DeltatuneError(f"{source}: column '{d.label_column}' holds no labels")
+        self.labels = sorted(names, key=_sort_key)
+        self.check(train, source, with_labels=True)
+
+    def check(self, ds: datasets.Dataset, source: str, with_labels: bool = True) -> None:
+        """Check columns, texts and (optionally) that every label was seen in training.
+
+        Raises:
+            DeltatuneError: naming the file, the row (data rows counted from 1) and the column.
+        """
+        d = self.config.data
+        require_columns(ds, [d.text_column, d.text_pair_column] + ([d.label_column] if with_labels else []), source)
+        check_text_column(ds[d.text_column], d.text_column, source)
+        if d.text_pair_column:
+            check_text_column(ds[d.text_pair_column], d.text_pair_column, source)
+        if with_labels:
+            known = self.label2id
+            for i, v in enumerate(ds[d.label_column], start=1):
+                for name in self._row_labels(v, i, source):
+                    if name not in known:
+                        raise DeltatuneError(
+                            f"{source}: row {i} has label '{name}' in column '{d.label_column}' that the training "
+                            f"data does not have (known: {', '.join(self.labels[:20])}); fix the label or add it to training"
+                        )
+
+    def stratify_keys(self, ds: datasets.Dataset) -> list | None:
+        if self.multi_label:
+            return None
+        return [normalize_label(v) if not is_missing(v) else "" for v in ds[self.config.data.label_column]]
+
+    # ---- encoding -----------------------------------------------------------------------
+    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True) -> Features:
+        """Tokenize (truncating to ``data.max_seq_length``) into input_ids/attention_mask[/token_type_ids]/labels.
+
+        ``labels`` is an int class id (single-label) or a multi-hot list of 0/1 floats (multi-label).
+        """
+        d = self.config.data
+        texts = [str(t) for t in ds[d.text_column]]
+        pairs = [str(t) for t in ds[d.text_pair_column]] if d.text_pair_column else None
+        enc = tokenizer(texts, pairs, truncation=True, max_length=d.max_seq_length)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        rows = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+        if with_labels:
+            l2i = self.label2id
+            for i, (row, v) in enumerate(zip(rows, ds[d.label_column]), start=1):
+                names = self._row_labels(v, i, "data")
+                if self.multi_label:
+                    hot = [0.0] * len(self.labels)
+                    for n in names:
+                        hot[l2i[n]] = 1.0
+                    row["labels"] = hot
+                else:
+                    row["labels"] = l2i[names[0]]
+        return Features(rows, [len(r["input_ids"]) for r in rows])
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = pad_batch(features, {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": 0})
+        if "labels" in features[0]:
+            if self.multi_label:
+                batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.float32)
+            else:
+                batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        return batch
+
+    # ---- model --------------------------------------------------------------------------
+    def build_model(self, model_path: str, config_overrides: dict[str, Any]) -> torch.nn.Module:
+        """``AutoModelForSequenceClassification`` with ``num_labels``, ``id2label``, ``label2id``.
+
+        A classifier head whose shape does not match the label count is re-initialised.
+        """
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            model_path,
+            trust_remote_code=self.config.model.trust_remote_code,
+            num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+            label2id=self.label2id,
+            problem_type="multi_label_classification" if self.multi_label else "single_label_classification",
+            ignore_mismatched_sizes=True,
+            **config_overrides,
+        )
+        return model
+
+    @staticmethod
+    def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in batch.items() if k != "labels"}
+
+    def loss(self, model, batch):
+        logits = model(**self._inputs(batch)).logits.float()
+        labels = batch["labels"]
+        if self.multi_label:
+            per_example = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1)
+            total = per_example.sum()
+        else:
+            total = F.cross_entropy(logits, labels, reduction="sum")
+        return total, torch.tensor(labels.shape[0], device=logits.device)
+
+    def num_targets(self, batch) -> int:
+        return int(batch["input_ids"].shape[0])
+
+    # ---- outputs --------------------------------------------------------------------------
+    @torch.no_grad()
+    def eval_step(self, model, batch):
+        logits = model(**self._inputs(batch)).logits.float()
+        out = {"logits": logits.cpu().numpy()}
+        if "labels" in batch:
+            out["labels"] = batch["labels"].cpu().numpy()
+        return out
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Softmax (single-label) or sigmoid (multi-label) of (N, L) logits, float64 (N, L)."""
+        logits = logits.astype(np.float64)
+        if self.multi_label:
+            return 1.0 / (1.0 + np.exp(-logits))
+        z = logits - logits.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def compute_metrics(self, outputs):
+        logits, labels = outputs["logits"], outputs["labels"]
+        probs = self.probabilities(logits)
+        if self.multi_label:
+            m = multi_label_metrics(labels.astype(int), (probs >= 0.5).astype(int), self.labels)
+            loss = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels).float())
+        else:
+            m = single_label_metrics(labels, probs.argmax(-1), self.labels)
+            loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long())
+        return {"loss": float(loss), **m}
+
+    def decode(self, outputs):
+        probs = self.probabilities(outputs["logits"])
+        records = []
+        for row in probs:
+            p = {name: float(row[i]) for i, name in enumerate(self.labels)}
+            if self.multi_label:
+                label: Any = [name for i, name in enumerate(self.labels) if row[i] >= 0.5]
+            else:
+                label = self.labels[int(row.argmax())]
+            records.append({"label": label, "probabilities": p})
+        return records
+
+    @classmethod
+    def from_pretrained_config(cls, config: RunConfig, model_config) -> "ClassificationTask":
+        id2label = {int(k): v for k, v in model_config.id2label.items()}
+        labels = [id2label[i] for i in range(len(id2label))]
+        return cls(config, labels, model_config.problem_type == "multi_label_classification")
+

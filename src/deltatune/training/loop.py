@@ -1,0 +1,403 @@
+"""The training loop, on Accelerate.
+
+One loop for every task; it knows a task only through :class:`deltatune.tasks.base.Task`
+(``collate``, ``num_targets``, ``loss``, ``eval_step``, ``compute_metrics``).
+
+Gradient accumulation normalization: the micro-batches of one optimizer step are collated
+first, their targets counted (and summed over processes), and every micro-batch's *summed*
+loss is divided by that total. The accumulated gradient is then exactly the gradient of the
+mean loss over all targets of the step, whatever the split into micro-batches or processes
+(the bug reported for HF Trainer in transformers#34191 is the per-micro-batch mean).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+from deltatune.config import RunConfig
+from deltatune.errors import DeltatuneError
+from deltatune.rundir import RunDir
+from deltatune.tasks.base import Features, Task
+from deltatune.training.batching import epoch_batches, shard_batch, steps_per_epoch
+from deltatune.training.checkpoint import (
+    capture_rng_state,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from deltatune.training.early_stopping import EarlyStopping
+from deltatune.training.inference import batched_outputs, merge_outputs
+from deltatune.training.optim import add_l1_gradient, build_optimizer, build_scheduler, regularized_parameters
+
+
+def resolve_mixed_precision(requested: str) -> str:
+    """Map ``auto`` to what the device supports: bf16 on GPUs that have it, fp16 on older GPUs, none on CPU.
+
+    Raises:
+        DeltatuneError: fp16 requested without a GPU.
+    """
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "no"
+    if requested == "fp16" and not cuda:
+        raise DeltatuneError("train.mixed_precision fp16 needs a GPU; use bf16 or no on CPU")
+    return requested
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (Linux ``ru_maxrss`` is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class TrainState:
+    """Where training is; saved in every checkpoint's trainer_state.json."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    examples_seen: int = 0
+    interrupted: bool = False
+    early_stopped: bool = False
+    last_eval_step: int = -1
+
+
+@dataclass
+class TrainResult:
+    """Summary returned by :meth:`Trainer.train`."""
+
+    global_step: int
+    best_step: Optional[int]
+    best_metric: Optional[float]
+    metric_name: str
+    train_seconds: float
+    examples_per_second: float
+    final_loss: Optional[float]
+    peak_rss_mib: float
+    interrupted: bool
+    early_stopped: bool
+
+
+class Trainer:
+    """Runs optimisation, evaluation, early stopping and checkpointing for one run.
+
+    Args:
+        model: the model with its task head (trainable parameters have ``requires_grad``).
+        task: the fitted task.
+        train_features, eval_features: encoded splits (``eval_features`` may be ``None``).
+        config: the run config (``train`` and ``eval`` sections are read).
+        run_dir: where checkpoints, metrics.jsonl and the best model go.
+        save_model: ``save_model(folder)`` writes the deployable model (HF format) into ``folder``.
+        callbacks: ``callback(trainer, state)`` called after every optimizer step; raise
+            ``KeyboardInterrupt`` in one to simulate a user interrupt.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        task: Task,
+        train_features: Features,
+        eval_features: Optional[Features],
+        config: RunConfig,
+        run_dir: RunDir,
+        save_model: Callable[[Path], None],
+        callbacks: tuple[Callable[["Trainer", TrainState], None], ...] = (),
+    ):
+        self.cfg = config
+        self.task = task
+        self.train_features = train_features
+        self.eval_features = eval_features
+        self.run_dir = run_dir
+        self.save_model = save_model
+        self.callbacks = callbacks
+        self.accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.train.mixed_precision))
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        tc = config.train
+        self.global_batch = tc.per_device_train_batch_size * self.world
+        self.steps_per_epoch = steps_per_epoch(len(train_features), self.global_batch, tc.gradient_accumulation_steps)
+        self.total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * self.steps_per_epoch))
+        model = model.to(self.accelerator.device)
+        optimizer = build_optimizer(model, tc)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = build_scheduler(self.optimizer, tc, self.total_steps)
+        ec = config.eval
+        metric = ec.metric_for_best_model or task.default_metric
+        greater = ec.greater_is_better if ec.greater_is_better is not None else (
+            task.greater_is_better if metric == task.default_metric else metric != "loss"
+        )
+        self.stopper = EarlyStopping(metric, greater, ec.early_stopping_patience, ec.early_stopping_threshold)
+        self.l1_params = regularized_parameters(self.model) if tc.l1_lambda > 0 else []
+        self.state = TrainState()
+
+    # ---- helpers ------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
+
+    def _eval_due(self, end_of_epoch: bool) -> bool:
+        ec = self.cfg.eval
+        if self.eval_features is None or ec.eval_strategy == "no":
+            return False
+        if ec.eval_strategy == "epoch":
+            return end_of_epoch
+        return self.state.global_step % ec.eval_steps == 0
+
+    def _save_due(self, end_of_epoch: bool, evaluated: bool) -> bool:
+        if self.cfg.train.save_steps:
+            return self.state.global_step % self.cfg.train.save_steps == 0
+        return evaluated or (end_of_epoch and (self.eval_features is None or self.cfg.eval.eval_strategy == "no"))
+
+    def _trainer_state(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "global_step": s.global_step,
+            "epoch": s.epoch,
+            "batch_in_epoch": s.batch_in_epoch,
+            "examples_seen": s.examples_seen,
+            "total_steps": self.total_steps,
+            "early_stopping": self.stopper.state_dict(),
+        }
+
+    def _checkpoint(self, rng_state: dict[str, Any]) -> None:
+        if self.is_main:
+            save_checkpoint(
+                self.run_dir.checkpoints,
+                self.state.global_step,
+                self.accelerator.unwrap_model(self.model),
+                self.optimizer,
+                self.scheduler,
+                self._trainer_state(),
+                rng_state,
+                self.cfg.train.save_total_limit,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self) -> None:
+        ckpts = list_checkpoints(self.run_dir.checkpoints)
+        if not ckpts:
+            raise DeltatuneError(f"cannot resume: {self.run_dir.checkpoints} holds no complete checkpoint; start again with --overwrite")
+        path = ckpts[-1]
+        state, rng = load_checkpoint(path, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
+        if state["total_steps"] != self.total_steps:
+            raise DeltatuneError(
+                f"cannot resume from {path}: it was made for {state['total_steps']} steps, this config gives "
+                f"{self.total_steps}; resume with the run's own config.yaml"
+            )
+        self.state.global_step = state["global_step"]
+        self.state.epoch = state["epoch"]
+        self.state.batch_in_epoch = state["batch_in_epoch"]
+        self.state.examples_seen = state["examples_seen"]
+        self.stopper.load_state_dict(state["early_stopping"])
+        restore_rng_state(rng)
+        if self.is_main:
+            self.run_dir.truncate_log(self.state.global_step)
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def evaluate(self, features: Features) -> dict[str, Any]:
+        """Metrics of the current model on ``features`` (every example exactly once, over all processes)."""
+        outputs = self.predict_outputs(features)
+        return self.task.compute_metrics(outputs)
+
+    @torch.no_grad()
+    def predict_outputs(self, features: Features) -> dict[str, np.ndarray]:
+        """Concatenated :meth:`Task.eval_step` outputs in the original example order."""
+        was_training = self.model.training
+        self.model.eval()
+        parts = batched_outputs(
+            self.model,
+            self.task,
+            features,
+            self.cfg.eval.per_device_eval_batch_size,
+            self.accelerator.device,
+            self.accelerator.autocast,
+            self.rank,
+            self.world,
+        )
+        if self.world > 1:
+            parts = gather_object(parts)
+        if was_training:
+            self.model.train()
+        return merge_outputs(parts, len(features))
+
+    # ---- training -----------------------------------------------------------------------
+    def train(self, resume: bool = False) -> TrainResult:
+        """Train until ``total_steps``, early stopping, or an interrupt (Ctrl-C saves a checkpoint).
+
+        Returns:
+            :class:`TrainResult`; ``interrupted`` is True when stopped by KeyboardInterrupt.
+        """
+        tc = self.cfg.train
+        set_seed(self.cfg.seed)
+        if resume:
+            self._resume()
+        accum = tc.gradient_accumulation_steps
+        model = self.model
+        model.train()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.state.global_step,
+            disable=not (tc.progress_bar and self.is_main),
+            desc="train",
+            dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        examples_at_start = self.state.examples_seen
+        window_loss = torch.zeros((), device=self.accelerator.device)
+        window_targets = 0
+        last_loss: Optional[float] = None
+        latest_metric = ""
+        # generator states matching self.state (the last completed step), for an interrupt checkpoint
+        rng_for_state = capture_rng_state()
+        try:
+            while self.state.global_step < self.total_steps and not self.state.early_stopped:
+                batches = epoch_batches(
+                    self.train_features.lengths, self.global_batch, self.cfg.seed, self.state.epoch, tc.group_by_length
+                )
+                while self.state.batch_in_epoch < len(batches) and self.state.global_step < self.total_steps:
+                    window = batches[self.state.batch_in_epoch : self.state.batch_in_epoch + accum]
+                    micro = [self.task.collate([self.train_features[i] for i in shard_batch(b, self.world, self.rank)]) for b in window]
+                    local_targets = sum(self.task.num_targets(m) for m in micro)
+                    total_targets = local_targets
+                    if self.world > 1:
+                        t = torch.tensor(local_targets, device=self.accelerator.device)
+                        total_targets = int(self.accelerator.reduce(t, reduction="sum").item())
+                    for j, mb in enumerate(micro):
+                        mb = self._to_device(mb)
+                        sync = j == len(micro) - 1
+                        ctx = contextlib.nullcontext() if sync or self.world == 1 else self.accelerator.no_sync(model)
+                        with ctx:
+                            with self.accelerator.autocast():
+                                loss_sum, _ = self.task.loss(model, mb)
+                            # DDP averages gradients over processes: multiply back by world size.
+                            self.accelerator.backward(loss_sum * (self.world / max(total_targets, 1)))
+                        window_loss += loss_sum.detach().float()
+                    window_targets += local_targets
+                    if self.l1_params:
+                        add_l1_gradient(self.l1_params, tc.l1_lambda)
+                    if tc.max_grad_norm:
+                        self.accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.state.global_step += 1
+                    self.state.batch_in_epoch += len(window)
+                    self.state.examples_seen += sum(len(b) for b in window)
+                    end_of_epoch = self.state.batch_in_epoch >= len(batches)
+                    step = self.state.global_step
+
+                    if step % tc.logging_steps == 0 or step == self.total_steps or end_of_epoch:
+                        last_loss = self._log_train(window_loss, window_targets, start, examples_at_start)
+                        window_loss.zero_()
+                        window_targets = 0
+                        bar.set_postfix_str(f"loss={last_loss:.4f} {latest_metric}".strip())
+                    evaluated = False
+                    if self._eval_due(end_of_epoch):
+                        metrics = self.evaluate(self.eval_features)
+                        evaluated = True
+                        latest_metric = self._record_eval(metrics)
+                        bar.set_postfix_str(f"loss={last_loss if last_loss is not None else float('nan'):.4f} {latest_metric}")
+                    if self._save_due(end_of_epoch, evaluated) and step < self.total_steps and not self.state.early_stopped:
+                        self._checkpoint(capture_rng_state())
+                    bar.update(1)
+                    rng_for_state = capture_rng_state()
+                    for cb in self.callbacks:
+                        cb(self, self.state)
+                    if self.state.early_stopped:
+                        break
+                if self.state.batch_in_epoch >= len(batches):
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+        except KeyboardInterrupt:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.interrupted = True
+            self._checkpoint(rng_for_state)
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        if not self.state.interrupted:
+            evaluating = self.eval_features is not None and self.cfg.eval.eval_strategy != "no"
+            if evaluating and self.state.last_eval_step != self.state.global_step and not self.state.early_stopped:
+                self._record_eval(self.evaluate(self.eval_features))  # the last steps were not evaluated yet
+            if self.stopper.best_step is None:
+                # no evaluation decided a best model: the final weights are the result
+                if self.is_main:
+                    self._save_model()
+        seen = self.state.examples_seen - examples_at_start
+        return TrainResult(
+            global_step=self.state.global_step,
+            best_step=self.stopper.best_step,
+            best_metric=self.stopper.best_value,
+            metric_name=self.stopper.metric,
+            train_seconds=elapsed,
+            examples_per_second=seen / elapsed if elapsed > 0 else 0.0,
+            final_loss=last_loss,
+            peak_rss_mib=peak_rss_mib(),
+            interrupted=self.state.interrupted,
+            early_stopped=self.state.early_stopped,
+        )
+
+    def _log_train(self, window_loss: torch.Tensor, window_targets: int, start: float, examples_at_start: int) -> float:
+        total = window_loss.clone()
+        targets = torch.tensor(float(window_targets), device=total.device)
+        if self.world > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+            targets = self.accelerator.reduce(targets, reduction="sum")
+        loss = float(total / targets.clamp(min=1))
+        elapsed = time.perf_counter() - start
+        rec = {
+            "step": self.state.global_step,
+            "epoch": round(self.state.epoch + self.state.batch_in_epoch / max(1, self._batches_per_epoch()), 4),
+            "loss": loss,
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "examples_per_second": (self.state.examples_seen - examples_at_start) / elapsed if elapsed > 0 else 0.0,
+        }
+        if self.is_main:
+            self.run_dir.log(rec)
+        return loss
+
+    def _batches_per_epoch(self) -> int:
+        return math.ceil(len(self.train_features) / self.global_batch)
+
+    def _record_eval(self, metrics: dict[str, Any]) -> str:
+        name = self.stopper.metric
+        if name not in metrics:
+            raise DeltatuneError(
+                f"eval.metric_for_best_model '{name}' is not a metric of this task; choose one of "
+                f"{', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))}"
+            )
+        step = self.state.global_step
+        self.state.last_eval_step = step
+        improved = self.stopper.update(float(metrics[name]), step)
+        scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.is_main:
+            self.run_dir.log({"step": step, "epoch": self.state.epoch, **scalars})
+            if improved:
+                self._save_model()
+        self.accelerator.wait_for_everyone()
+        if self.stopper.should_stop:
+            self.state.early_stopped = True
+            if self.is_main:
+                self.run_dir.log({"step": step, "event": "early_stopping", "best_step": self.stopper.best_step})
+        return f"{name}={metrics[name]:.4f}"
+
+    def _save_model(self) -> None:
+        self.save_model(self.run_dir.model)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny random BERT (mechanics) and paths to the real packaged model and data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.helpers import make_sentiment_rows, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SST2 = SHARED_DATA / "text_classification" / "sst2"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random BERT with the packaged MiniLM's tokenizer, saved to disk."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from deltatune.models import resolve_model
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path) -> tuple[Path, Path]:
+    """(train.csv with 96 rows, validation.csv with 32 rows) of synthetic sentiment data."""
+    return write_csv(tmp_path / "train.csv", make_sentiment_rows(96, 1)), write_csv(
+        tmp_path / "validation.csv", make_sentiment_rows(32, 2)
+    )
+
+

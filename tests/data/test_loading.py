@@ -1,0 +1,83 @@
+import json
+
+import pandas as pd
+import pytest
+
+from deltatune.data import load_table, train_validation_split
+from deltatune.errors import DeltatuneError
+
+ROWS = [{"text": "a, with comma", "label": "x"}, {"text": 'say "hi"', "label": "y"}, {"text": "plain", "label": "x"}]
+
+
+def test_reads_every_format(tmp_path):
+    pd.DataFrame(ROWS).to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "d.tsv").write_text("text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in ROWS))
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "d.json").write_text(json.dumps(ROWS))
+    pd.DataFrame(ROWS).to_parquet(tmp_path / "d.parquet")
+    for ext in ("csv", "tsv", "jsonl", "json", "parquet"):
+        ds = load_table(str(tmp_path / f"d.{ext}"))
+        assert ds.column_names == ["text", "label"], ext
+        assert ds["text"] == [r["text"] for r in ROWS], ext
+
+
+def test_tsv_keeps_quotes_literally(tmp_path):
+    p = tmp_path / "q.tsv"
+    p.write_text('sentence\tlabel\n"quoted start and an unmatched " quote\t1\n')
+    assert load_table(str(p))["sentence"] == ['"quoted start and an unmatched " quote']
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DeltatuneError, match="not found: .*nope.csv"):
+        load_table(str(tmp_path / "nope.csv"))
+
+
+def test_invalid_utf8_names_line(tmp_path):
+    p = tmp_path / "latin.csv"
+    p.write_bytes(b"text,label\nok,1\ncaf\xe9,0\n")
+    with pytest.raises(DeltatuneError, match=r"latin.csv: line 3 is not valid UTF-8"):
+        load_table(str(p))
+
+
+def test_empty_and_header_only_files(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DeltatuneError, match="empty"):
+        load_table(str(tmp_path / "empty.csv"))
+    (tmp_path / "header.csv").write_text("text,label\n")
+    with pytest.raises(DeltatuneError, match="no data rows"):
+        load_table(str(tmp_path / "header.csv"))
+
+
+def test_bad_json_line_is_named(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"text": "a"}\n{"text": \n')
+    with pytest.raises(DeltatuneError, match="line 2"):
+        load_table(str(p))
+
+
+def test_unsupported_extension(tmp_path):
+    p = tmp_path / "d.xlsx"
+    p.write_text("x")
+    with pytest.raises(DeltatuneError, match="unsupported file type"):
+        load_table(str(p))
+
+
+def test_offline_hub_name_is_refused(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DeltatuneError, match="offline"):
+        load_table("glue")
+
+
+def test_stratified_split_keeps_proportions_and_is_seeded(tmp_path):
+    import datasets
+
+    labels = ["a"] * 80 + ["b"] * 20
+    ds = datasets.Dataset.from_dict({"text": [str(i) for i in range(100)], "label": labels})
+    tr, va = train_validation_split(ds, 0.2, seed=1, stratify_by=labels)
+    assert len(tr) == 80 and len(va) == 20
+    assert va["label"].count("b") == 4  # 20% of each class
+    assert set(tr["text"]).isdisjoint(va["text"])
+    tr2, va2 = train_validation_split(ds, 0.2, seed=1, stratify_by=labels)
+    assert va2["text"] == va["text"]
+    _, va3 = train_validation_split(ds, 0.2, seed=2, stratify_by=labels)
+    assert va3["text"] != va["text"]

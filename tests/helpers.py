@@ -1,0 +1,53 @@
+"""Helpers shared by tests: synthetic data and tiny-run configs."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+WORDS_POS = "great good lovely wonderful excellent fun charming superb delightful moving".split()
+WORDS_NEG = "bad awful boring dull terrible weak poor tedious messy bland".split()
+FILLER = "the movie film plot actors story was is a an and with very quite rather really".split()
+
+
+def make_sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """Synthetic two-class rows of varying length: label 1 iff the sentiment word is positive."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        word = rng.choice(WORDS_POS if label else WORDS_NEG)
+        filler = [rng.choice(FILLER) for _ in range(rng.randint(2, 14))]
+        filler.insert(rng.randint(0, len(filler)), word)
+        rows.append({"text": " ".join(filler), "label": "pos" if label else "neg"})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def tiny_config(model_dir: str, train: Path, validation: Path | None, out: Path, **train_kw) -> dict:
+    """A config dict for fast runs on the tiny model."""
+    cfg = {
+        "task": "text-classification",
+        "output_dir": str(out),
+        "seed": 7,
+        "model": {"name_or_path": model_dir, "dropout": 0.0},
+        "data": {"train_file": str(train), "validation_file": str(validation) if validation else None, "max_seq_length": 32},
+        "train": {
+            "per_device_train_batch_size": 8,
+            "learning_rate": 1e-3,
+            "num_train_epochs": 2,
+            "logging_steps": 1,
+            "progress_bar": False,
+            **train_kw,
+        },
+    }
+    return cfg

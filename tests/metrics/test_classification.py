@@ -1,0 +1,29 @@
+import numpy as np
+
+from deltatune.metrics import format_table, multi_label_metrics, single_label_metrics
+
+
+def test_single_label_metrics_hand_computed():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 2, 2])
+    m = single_label_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["accuracy"] == 4 / 6
+    # per class: a P=1 R=2/3 F=0.8; b P=1/2 R=1/2 F=0.5; c P=1/2 R=1 F=2/3
+    assert np.isclose(m["per_class"]["a"]["f1"], 0.8)
+    assert np.isclose(m["per_class"]["b"]["f1"], 0.5)
+    assert np.isclose(m["per_class"]["c"]["f1"], 2 / 3)
+    assert np.isclose(m["f1_macro"], (0.8 + 0.5 + 2 / 3) / 3)
+    assert np.isclose(m["f1_micro"], 4 / 6)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    table = format_table(m, "t")
+    assert "accuracy" in table and "confusion matrix" in table
+
+
+def test_multi_label_metrics_hand_computed():
+    y_true = np.array([[1, 0], [1, 1], [0, 1]])
+    y_pred = np.array([[1, 0], [1, 0], [0, 1]])
+    m = multi_label_metrics(y_true, y_pred, ["x", "y"])
+    assert np.isclose(m["subset_accuracy"], 2 / 3)
+    # pooled: TP=3, FP=0, FN=1 -> P=1, R=0.75, F=6/7
+    assert np.isclose(m["f1_micro"], 6 / 7)
+    assert np.isclose(m["f1_macro"], (1.0 + 2 / 3) / 2)  # x: F=1; y: P=1 R=1/2 F=2/3

@@ -1,0 +1,69 @@
+import pytest
+
+from deltatune.config import RunConfig, apply_overrides, build_config, parse_override
+from deltatune.errors import DeltatuneError
+
+
+def test_defaults_fill_name_and_output_dir():
+    cfg = build_config({})
+    assert cfg.task == "text-classification"
+    assert cfg.name == "text-classification"
+    assert cfg.output_dir == "runs/text-classification"
+
+
+def test_unknown_key_is_named_with_known_keys():
+    with pytest.raises(DeltatuneError) as e:
+        build_config({"train": {"lerning_rate": 1e-4}})
+    msg = str(e.value)
+    assert "train.lerning_rate" in msg and "learning_rate" in msg and "\n" not in msg
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(DeltatuneError) as e:
+        build_config({"train": {"per_device_train_batch_size": "many"}})
+    assert "train.per_device_train_batch_size" in str(e.value) and "'many'" in str(e.value)
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    assert parse_override("train.learning_rate=1e-4") == (["train", "learning_rate"], 1e-4)
+    assert parse_override("data.text_pair_column=null") == (["data", "text_pair_column"], None)
+    assert parse_override("train.group_by_length=false")[1] is False
+    with pytest.raises(DeltatuneError):
+        parse_override("no_equals_sign")
+
+
+def test_overrides_apply_over_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  learning_rate: 0.1\n  num_train_epochs: 3\n")
+    cfg = build_config(p, ["train.learning_rate=0.5", "model.name_or_path=/x"])
+    assert cfg.train.learning_rate == 0.5 and cfg.train.num_train_epochs == 3 and cfg.model.name_or_path == "/x"
+
+
+def test_resolved_config_roundtrip_is_identical(tmp_path):
+    cfg = build_config({"seed": 3, "data": {"train_file": "a.csv"}, "eval": {"eval_strategy": "steps", "eval_steps": 5}})
+    cfg.save(tmp_path / "config.yaml")
+    again = build_config(tmp_path / "config.yaml")
+    assert again == cfg
+
+
+def test_steps_strategy_needs_eval_steps():
+    with pytest.raises(DeltatuneError, match="eval_steps"):
+        build_config({"eval": {"eval_strategy": "steps"}})
+
+
+def test_bad_yaml_and_non_mapping(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(DeltatuneError, match="not valid YAML"):
+        build_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n")
+    with pytest.raises(DeltatuneError, match="mapping"):
+        build_config(lst)
+
+
+def test_apply_overrides_does_not_mutate():
+    base = {"train": {"learning_rate": 1.0}}
+    out = apply_overrides(base, {"train.learning_rate": 2.0})
+    assert base["train"]["learning_rate"] == 1.0 and out["train"]["learning_rate"] == 2.0
+    assert isinstance(RunConfig.model_validate(out), RunConfig)
