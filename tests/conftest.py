@@ -33,6 +33,7 @@ def tiny_model_dir(tmp_path_factory) -> str:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        initializer_range=0.2,  # larger than BERT's 0.02 so that a 2-layer model learns in a few steps
     )
     import torch
 

@@ -51,3 +51,14 @@ def tiny_config(model_dir: str, train: Path, validation: Path | None, out: Path,
         },
     }
     return cfg
+
+
+def make_easy_rows(n: int, seed: int = 0) -> list[dict]:
+    """Rows a tiny random model learns in a few dozen steps: every token carries the label."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        word = rng.choice(WORDS_POS if label else WORDS_NEG)
+        rows.append({"text": " ".join([word] * rng.randint(1, 6)), "label": "pos" if label else "neg"})
+    return rows

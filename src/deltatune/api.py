@@ -15,16 +15,16 @@ from accelerate.utils import set_seed
 
 from deltatune.config import RunConfig, build_config
 from deltatune.data import load_table, train_validation_split
+from deltatune.delta import apply_delta, parameter_summary, save_trained
 from deltatune.errors import DeltatuneError
 from deltatune.metrics import format_table
 from deltatune.models import resolve_model
-from deltatune.models.loading import dropout_overrides, load_tokenizer, quiet_transformers
+from deltatune.models.loading import dropout_overrides, load_tokenizer
 from deltatune.rundir import RunDir
 from deltatune.serving.predictor import Predictor, load
 from deltatune.tasks import Task, create_task
 from deltatune.training import Trainer, TrainResult
 from deltatune.training.checkpoint import replace_dir_atomically
-from deltatune.training.weights import load_model_weights
 
 datasets.disable_progress_bars()
 
@@ -145,20 +145,24 @@ def finetune(
     extra = dropout_overrides(model_path, cfg.model.dropout, cfg.model.trust_remote_code)
 
     set_seed(cfg.seed)
-    model = task.build_model(model_path, extra)
+    model = apply_delta(task.build_model(model_path, extra), cfg.delta, task.peft_task_type)
 
     # everything the user gave has been read and checked: only now touch the run directory
     run_dir.prepare(overwrite=overwrite, resume=resume)
     if not resume:
         cfg.save(run_dir.config)
 
-    def save_model(folder: Path) -> None:
-        def write(tmp: Path) -> None:
-            with quiet_transformers():
-                trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
+    saved: dict[str, Any] = {}
 
-        replace_dir_atomically(write, folder)
+    def base_state() -> dict:
+        fresh = task.build_model(model_path, {})
+        return {n: p.detach() for n, p in fresh.named_parameters() if n not in task.new_parameter_names}
+
+    def save_model(folder: Path) -> None:
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        replace_dir_atomically(
+            lambda tmp: saved.update(save_trained(unwrapped, tmp, tokenizer, cfg, model_path, base_state)), folder
+        )
 
     trainer = Trainer(model, task, train_f, val_f, cfg, run_dir, save_model, callbacks)
     if verbose:
@@ -170,11 +174,10 @@ def finetune(
             print(f"interrupted at step {result.global_step}; continue with: deltatune train --resume {run_dir.root}")
         return run
 
-    if result.best_step is not None and result.best_step != result.global_step:
-        load_model_weights(trainer.accelerator.unwrap_model(trainer.model), run_dir.model)
     metrics: dict[str, Any] = {"validation": trainer.evaluate(val_f)}
     if test_f is not None:
         metrics["test"] = trainer.evaluate(test_f)
+    summary = parameter_summary(model)
     metrics["train"] = {
         "global_step": result.global_step,
         "best_step": result.best_step,
@@ -182,7 +185,17 @@ def finetune(
         "examples_per_second": round(result.examples_per_second, 2),
         "peak_rss_mib": round(result.peak_rss_mib, 1),
         "early_stopped": result.early_stopped,
+        "trainable_parameters": summary["trainable"],
+        "total_parameters": summary["total"],
+        "saved_bytes": saved.get("saved_bytes"),
     }
+    if "compression" in saved:
+        # what was stored is lossy: report the reconstructed model's metrics next to the exact ones
+        compressed = load(run_dir.root)
+        metrics["compressed_delta"] = {
+            **saved["compression"],
+            "validation": task.compute_metrics(compressed.outputs(validation)),
+        }
     if trainer.is_main:
         run_dir.eval.write_text(json.dumps(metrics, indent=2))
         if verbose:
@@ -192,20 +205,21 @@ def finetune(
             t = metrics["train"]
             print(
                 f"trained {t['global_step']} steps in {t['train_seconds']:.1f} s ({t['examples_per_second']:.1f} examples/s), "
-                f"peak RSS {t['peak_rss_mib'] / 1024:.2f} GiB; model in {run_dir.model}"
+                f"peak RSS {t['peak_rss_mib'] / 1024:.2f} GiB; saved {t['saved_bytes'] / 2**20:.1f} MiB in {run_dir.model}"
             )
     run.metrics = metrics
     return run
 
 
 def _summary(cfg: RunConfig, model, n_train: int, n_val: int, trainer: Trainer) -> str:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ps = parameter_summary(model)
     return (
-        f"deltatune: {cfg.task} | model {cfg.model.name_or_path} | {trainable / 1e6:.1f}M of {total / 1e6:.1f}M "
-        f"parameters trainable | {n_train} train / {n_val} validation examples | {trainer.total_steps} steps "
+        f"deltatune: {cfg.task} | model {cfg.model.name_or_path} | delta {cfg.delta.method} | "
+        f"{ps['trainable'] / 1e6:.2f}M of {ps['total'] / 1e6:.1f}M parameters trainable ({100 * ps['trainable_share']:.2f}%, "
+        f"{ps['trainable_mib']:.1f} of {ps['total_mib']:.1f} MiB) | {n_train} train / {n_val} validation examples | "
+        f"{trainer.total_steps} steps "
         f"(batch {trainer.global_batch} x accumulation {cfg.train.gradient_accumulation_steps}) | "
-        f"device {trainer.accelerator.device}, precision {trainer.accelerator.mixed_precision} | run {cfg.output_dir}"
+        f"device {trainer.accelerator.device}, precision {trainer.mixed_precision} | run {cfg.output_dir}"
     )
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``deltatune train | evaluate | predict``. Thin: parse, call :mod:`deltatune.api`, print.
+"""Command line: ``deltatune train | evaluate | predict | export``. Thin: parse, call :mod:`deltatune.api`, print.
 
 Every :class:`DeltatuneError` is printed as one line ``error: ...`` with exit status 2.
 """
@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
     pr.add_argument("--output", help="CSV/TSV/JSONL file to write (default: print JSONL)")
     pr.add_argument("--batch-size", type=int, default=None)
+    x = sub.add_parser("export", help="write a standalone model folder (adapters merged) or a PEFT adapter")
+    x.add_argument("run", help="run directory")
+    x.add_argument("--out", required=True, help="new folder to write")
+    x.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
+    x.add_argument("--format", choices=("model", "adapter"), default="model")
+    x.add_argument("--overwrite", action="store_true")
     return parser
 
 
@@ -127,6 +133,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from deltatune.delta.export import export_run
+
+    out = export_run(args.run, args.out, merge=args.merge or args.format == "model", fmt=args.format, overwrite=args.overwrite)
+    print(f"exported {args.run} to {out} ({args.format})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deltatune`` console script; returns the exit status."""
     parser = build_parser()
@@ -139,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export}
     try:
         return handlers[args.command](args)
     except DeltatuneError as e:

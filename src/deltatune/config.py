@@ -13,7 +13,7 @@ max_grad_norm, metric_for_best_model, ...), so users can carry their settings ov
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -68,7 +68,8 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     """Optimisation and the training loop.
 
-    Units: ``learning_rate`` is the peak rate after warmup; ``warmup_ratio`` is a fraction of
+    Units: ``learning_rate`` is the peak rate after warmup (unset: a default per Δθ method,
+    1e-4 for full/freeze, 5e-4 for LoRA/DoRA, 3e-3 for IA3, 1e-2 for prefix tuning); ``warmup_ratio`` is a fraction of
     the total optimizer steps (``warmup_steps`` wins when set); ``weight_decay`` is the
     decoupled (AdamW) or L2 (SGD) coefficient, never applied to biases or normalization
     weights; ``l1_lambda`` multiplies sum(|w|) over the same weights; batch sizes are in
@@ -79,8 +80,8 @@ class TrainConfig(_Section):
     max_steps: Optional[int] = Field(default=None, gt=0)
     per_device_train_batch_size: int = Field(default=32, gt=0)
     gradient_accumulation_steps: int = Field(default=1, gt=0)
-    learning_rate: float = Field(default=1e-4, gt=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    learning_rate: Optional[float] = Field(default=None, gt=0)
+    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
     adam_beta1: float = Field(default=0.9, ge=0, lt=1)
     adam_beta2: float = Field(default=0.999, ge=0, lt=1)
     adam_epsilon: float = Field(default=1e-8, gt=0)
@@ -125,9 +126,37 @@ class EvalConfig(_Section):
 
 
 class DeltaConfig(_Section):
-    """What is trained and what is stored (Δθ methods grow here; ``full`` trains everything)."""
+    """What is trained (``method``) and what is stored (``save``).
 
-    method: Literal["full"] = "full"
+    ``full`` trains every weight; ``freeze`` only the top ``train_layers`` layers and the head;
+    ``lora``/``dora`` (rank ``lora_r``, scale ``lora_alpha / lora_r``, ``lora_dropout``,
+    ``target_modules``: ``all-linear`` or a list of module names), ``ia3`` and ``prefix``
+    (``num_virtual_tokens``) train a PEFT adapter. With ``full``, ``save: delta`` stores
+    θ_ft − θ_pre as truncated-SVD factors keeping ``delta_energy`` of each matrix's squared
+    Frobenius norm (or a fixed ``delta_rank``), optionally int8 (``delta_int8``).
+    """
+
+    method: Literal["full", "freeze", "lora", "dora", "ia3", "prefix"] = "full"
+    save: Literal["model", "delta"] = "model"
+    train_layers: int = Field(default=2, ge=0)
+    lora_r: int = Field(default=8, gt=0)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: Optional[Union[str, list[str]]] = "all-linear"
+    num_virtual_tokens: int = Field(default=20, gt=0)
+    delta_energy: float = Field(default=0.9, gt=0, le=1)
+    delta_rank: Optional[int] = Field(default=None, gt=0)
+    delta_int8: bool = False
+
+    @model_validator(mode="after")
+    def _save_delta_needs_full(self) -> "DeltaConfig":
+        if self.save == "delta" and self.method != "full":
+            raise ValueError(f"save: delta applies to method full; {self.method} already stores only its delta")
+        return self
+
+
+# peak learning rates that work for each method when train.learning_rate is not set
+DEFAULT_LEARNING_RATES = {"full": 1e-4, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prefix": 1e-2}
 
 
 class RunConfig(_Section):
@@ -152,6 +181,8 @@ class RunConfig(_Section):
             object.__setattr__(self, "name", self.task)
         if self.output_dir is None:
             object.__setattr__(self, "output_dir", str(Path("runs") / str(self.name)))
+        if self.train.learning_rate is None:
+            object.__setattr__(self.train, "learning_rate", DEFAULT_LEARNING_RATES[self.delta.method])
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,15 +38,14 @@ def quiet_transformers() -> Iterator[None]:
 def dropout_overrides(model_path: str, dropout: float | None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Config keys to set so that every dropout probability of the model becomes ``dropout``.
 
-    Every float config attribute whose name contains ``dropout`` (hidden_dropout_prob,
-    attention_probs_dropout_prob, attention_dropout, ...) plus ``classifier_dropout`` is set.
+    Every config attribute whose name contains ``dropout`` and holds a float (hidden_dropout_prob,
+    attention_probs_dropout_prob, attention_dropout, ...) or is unset (classifier_dropout) is set.
     Returns ``{}`` when ``dropout`` is ``None``.
     """
     if dropout is None:
         return {}
     cfg = load_config(model_path, trust_remote_code=trust_remote_code)
-    keys = {k for k, v in cfg.to_dict().items() if "dropout" in k and isinstance(v, float)}
-    keys.add("classifier_dropout")
+    keys = {k for k, v in cfg.to_dict().items() if "dropout" in k and (v is None or isinstance(v, float))}
     return {k: dropout for k in sorted(keys)}
 
 

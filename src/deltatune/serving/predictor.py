@@ -9,7 +9,11 @@ import datasets
 import numpy as np
 import torch
 
+from transformers import PretrainedConfig
+
 from deltatune.config import RunConfig, build_config
+from deltatune.delta import is_delta_folder, load_trained
+from deltatune.delta.storage import read_meta
 from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_config, load_tokenizer
 from deltatune.rundir import RunDir
@@ -74,13 +78,26 @@ def load(run: str | Path, device: str | None = None) -> Predictor:
     if not rd.model.is_dir():
         raise DeltatuneError(f"{rd.root} has no model/ folder: the run did not finish (resume it with deltatune train --resume {rd.root})")
     cfg = build_config(rd.config)
-    model_cfg = load_config(str(rd.model), cfg.model.trust_remote_code)
-    task = get_task_class(cfg.task).from_pretrained_config(cfg, model_cfg)
+    task, model = load_task_model(cfg, rd.model)
     tokenizer = load_tokenizer(str(rd.model), cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = task.load_trained(str(rd.model)).to(dev).eval()
-    return Predictor(cfg, task, model, tokenizer, dev)
+    return Predictor(cfg, task, model.to(dev).eval(), tokenizer, dev)
+
+
+def load_task_model(cfg: RunConfig, model_dir: Path) -> tuple[Task, torch.nn.Module]:
+    """The fitted task and the trained model of a run's ``model/`` folder (full model or Δθ + base).
+
+    Raises:
+        DeltatuneError: a Δθ whose base model is missing or differs from training time.
+    """
+    task_cls = get_task_class(cfg.task)
+    if is_delta_folder(model_dir):
+        model_cfg = PretrainedConfig.from_dict(read_meta(model_dir)["model_config"])
+        task = task_cls.from_pretrained_config(cfg, model_cfg)
+        return task, load_trained(model_dir, lambda base: task.build_model(base, {}))
+    task = task_cls.from_pretrained_config(cfg, load_config(str(model_dir), cfg.model.trust_remote_code))
+    return task, task.load_trained(str(model_dir))
 
 
 def write_predictions(records: list[dict[str, Any]], inputs: Iterable[dict[str, Any]], path: str | Path) -> None:

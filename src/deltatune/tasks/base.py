@@ -82,6 +82,8 @@ class Task(ABC):
 
     # ---- model ----------------------------------------------------------------------------
     auto_model_class: Any = None  # the transformers Auto* class of this task's head
+    peft_task_type: str = ""  # peft's TaskType name (SEQ_CLS, TOKEN_CLS, CAUSAL_LM, ...)
+    new_parameter_names: set = set()  # parameters build_model initialised fresh (the head)
 
     def load_trained(self, model_dir: str) -> torch.nn.Module:
         """Load a model this task trained and saved (``save_pretrained`` folder)."""
@@ -91,7 +93,10 @@ class Task(ABC):
 
     @abstractmethod
     def build_model(self, model_path: str, config_overrides: dict[str, Any]) -> torch.nn.Module:
-        """Load the pretrained backbone with this task's head."""
+        """Load the pretrained backbone with this task's head.
+
+        Sets :attr:`new_parameter_names` to the parameters absent from the checkpoint.
+        """
 
     @abstractmethod
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

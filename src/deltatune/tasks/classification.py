@@ -56,6 +56,7 @@ class ClassificationTask(Task):
 
     name = "text-classification"
     auto_model_class = AutoModelForSequenceClassification
+    peft_task_type = "SEQ_CLS"
 
     def __init__(self, config: RunConfig, labels: list[str] | None = None, multi_label: bool | None = None):
         super().__init__(config)
@@ -190,7 +191,7 @@ class ClassificationTask(Task):
 
         A classifier head whose shape does not match the label count is re-initialised.
         """
-        model = load_pretrained(
+        model, info = load_pretrained(
             AutoModelForSequenceClassification,
             model_path,
             trust_remote_code=self.config.model.trust_remote_code,
@@ -199,8 +200,12 @@ class ClassificationTask(Task):
             label2id=self.label2id,
             problem_type="multi_label_classification" if self.multi_label else "single_label_classification",
             ignore_mismatched_sizes=True,
+            output_loading_info=True,
             **config_overrides,
         )
+        self.new_parameter_names = set(info["missing_keys"]) | {
+            k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", [])
+        }
         return model
 
     @staticmethod

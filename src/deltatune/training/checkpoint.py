@@ -131,3 +131,14 @@ def replace_dir_atomically(write: Any, target: Path) -> None:
     tmp.rename(target)
     if old.exists():
         shutil.rmtree(old)
+
+
+def save_best_state(folder: Path, model: torch.nn.Module) -> None:
+    """Keep an exact copy of the trainable parameters of the best evaluation (``folder/best/``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    replace_dir_atomically(lambda d: save_file(trainable_state(model), str(d / "trainable.safetensors")), folder / "best")
+
+
+def load_best_state(folder: Path, model: torch.nn.Module) -> None:
+    """Load what :func:`save_best_state` kept back into ``model``."""
+    load_trainable_state(model, load_file(str(folder / "best" / "trainable.safetensors")))

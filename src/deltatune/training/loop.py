@@ -34,8 +34,10 @@ from deltatune.training.batching import epoch_batches, shard_batch, steps_per_ep
 from deltatune.training.checkpoint import (
     capture_rng_state,
     list_checkpoints,
+    load_best_state,
     load_checkpoint,
     restore_rng_state,
+    save_best_state,
     save_checkpoint,
 )
 from deltatune.training.early_stopping import EarlyStopping
@@ -102,7 +104,8 @@ class Trainer:
         train_features, eval_features: encoded splits (``eval_features`` may be ``None``).
         config: the run config (``train`` and ``eval`` sections are read).
         run_dir: where checkpoints, metrics.jsonl and the best model go.
-        save_model: ``save_model(folder)`` writes the deployable model (HF format) into ``folder``.
+        save_model: ``save_model(folder)`` writes the deployable model (or its Δθ) into ``folder``;
+            called once, at the end, with the best evaluated weights in place.
         callbacks: ``callback(trainer, state)`` called after every optimizer step; raise
             ``KeyboardInterrupt`` in one to simulate a user interrupt.
     """
@@ -125,7 +128,10 @@ class Trainer:
         self.run_dir = run_dir
         self.save_model = save_model
         self.callbacks = callbacks
-        self.accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.train.mixed_precision))
+        self.mixed_precision = resolve_mixed_precision(config.train.mixed_precision)
+        # fp16 needs accelerate's gradient scaler; bf16 needs none, so it is a plain autocast and
+        # several runs with different precisions can share one process (accelerate's state is global)
+        self.accelerator = Accelerator(mixed_precision="fp16" if self.mixed_precision == "fp16" else None)
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         tc = config.train
@@ -146,6 +152,12 @@ class Trainer:
         self.state = TrainState()
 
     # ---- helpers ------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The mixed-precision context for forward passes."""
+        if self.mixed_precision == "bf16":
+            return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16)
+        return self.accelerator.autocast()
+
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
@@ -228,7 +240,7 @@ class Trainer:
             features,
             self.cfg.eval.per_device_eval_batch_size,
             self.accelerator.device,
-            self.accelerator.autocast,
+            self.autocast,
             self.rank,
             self.world,
         )
@@ -285,7 +297,7 @@ class Trainer:
                         sync = j == len(micro) - 1
                         ctx = contextlib.nullcontext() if sync or self.world == 1 else self.accelerator.no_sync(model)
                         with ctx:
-                            with self.accelerator.autocast():
+                            with self.autocast():
                                 loss_sum, _ = self.task.loss(model, mb)
                             # DDP averages gradients over processes: multiply back by world size.
                             self.accelerator.backward(loss_sum * (self.world / max(total_targets, 1)))
@@ -337,10 +349,7 @@ class Trainer:
             evaluating = self.eval_features is not None and self.cfg.eval.eval_strategy != "no"
             if evaluating and self.state.last_eval_step != self.state.global_step and not self.state.early_stopped:
                 self._record_eval(self.evaluate(self.eval_features))  # the last steps were not evaluated yet
-            if self.stopper.best_step is None:
-                # no evaluation decided a best model: the final weights are the result
-                if self.is_main:
-                    self._save_model()
+            self._finish()
         seen = self.state.examples_seen - examples_at_start
         return TrainResult(
             global_step=self.state.global_step,
@@ -391,7 +400,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.log({"step": step, "epoch": self.state.epoch, **scalars})
             if improved:
-                self._save_model()
+                save_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
         self.accelerator.wait_for_everyone()
         if self.stopper.should_stop:
             self.state.early_stopped = True
@@ -399,5 +408,10 @@ class Trainer:
                 self.run_dir.log({"step": step, "event": "early_stopping", "best_step": self.stopper.best_step})
         return f"{name}={metrics[name]:.4f}"
 
-    def _save_model(self) -> None:
-        self.save_model(self.run_dir.model)
+    def _finish(self) -> None:
+        """Put the best evaluated weights back (if any) and write the deployable model once."""
+        if self.stopper.best_step is not None and self.stopper.best_step != self.state.global_step:
+            load_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
+        if self.is_main:
+            self.save_model(self.run_dir.model)
+        self.accelerator.wait_for_everyone()

@@ -1,0 +1,202 @@
+"""Save and load what a run trained: the whole model, or only Δθ plus a reference to the base.
+
+``model/`` of a run holds, by ``delta.method`` and ``delta.save``:
+- ``full`` + ``save: model``: a complete Hugging Face model folder (loads with plain transformers);
+- ``full`` + ``save: delta``: ``delta.safetensors``, θ_ft − θ_pre compressed (see
+  :mod:`deltatune.delta.compress`);
+- ``freeze``: ``trained.safetensors``, the tensors of the trained layers and head;
+- ``lora``/``dora``/``ia3``/``prefix``: a standard PEFT adapter folder (``adapter_config.json``,
+  ``adapter_model.safetensors``, head included), loadable by ``peft.PeftModel.from_pretrained``.
+Every delta folder also holds the tokenizer and ``deltatune_delta.json``: the method, the
+base model's reference string and resolved path, a SHA-256 of the base weight files, and the
+task model's config (labels). Loading recomputes the hash and refuses a different base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from deltatune.config import RunConfig
+from deltatune.delta.compress import CompressionStats, compress_delta, reconstruct
+from deltatune.delta.methods import PEFT_METHODS
+from deltatune.errors import DeltatuneError
+from deltatune.models import resolve_model
+from deltatune.models.loading import quiet_transformers
+
+META = "deltatune_delta.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def weights_hash(model_path: str) -> str:
+    """SHA-256 over the base model's weight files (sorted by name; names and bytes).
+
+    A hub id is first resolved to its local snapshot folder.
+    """
+    folder = Path(model_path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(model_path))
+    if folder.is_file():
+        files = [folder]
+    else:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def is_delta_folder(folder: str | Path) -> bool:
+    """True when ``folder`` holds a Δθ (needs its base to load)."""
+    return (Path(folder) / META).is_file()
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / META).read_text())
+
+
+def _write_meta(folder: Path, cfg: RunConfig, base_path: str, model_config: dict, extra: dict | None = None) -> None:
+    meta = {
+        "method": cfg.delta.method,
+        "save": cfg.delta.save,
+        "base": {"name_or_path": cfg.model.name_or_path, "resolved": base_path, "sha256": weights_hash(base_path)},
+        "model_config": model_config,
+        **(extra or {}),
+    }
+    (folder / META).write_text(json.dumps(meta, indent=2))
+
+
+def _task_model_config(model: torch.nn.Module) -> dict:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.config.to_dict()
+
+
+def save_trained(
+    model: torch.nn.Module,
+    folder: Path,
+    tokenizer,
+    cfg: RunConfig,
+    base_path: str,
+    base_state: "callable | None" = None,
+) -> dict[str, Any]:
+    """Write the deployable result of a run into ``folder`` (which must exist and be empty).
+
+    Args:
+        model: the trained model (unwrapped; peft-wrapped for adapter methods).
+        tokenizer: saved alongside.
+        base_path: the resolved base model folder or hub id.
+        base_state: for ``full`` + ``save: delta``, a function returning θ_pre of the
+            parameters that exist in the base checkpoint (name -> tensor).
+
+    Returns:
+        Facts for the report: ``saved_bytes`` and, for compressed deltas, compression stats.
+    """
+    method = cfg.delta.method
+    info: dict[str, Any] = {}
+    with quiet_transformers():
+        tokenizer.save_pretrained(folder)
+        if method == "full" and cfg.delta.save == "model":
+            model.save_pretrained(folder)
+        elif method == "full":
+            tuned = {n: p.detach() for n, p in model.named_parameters()}
+            stored, st = compress_delta(
+                base_state(), tuned, cfg.delta.delta_energy, cfg.delta.delta_rank, cfg.delta.delta_int8
+            )
+            save_file(stored, str(folder / "delta.safetensors"))
+            info["compression"] = _stats_dict(st)
+            _write_meta(folder, cfg, base_path, _task_model_config(model), {"compression": info["compression"]})
+        elif method == "freeze":
+            trained = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(trained, str(folder / "trained.safetensors"))
+            _write_meta(folder, cfg, base_path, _task_model_config(model))
+        elif method in PEFT_METHODS:
+            model.save_pretrained(folder)
+            _write_meta(folder, cfg, base_path, _task_model_config(model))
+        else:  # pragma: no cover - config validation prevents this
+            raise ValueError(method)
+    info["saved_bytes"] = folder_size(folder, weights_only=True)
+    return info
+
+
+def _stats_dict(st: CompressionStats) -> dict[str, Any]:
+    return {
+        "factored_matrices": st.factored,
+        "dense_matrices": st.dense,
+        "mean_rank": round(st.mean_rank, 1),
+        "stored_bytes": st.stored_bytes,
+        "dense_fp32_bytes": st.full_bytes,
+    }
+
+
+def folder_size(folder: Path, weights_only: bool = False) -> int:
+    """Bytes of the files in ``folder`` (only weight files when ``weights_only``)."""
+    return sum(
+        p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and (not weights_only or p.name.endswith(WEIGHT_SUFFIXES))
+    )
+
+
+def check_base(meta: dict[str, Any]) -> str:
+    """Resolve the base model a delta was trained on and verify its weights hash.
+
+    Returns:
+        The resolved base path.
+
+    Raises:
+        DeltatuneError: the base cannot be found, or its weights differ from training time.
+    """
+    ref = meta["base"]["name_or_path"]
+    path = resolve_model(ref)
+    got = weights_hash(path)
+    if got != meta["base"]["sha256"]:
+        raise DeltatuneError(
+            f"base model '{ref}' ({path}) is not the one this delta was trained on: weights hash {got[:12]} != "
+            f"{meta['base']['sha256'][:12]}; install or point to the original base model"
+        )
+    return path
+
+
+def load_trained(folder: str | Path, build_base: "callable") -> torch.nn.Module:
+    """Rebuild the trained model from a delta folder.
+
+    Args:
+        build_base: ``build_base(base_path) -> model`` builds the task model on the base weights.
+
+    Raises:
+        DeltatuneError: base mismatch (see :func:`check_base`).
+    """
+    folder = Path(folder)
+    meta = read_meta(folder)
+    base_path = check_base(meta)
+    model = build_base(base_path)
+    method = meta["method"]
+    if method in PEFT_METHODS:
+        from peft import PeftModel
+
+        with quiet_transformers():
+            return PeftModel.from_pretrained(model, str(folder))
+    if method == "freeze":
+        _copy_into(model, load_file(str(folder / "trained.safetensors")))
+        return model
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    _copy_into(model, reconstruct(base, load_file(str(folder / "delta.safetensors"))))
+    return model
+
+
+def _copy_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    unknown = [k for k in tensors if k not in params]
+    if unknown:
+        raise DeltatuneError(f"saved delta has tensors the model lacks, e.g. {unknown[0]}; was it trained for another task?")
+    with torch.no_grad():
+        for k, t in tensors.items():
+            params[k].copy_(t.to(params[k].dtype))

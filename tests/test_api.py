@@ -1,0 +1,51 @@
+"""Whole runs through the Python API on the tiny model: variants of data and precision."""
+
+import json
+
+import yaml
+
+import deltatune
+from tests.helpers import make_sentiment_rows, tiny_config, write_csv
+
+
+def test_validation_split_is_carved_and_config_is_reproducible(tiny_model_dir, tmp_path):
+    train = write_csv(tmp_path / "all.csv", make_sentiment_rows(60))
+    run = deltatune.finetune(tiny_config(tiny_model_dir, train, None, tmp_path / "r", num_train_epochs=1), verbose=False)
+    assert sum(run.metrics["validation"]["per_class"][c]["support"] for c in ("neg", "pos")) == 6  # 10% of 60
+    assert run.metrics["validation"]["per_class"]["neg"]["support"] == 3  # stratified
+    saved = yaml.safe_load((run.path / "config.yaml").read_text())
+    assert saved["train"]["learning_rate"] == 1e-3 and saved["data"]["validation_split"] == 0.1
+    again = deltatune.finetune(run.path / "config.yaml", {"output_dir": str(tmp_path / "r2")}, verbose=False)
+    assert again.metrics["validation"]["loss"] == run.metrics["validation"]["loss"]  # same seed, same result
+    cfg = json.loads((run.path / "model" / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "neg", "1": "pos"}
+
+
+def test_multi_label_jsonl_run_and_predict(tiny_model_dir, tmp_path):
+    rows = [
+        {"text": f"{' '.join(['ball'] * (i % 3 + 1))} {'vote' if i % 2 else ''} game", "label": ["sports"] + (["politics"] if i % 2 else [])}
+        for i in range(40)
+    ]
+    path = tmp_path / "ml.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(tiny_model_dir, path, None, tmp_path / "ml", num_train_epochs=2)
+    run = deltatune.finetune(cfg, verbose=False)
+    m = run.metrics["validation"]
+    assert {"subset_accuracy", "f1_micro", "f1_macro"} <= set(m)
+    pred = deltatune.load(run.path).predict(["ball vote game"])[0]
+    assert isinstance(pred["label"], list) and set(pred["probabilities"]) == {"politics", "sports"}
+
+
+def test_text_pairs_bf16_accumulation_and_l1(tiny_model_dir, tmp_path):
+    rows = [{"premise": r["text"], "hypothesis": "it was good", "label": r["label"]} for r in make_sentiment_rows(40)]
+    train = write_csv(tmp_path / "pairs.csv", rows)
+    cfg = tiny_config(
+        tiny_model_dir, train, None, tmp_path / "pairs", mixed_precision="bf16", gradient_accumulation_steps=2, l1_lambda=1e-5
+    )
+    cfg["data"].update({"text_column": "premise", "text_pair_column": "hypothesis"})
+    run = deltatune.finetune(cfg, verbose=False)
+    log = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert all(0 < x < 10 for x in losses)
+    out = deltatune.load(run.path).predict([("a great film", "it was good")])
+    assert out[0]["label"] in ("neg", "pos")
