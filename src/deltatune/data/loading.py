@@ -2,6 +2,7 @@
 
 Formats by extension: ``.csv``, ``.tsv``/``.tab`` (tab separated, no quoting, as GLUE ships
 them), ``.json``/``.jsonl``/``.ndjson`` (JSON Lines or one JSON array), ``.parquet``/``.pq``.
+``.txt`` gives one row per blank-line separated paragraph in a column ``text``.
 Anything that is not an existing path is treated as a hub dataset name (needs network).
 
 Before parsing, text files are checked to be UTF-8 so that a bad byte is reported with its
@@ -89,8 +90,7 @@ def _load_file(path: Path) -> datasets.Dataset:
         elif fmt == "parquet":
             ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
         else:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            ds = datasets.Dataset.from_dict({"text": lines})
+            ds = datasets.Dataset.from_dict({"text": _paragraphs(path.read_text(encoding="utf-8"))})
     except DeltatuneError:
         raise
     except Exception as e:  # parser errors from pandas/pyarrow: report them in one line
@@ -99,6 +99,13 @@ def _load_file(path: Path) -> datasets.Dataset:
     if len(ds) == 0:
         raise DeltatuneError(f"{path} has no data rows")
     return ds
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Blank-line separated paragraphs of a text file (each keeps its inner newlines)."""
+    import re
+
+    return [p.strip("\n") for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
 def _read_csv(path: Path, **kw):

@@ -14,6 +14,7 @@ def train_validation_split(
     fraction: float,
     seed: int,
     stratify_by: Sequence[Hashable] | None = None,
+    contiguous: bool = False,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Split ``ds`` into (train, validation) with ``fraction`` of the rows in validation.
 
@@ -26,6 +27,8 @@ def train_validation_split(
         fraction: share of rows for validation, 0 < fraction < 1; at least one row each side.
         seed: random seed of the shuffle.
         stratify_by: optional per-row class keys, ``len(stratify_by) == len(ds)``.
+        contiguous: take the last ``fraction`` of the rows in order instead (for running text,
+            where a random split would leak neighbouring context into validation).
 
     Returns:
         (train, validation) datasets; row order inside each is the shuffled order.
@@ -33,6 +36,8 @@ def train_validation_split(
     n = len(ds)
     n_val = min(max(1, round(n * fraction)), n - 1)
     idx = list(range(n))
+    if contiguous:
+        return ds.select(idx[: n - n_val]), ds.select(idx[n - n_val :])
     strat = list(stratify_by) if stratify_by is not None else None
     if strat is not None:
         counts = Counter(strat)

