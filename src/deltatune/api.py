@@ -273,6 +273,43 @@ def evaluate(run: str | Path, data: str, output: str | Path | None = None, batch
     return metrics
 
 
+def evaluate_pretrained(
+    config: str | Path | dict[str, Any] | RunConfig,
+    data: str,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the *pretrained* model of ``config`` (no training) on a data file: the "before" numbers.
+
+    Only for tasks whose head exists in the pretrained model (decoder tasks). Returns the same
+    metrics as a trained run's evaluation (loss, perplexity and generation metrics).
+
+    Raises:
+        DeltatuneError: bad config/data/model, or a task whose head would be untrained.
+    """
+    import torch
+
+    from deltatune.training.inference import batched_outputs, merge_outputs
+
+    cfg = build_config(config, overrides)
+    task = create_task(cfg)
+    if not hasattr(task, "final_metrics"):
+        raise DeltatuneError(f"{cfg.task}: a pretrained model has no trained head for this task; train first")
+    ds = load_table(data, split="test", config_name=cfg.data.dataset_config_name)
+    task.fit(ds, data)
+    if cfg.data.max_eval_samples:
+        ds = ds.select(range(min(cfg.data.max_eval_samples, len(ds))))
+    model_path = resolve_model(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    task.set_tokenizer(tokenizer)
+    features = task.encode(ds, tokenizer, source=data)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = task.build_model(model_path, {}).to(device).eval()
+    parts = batched_outputs(model, task, features, cfg.eval.per_device_eval_batch_size, device)
+    metrics = task.compute_metrics(merge_outputs(parts, len(features)))
+    metrics.update(task.final_metrics(model, tokenizer, ds, device))
+    return metrics
+
+
 def check(
     config: str | Path | dict[str, Any] | RunConfig | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -334,4 +371,4 @@ def _mark_trained(tokenizer, ids: list[int], labels: Any) -> str:
     return "".join(out)
 
 
-__all__ = ["Predictor", "Run", "check", "evaluate", "finetune", "load"]
+__all__ = ["Predictor", "Run", "check", "evaluate", "evaluate_pretrained", "finetune", "load"]

@@ -93,3 +93,14 @@ def test_instruction_run_reports_preflight_counts_and_generates(tiny_llama_dir, 
     assert {"loss", "perplexity", "rougeL", "generation_eos_share"} <= set(v)
     out = deltatune.load(run.path).predict(["Repeat the word red"])
     assert isinstance(out[0]["generated"], str)
+
+
+def test_check_marks_trained_spans_and_counts(tiny_llama_dir, tmp_path):
+    from deltatune.api import check
+
+    train = _alpaca(tmp_path, 4)
+    report = check({"task": "instruction", "model": {"name_or_path": tiny_llama_dir},
+                    "data": {"train_file": str(train), "max_seq_length": 64}}, examples=2)
+    assert "[[red<|im_end|>]]" in report  # the first response, with its EOS, is the trained span
+    assert "<|im_start|>user\nRepeat the word red<|im_end|>" in report  # the prompt is shown unmarked
+    assert "truncated" in report and "dropped (no trained token) 0" in report
