@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _worker import run_worker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "text_classification" / "sst2"
@@ -144,24 +145,14 @@ def main() -> None:
     results = {}
     for method in args.methods.split(","):
         print(f"running {method} ...", flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", method, "--rows", str(args.rows), *[f"--set={o}" for o in args.set]],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-        )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-            raise SystemExit(f"{method} failed")
-        results[method] = json.loads(line[7:])
+        results[method] = run_worker(__file__, method, ["--rows", str(args.rows), *[f"--set={o}" for o in args.set]])
         r = results[method]
         print(f"  dev accuracy {r['dev_accuracy']:.4f}, {r['train_seconds']:.0f} s", flush=True)
 
     print(f"\nSST-2, packaged MiniLM, {args.rows} rows x 1 epoch, batch 32; dev.tsv (872 rows)\n")
     if args.set:
         print("overrides: " + ", ".join(args.set) + "\n")
-    print(f"| method | lr | dev accuracy | trainable params | saved weights | train time | peak RSS |")
+    print("| method | lr | dev accuracy | trainable params | saved weights | train time | peak RSS |")
     print("|---|---|---|---|---|---|---|")
     for m, r in results.items():
         print(

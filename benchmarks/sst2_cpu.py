@@ -23,11 +23,13 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _worker import run_worker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "text_classification" / "sst2"
@@ -169,17 +171,7 @@ def main() -> None:
     results = {}
     for tool in args.tools.split(","):
         print(f"running {tool} ...", flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", tool, *passthrough],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-        )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-            raise SystemExit(f"{tool} failed with exit code {proc.returncode}")
-        results[tool] = json.loads(line[len("RESULT ") :])
+        results[tool] = run_worker(__file__, tool, passthrough)
 
     print(
         f"\nSST-2, packaged MiniLM, {args.rows} rows x {args.epochs:g} epoch, batch {args.batch_size}, "

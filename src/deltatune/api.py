@@ -292,7 +292,7 @@ def evaluate_pretrained(
 
     cfg = build_config(config, overrides)
     task = create_task(cfg)
-    if not hasattr(task, "final_metrics"):
+    if task.peft_task_type != "CAUSAL_LM":
         raise DeltatuneError(f"{cfg.task}: a pretrained model has no trained head for this task; train first")
     ds = load_table(data, split="test", config_name=cfg.data.dataset_config_name)
     task.fit(ds, data)
@@ -306,7 +306,8 @@ def evaluate_pretrained(
     model = task.build_model(model_path, {}).to(device).eval()
     parts = batched_outputs(model, task, features, cfg.eval.per_device_eval_batch_size, device)
     metrics = task.compute_metrics(merge_outputs(parts, len(features)))
-    metrics.update(task.final_metrics(model, tokenizer, ds, device))
+    if hasattr(task, "final_metrics"):
+        metrics.update(task.final_metrics(model, tokenizer, ds, device))
     return metrics
 
 

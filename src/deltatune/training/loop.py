@@ -320,13 +320,15 @@ class Trainer:
                         last_loss = self._log_train(window_loss, window_targets, start, examples_at_start)
                         window_loss.zero_()
                         window_targets = 0
-                        bar.set_postfix_str(f"loss={last_loss:.4f} {latest_metric}".strip())
+                        rate = (self.state.examples_seen - examples_at_start) / max(time.perf_counter() - start, 1e-9)
+                        bar.set_postfix_str(f"loss={last_loss:.4f} {rate:.1f} ex/s {latest_metric}".strip())
                     evaluated = False
                     if self._eval_due(end_of_epoch):
                         metrics = self.evaluate(self.eval_features)
                         evaluated = True
                         latest_metric = self._record_eval(metrics)
                         bar.set_postfix_str(f"loss={last_loss if last_loss is not None else float('nan'):.4f} {latest_metric}")
+                        bar.refresh()
                     if self._save_due(end_of_epoch, evaluated) and step < self.total_steps and not self.state.early_stopped:
                         self._checkpoint(capture_rng_state())
                     bar.update(1)
