@@ -33,3 +33,24 @@ def test_training_stops_early_and_keeps_the_best_model(tiny_model_dir, sentiment
     log = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "early_stopping" for r in log)
     assert json.loads((run.path / "eval.json").read_text())["train"]["best_step"] == 2
+
+
+def test_early_stopping_restores_the_best_adapter(tiny_model_dir, tmp_path):
+    """With LoRA, the adapter saved at the end is the one of the best evaluation, not the last."""
+    import deltatune as dt
+    from tests.helpers import make_easy_rows, write_csv
+
+    train = write_csv(tmp_path / "t.csv", make_easy_rows(64, 1))
+    val = write_csv(tmp_path / "v.csv", make_easy_rows(16, 2))
+    # a huge constant learning rate: the first evaluation is the best, later ones diverge
+    cfg = tiny_config(tiny_model_dir, train, val, tmp_path / "lora_es", learning_rate=5.0, num_train_epochs=4,
+                      lr_scheduler_type="constant", warmup_ratio=0.0)
+    cfg["delta"] = {"method": "lora", "lora_r": 4}
+    cfg["eval"] = {"eval_strategy": "steps", "eval_steps": 2, "metric_for_best_model": "loss", "early_stopping_patience": 2}
+    run = dt.finetune(cfg, verbose=False)
+    log = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval_loss"] for r in log if "eval_loss" in r}
+    best = min(evals, key=evals.get)
+    assert run.result.best_step == best and best != run.result.global_step
+    reloaded = dt.evaluate(run.path, str(val))
+    assert abs(reloaded["loss"] - evals[best]) < 1e-4  # the saved adapter is the best one

@@ -35,3 +35,19 @@ def test_l1_gradient_is_lambda_times_sign():
     w.grad = torch.ones_like(w)
     add_l1_gradient([w], 0.1)
     assert torch.allclose(w.grad, torch.tensor([[1.1, 0.9], [1.0, 1.1]]))
+
+
+def test_adafactor_and_sgd_reduce_a_quadratic():
+    for name in ("adafactor", "sgd"):
+        torch.manual_seed(0)
+        w = torch.nn.Linear(8, 8, bias=False)
+        opt = build_optimizer(w, TrainConfig(optimizer=name, learning_rate=0.05, weight_decay=0.0))
+        x = torch.randn(32, 8)
+        first = None
+        for _ in range(30):
+            loss = (w(x) ** 2).mean()
+            first = first if first is not None else loss.item()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert loss.item() < 0.5 * first, name
