@@ -81,3 +81,9 @@ def test_stratified_split_keeps_proportions_and_is_seeded(tmp_path):
     assert va2["text"] == va["text"]
     _, va3 = train_validation_split(ds, 0.2, seed=2, stratify_by=labels)
     assert va3["text"] != va["text"]
+
+
+def test_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes("text,label\ngood,1\n".encode("utf-8-sig"))
+    assert load_table(str(p)).column_names == ["text", "label"]

@@ -90,7 +90,7 @@ def _load_file(path: Path) -> datasets.Dataset:
         elif fmt == "parquet":
             ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
         else:
-            ds = datasets.Dataset.from_dict({"text": _paragraphs(path.read_text(encoding="utf-8"))})
+            ds = datasets.Dataset.from_dict({"text": _paragraphs(path.read_text(encoding="utf-8-sig"))})
     except DeltatuneError:
         raise
     except Exception as e:  # parser errors from pandas/pyarrow: report them in one line
@@ -112,13 +112,13 @@ def _read_csv(path: Path, **kw):
     import pandas as pd
 
     try:
-        return pd.read_csv(path, encoding="utf-8", keep_default_na=True, **kw)
+        return pd.read_csv(path, encoding="utf-8-sig", keep_default_na=True, **kw)  # -sig: drop a byte-order mark
     except pd.errors.EmptyDataError:
         raise DeltatuneError(f"{path} is empty; it needs a header row and at least one data row") from None
 
 
 def _read_json_rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
