@@ -118,3 +118,30 @@ def test_console_script_exit_status(tmp_path):
         capture_output=True, text=True,
     )
     assert r.returncode == 2 and "nope.csv" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(base, capsys, tmp_path):
+    args, out = base
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _fails(capsys, args + ["--overwrite"], "not a deltatune run directory")
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_na_like_text_and_labels_are_data(base, capsys, tmp_path):
+    from deltatune.data import load_table
+
+    p = tmp_path / "na.csv"
+    p.write_text("text,label\nNA,None\nnull,NA\n")
+    ds = load_table(str(p))
+    assert ds["text"] == ["NA", "null"] and ds["label"] == ["None", "NA"]
+
+
+def test_numeric_looking_column_names_stay_strings():
+    from deltatune.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(["train", "--text-column", "0", "--label-column", "2024"])
+    from deltatune.config import build_config
+
+    cfg = build_config({}, _overrides(args))
+    assert cfg.data.text_column == "0" and cfg.data.label_column == "2024"

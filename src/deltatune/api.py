@@ -23,7 +23,7 @@ from deltatune.models.loading import dropout_overrides, load_tokenizer
 from deltatune.rundir import RunDir
 from deltatune.serving.predictor import Predictor, load
 from deltatune.tasks import Task, create_task
-from deltatune.training import Trainer, TrainResult
+from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
 from deltatune.training.checkpoint import replace_dir_atomically
 
 datasets.disable_progress_bars()
@@ -61,13 +61,24 @@ def _read_split(ref: str, task: Task, cfg: RunConfig, with_labels: bool = True) 
 def _check_resume_config(cfg: RunConfig, run_dir: RunDir) -> None:
     saved = build_config(run_dir.config)
     a, b = _flatten(saved.to_dict()), _flatten(cfg.to_dict())
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    cosmetic = {"output_dir", "train.progress_bar"}
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in cosmetic)
     if diff:
         k = diff[0]
         raise DeltatuneError(
             f"cannot resume {run_dir.root}: the config differs from its config.yaml at {', '.join(diff[:5])} "
             f"({k}: {a.get(k)!r} there, {b.get(k)!r} now); resume with the run's own config"
         )
+
+
+def _flatten_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    from deltatune.config import parse_override
+
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    return {".".join(k): v for k, v in (parse_override(o) for o in overrides)}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -109,8 +120,14 @@ def finetune(
             is written.
     """
     if resume and isinstance(config, (str, Path)) and Path(config).is_dir():
-        config = Path(config) / "config.yaml"
+        run_root = Path(config)
+        if not (run_root / "config.yaml").is_file():
+            raise DeltatuneError(f"cannot resume: {run_root} has no config.yaml (give the run directory made by deltatune train)")
+        # the run lives where the user points, even if it was moved since
+        overrides = {**_flatten_overrides(overrides), "output_dir": str(run_root)}
+        config = run_root / "config.yaml"
     cfg = build_config(config, overrides)
+    resolve_mixed_precision(cfg.train.mixed_precision)  # fail before writing anything
     run_dir = RunDir(cfg.output_dir)
     if resume:
         run_dir.prepare(overwrite=False, resume=True)
@@ -146,6 +163,12 @@ def finetune(
 
     set_seed(cfg.seed)
     model = apply_delta(task.build_model(model_path, extra), cfg.delta, task.peft_task_type)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and cfg.data.max_seq_length > positions:
+        raise DeltatuneError(
+            f"data.max_seq_length {cfg.data.max_seq_length} exceeds the {positions} positions of model "
+            f"'{cfg.model.name_or_path}'; set data.max_seq_length to at most {positions}"
+        )
 
     # everything the user gave has been read and checked: only now touch the run directory
     run_dir.prepare(overwrite=overwrite, resume=resume)

@@ -265,7 +265,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     # keep strings that YAML would turn into dates etc. as plain text
     if not isinstance(parsed, (str, int, float, bool, list, dict, type(None))):
         parsed = value
-    if isinstance(parsed, str):
+    if isinstance(parsed, str) and not value.strip().startswith(("'", '"')):
         try:
             parsed = float(parsed)  # YAML 1.1 reads "1e-4" as a string
         except ValueError:

@@ -43,7 +43,8 @@ class RunDir:
 
         Raises:
             DeltatuneError: the directory exists and neither ``overwrite`` nor ``resume`` is
-                set; or ``resume`` is set and there is nothing to resume.
+                set; ``overwrite`` on a non-empty folder that is not a run (or is the current
+                folder or one above it); or ``resume`` is set and there is nothing to resume.
         """
         if resume:
             if not self.config.is_file():
@@ -54,6 +55,11 @@ class RunDir:
                 raise DeltatuneError(
                     f"run directory {self.root} already exists; use --overwrite to replace it, --resume to continue it, "
                     "or choose another --output-dir"
+                )
+            if not self.config.is_file() or self.root.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+                raise DeltatuneError(
+                    f"{self.root} is not empty and is not a deltatune run directory (no config.yaml): --overwrite only "
+                    "replaces runs; choose another --output-dir"
                 )
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True, exist_ok=True)

@@ -109,10 +109,11 @@ def _paragraphs(text: str) -> list[str]:
 
 
 def _read_csv(path: Path, **kw):
+    """Only empty cells are missing: text such as "NA", "None" or "null" stays text."""
     import pandas as pd
 
     try:
-        return pd.read_csv(path, encoding="utf-8-sig", keep_default_na=True, **kw)  # -sig: drop a byte-order mark
+        return pd.read_csv(path, encoding="utf-8-sig", keep_default_na=False, na_values=[""], **kw)  # -sig: drop a byte-order mark
     except pd.errors.EmptyDataError:
         raise DeltatuneError(f"{path} is empty; it needs a header row and at least one data row") from None
 

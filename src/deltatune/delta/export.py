@@ -32,8 +32,12 @@ def export_run(run: str | Path, out: str | Path, merge: bool = True, fmt: str = 
     from deltatune.serving.predictor import load
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DeltatuneError(f"{out} already exists; choose a new --out folder or pass --overwrite")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DeltatuneError(f"{out} already exists; choose a new --out folder or pass --overwrite")
+        is_model = (out / "config.json").is_file() or (out / "adapter_config.json").is_file()
+        if not is_model or out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+            raise DeltatuneError(f"{out} is not an exported model folder: --overwrite only replaces exports; choose a new --out")
     predictor = load(run, device="cpu")
     model_dir = Path(run) / "model"
     method = read_meta(model_dir)["method"] if is_delta_folder(model_dir) else "full"
