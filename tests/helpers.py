@@ -11,17 +11,26 @@ WORDS_NEG = "bad awful boring dull terrible weak poor tedious messy bland".split
 FILLER = "the movie film plot actors story was is a an and with very quite rather really".split()
 
 
-def make_sentiment_rows(n: int, seed: int = 0) -> list[dict]:
-    """Synthetic two-class rows of varying length: label 1 iff the sentiment word is positive."""
+def _rows(n: int, seed: int, text_of) -> list[dict]:
+    """Alternating neg/pos rows; ``text_of(rng, word)`` builds the text around the sentiment word."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         label = i % 2
         word = rng.choice(WORDS_POS if label else WORDS_NEG)
-        filler = [rng.choice(FILLER) for _ in range(rng.randint(2, 14))]
-        filler.insert(rng.randint(0, len(filler)), word)
-        rows.append({"text": " ".join(filler), "label": "pos" if label else "neg"})
+        rows.append({"text": text_of(rng, word), "label": "pos" if label else "neg"})
     return rows
+
+
+def _in_filler(rng: random.Random, word: str) -> str:
+    filler = [rng.choice(FILLER) for _ in range(rng.randint(2, 14))]
+    filler.insert(rng.randint(0, len(filler)), word)
+    return " ".join(filler)
+
+
+def make_sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """Synthetic two-class rows of varying length: label 1 iff the sentiment word is positive."""
+    return _rows(n, seed, _in_filler)
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -55,10 +64,4 @@ def tiny_config(model_dir: str, train: Path, validation: Path | None, out: Path,
 
 def make_easy_rows(n: int, seed: int = 0) -> list[dict]:
     """Rows a tiny random model learns in a few dozen steps: every token carries the label."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        word = rng.choice(WORDS_POS if label else WORDS_NEG)
-        rows.append({"text": " ".join([word] * rng.randint(1, 6)), "label": "pos" if label else "neg"})
-    return rows
+    return _rows(n, seed, lambda rng, word: " ".join([word] * rng.randint(1, 6)))
