@@ -111,7 +111,7 @@ def compress_after_the_fact(run) -> list[dict]:
             params = dict(model.named_parameters())
             for k, v in rebuilt.items():
                 params[k].copy_(v)
-        acc = task.compute_metrics(predictor.outputs(dev))["accuracy"]
+        acc = task.compute_metrics(*predictor.outputs(dev))["accuracy"]
         with torch.no_grad():
             for k, v in tuned.items():
                 params[k].copy_(v)

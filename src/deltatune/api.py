@@ -225,7 +225,7 @@ def finetune(
         compressed = load(run_dir.root)
         metrics["compressed_delta"] = {
             **saved["compression"],
-            "validation": task.compute_metrics(compressed.outputs(validation)),
+            "validation": task.compute_metrics(*compressed.outputs(validation)),
         }
     if trainer.is_main:
         run_dir.eval.write_text(json.dumps(metrics, indent=2))
@@ -287,8 +287,7 @@ def evaluate(run: str | Path, data: str, output: str | Path | None = None, batch
     predictor = load(run)
     ds = load_table(data, split="test", config_name=predictor.config.data.dataset_config_name)
     predictor.task.check(ds, data, with_labels=True)
-    outputs = predictor.outputs(ds, batch_size=batch_size)
-    metrics = predictor.task.compute_metrics(outputs)
+    metrics = predictor.metrics(ds, batch_size=batch_size)
     if output is not None:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +314,7 @@ def evaluate_pretrained(
 
     cfg = build_config(config, overrides)
     task = create_task(cfg)
-    if task.peft_task_type != "CAUSAL_LM":
+    if task.peft_task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):
         raise DeltatuneError(f"{cfg.task}: a pretrained model has no trained head for this task; train first")
     ds = load_table(data, split="test", config_name=cfg.data.dataset_config_name)
     task.fit(ds, data)
@@ -328,7 +327,7 @@ def evaluate_pretrained(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = task.build_model(model_path, {}).to(device).eval()
     parts = batched_outputs(model, task, features, cfg.eval.per_device_eval_batch_size, device)
-    metrics = task.compute_metrics(merge_outputs(parts, len(features)))
+    metrics = task.compute_metrics(merge_outputs(parts, len(features)), features)
     if hasattr(task, "final_metrics"):
         metrics.update(task.final_metrics(model, tokenizer, ds, device))
     return metrics

@@ -20,7 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from deltatune.errors import DeltatuneError
 
-TASKS = ("text-classification", "causal-lm", "instruction", "summarization", "translation", "generative-qa")
+TASKS = (
+    "text-classification",
+    "token-classification",
+    "question-answering",
+    "extractive-summarization",
+    "masked-lm",
+    "causal-lm",
+    "instruction",
+    "summarization",
+    "translation",
+    "generative-qa",
+)
 
 
 class _Section(BaseModel):
@@ -31,11 +42,14 @@ class ModelConfig(_Section):
     """Which pretrained model to start from and how to load it.
 
     ``name_or_path`` is a local model folder, a Hugging Face hub id (needs network), or a
-    packaged default name (``minilm``). ``dropout`` overrides every dropout probability in the
+    packaged default name (``minilm``). ``decoder_name_or_path`` builds an encoder-decoder
+    (``EncoderDecoderModel``) from the encoder ``name_or_path`` and this decoder (cross-attention
+    initialised fresh), for summarization/translation/generative-qa. ``dropout`` overrides every dropout probability in the
     model config (hidden, attention, classifier) when set; ``None`` keeps the model's own.
     """
 
     name_or_path: str = "minilm"
+    decoder_name_or_path: Optional[str] = None
     revision: Optional[str] = None
     dropout: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
     trust_remote_code: bool = False
@@ -54,6 +68,25 @@ class DataConfig(_Section):
     Jinja template); ``system_prompt`` prepended as a system turn; ``prompt_template`` for
     summarization/translation/generative-qa, with ``{column}`` placeholders (and
     ``{source_lang}``/``{target_lang}``); ``target_column`` holds the reference output.
+
+    Encoder-decoder tasks: ``source_prefix`` is prepended to each source (T5's
+    ``"summarize: "``); targets are truncated to ``max_target_length`` tokens.
+
+    Token classification: ``tokens_column`` (list of words) and ``tags_column`` (one BIO/IOB2
+    tag per word; CoNLL files give both); only the first subword of a word is labelled unless
+    ``label_all_subwords``.
+
+    Extractive QA (SQuAD v1.1/v2.0 JSON or flat ``question``/``context``/``answers``
+    columns): contexts longer than ``max_seq_length`` are split into windows overlapping by
+    ``doc_stride`` tokens; answers are chosen among the ``n_best_size`` best starts and ends,
+    at most ``max_answer_length`` tokens long; with ``version_2_with_negative`` (detected from
+    empty answers when ``None``) the empty answer wins when its score exceeds the best span's
+    by more than ``null_score_diff_threshold``.
+
+    Extractive summarization: ``text_column`` holds the document (a list of sentences or a
+    text to split), ``target_column`` the reference summary; ``summary_sentences`` sentences
+    are extracted. Masked-LM: ``mlm_probability`` of the tokens are masked (80% [MASK], 10%
+    random, 10% kept), whole words together with ``whole_word_masking``.
     """
 
     train_file: Optional[str] = None
@@ -77,6 +110,27 @@ class DataConfig(_Section):
     target_column: Optional[str] = None
     source_lang: str = "English"
     target_lang: str = "German"
+    # encoder-decoder (seq2seq) tasks
+    source_prefix: Optional[str] = None
+    max_target_length: int = Field(default=128, gt=1)
+    # token classification
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    label_all_subwords: bool = False
+    # extractive question answering
+    question_column: str = "question"
+    context_column: str = "context"
+    answers_column: str = "answers"
+    doc_stride: int = Field(default=128, gt=0)
+    max_answer_length: int = Field(default=30, gt=0)
+    n_best_size: int = Field(default=20, gt=0)
+    null_score_diff_threshold: float = 0.0
+    version_2_with_negative: Optional[bool] = None
+    # extractive summarization
+    summary_sentences: int = Field(default=1, gt=0)
+    # masked-LM pretraining
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1)
+    whole_word_masking: bool = False
 
 
 class TrainConfig(_Section):

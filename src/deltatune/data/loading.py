@@ -2,7 +2,11 @@
 
 Formats by extension: ``.csv``, ``.tsv``/``.tab`` (tab separated, no quoting, as GLUE ships
 them), ``.json``/``.jsonl``/``.ndjson`` (JSON Lines or one JSON array), ``.parquet``/``.pq``.
-``.txt`` gives one row per blank-line separated paragraph in a column ``text``.
+``.txt`` gives one row per blank-line separated paragraph in a column ``text``. SQuAD-style
+nested JSON gives one row per question (:mod:`deltatune.data.squad`); CoNLL token files
+(``.conll``/``.iob``/``.bio``, or any other extension whose lines look like ``word ... TAG``,
+e.g. CoNLL-2003's ``eng.train``) give one row per sentence with ``tokens`` and ``tags``
+(:mod:`deltatune.data.conll`).
 Anything that is not an existing path is treated as a hub dataset name (needs network).
 
 Before parsing, text files are checked to be UTF-8 so that a bad byte is reported with its
@@ -18,11 +22,13 @@ from pathlib import Path
 
 import datasets
 
+from deltatune.data.conll import CONLL_SUFFIXES, looks_like_conll, read_conll
+from deltatune.data.squad import flatten_squad, is_squad
 from deltatune.errors import DeltatuneError
 
 _TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".txt": "text"}
 _BINARY_FORMATS = {".parquet": "parquet", ".pq": "parquet"}
-SUPPORTED = ", ".join(sorted(set(_TEXT_FORMATS) | set(_BINARY_FORMATS)))
+SUPPORTED = ", ".join(sorted(set(_TEXT_FORMATS) | set(_BINARY_FORMATS) | {".conll"}))
 
 
 def _check_utf8(path: Path) -> None:
@@ -74,6 +80,8 @@ def load_table(ref: str, split: str = "train", config_name: str | None = None) -
 def _load_file(path: Path) -> datasets.Dataset:
     ext = path.suffix.lower()
     fmt = _TEXT_FORMATS.get(ext) or _BINARY_FORMATS.get(ext)
+    if ext in CONLL_SUFFIXES or (fmt is None and path.stat().st_size and looks_like_conll(path)):
+        fmt = "conll"
     if fmt is None:
         raise DeltatuneError(f"{path}: unsupported file type '{ext or '(none)'}'; use one of {SUPPORTED}")
     if path.stat().st_size == 0:
@@ -87,6 +95,8 @@ def _load_file(path: Path) -> datasets.Dataset:
             ds = datasets.Dataset.from_pandas(_read_csv(path, sep="\t", quoting=csv.QUOTE_NONE), preserve_index=False)
         elif fmt == "json":
             ds = datasets.Dataset.from_list(_read_json_rows(path))
+        elif fmt == "conll":
+            ds = datasets.Dataset.from_list(read_conll(path))
         elif fmt == "parquet":
             ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
         else:
@@ -134,6 +144,8 @@ def _read_json_rows(path: Path) -> list[dict]:
             obj = json.loads(text)
         except json.JSONDecodeError:
             obj = None  # fall through to JSON Lines
+        if is_squad(obj):
+            return flatten_squad(obj, str(path))
         if isinstance(obj, dict):
             # {"data": [...]} or {"col": [...], ...}
             if isinstance(obj.get("data"), list) and all(isinstance(r, dict) for r in obj["data"]):

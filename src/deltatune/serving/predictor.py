@@ -17,7 +17,7 @@ from deltatune.delta.storage import read_meta
 from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_config, load_tokenizer
 from deltatune.rundir import RunDir
-from deltatune.tasks import Task, get_task_class
+from deltatune.tasks import Features, Task, get_task_class, is_encoder_decoder
 from deltatune.training.inference import batched_outputs, merge_outputs
 
 
@@ -34,11 +34,20 @@ class Predictor:
     def __init__(self, config: RunConfig, task: Task, model: torch.nn.Module, tokenizer, device: str | torch.device):
         self.config, self.task, self.model, self.tokenizer, self.device = config, task, model, tokenizer, torch.device(device)
 
-    def outputs(self, ds: datasets.Dataset, with_labels: bool = True, batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """Raw :meth:`Task.eval_step` outputs for every row of ``ds``, in row order."""
+    def outputs(
+        self, ds: datasets.Dataset, with_labels: bool = True, batch_size: int | None = None
+    ) -> tuple[dict[str, np.ndarray], Features]:
+        """Raw :meth:`Task.eval_step` outputs for every feature of ``ds`` in feature order, and the features."""
         features = self.task.encode(ds, self.tokenizer, with_labels=with_labels)
         bs = batch_size or self.config.eval.per_device_eval_batch_size
-        return merge_outputs(batched_outputs(self.model, self.task, features, bs, self.device), len(features))
+        return merge_outputs(batched_outputs(self.model, self.task, features, bs, self.device), len(features)), features
+
+    def metrics(self, ds: datasets.Dataset, batch_size: int | None = None) -> dict[str, Any]:
+        """The task's metrics on labelled rows ``ds`` (generation metrics too for generative tasks)."""
+        metrics = self.task.compute_metrics(*self.outputs(ds, with_labels=True, batch_size=batch_size))
+        if hasattr(self.task, "final_metrics"):
+            metrics.update(self.task.final_metrics(self.model, self.tokenizer, ds, self.device))
+        return metrics
 
     def predict_rows(self, ds: datasets.Dataset, source: str = "input", batch_size: int | None = None) -> list[dict[str, Any]]:
         """One prediction record per row (``label`` and ``probabilities`` for classification).
@@ -50,7 +59,7 @@ class Predictor:
         if hasattr(self.task, "generate_rows"):  # decoder tasks answer by generating
             texts, ended = self.task.generate_rows(self.model, self.tokenizer, ds, self.device, source)
             return [{"generated": t, "ended_with_eos": e} for t, e in zip(texts, ended)]
-        return self.task.decode(self.outputs(ds, with_labels=False, batch_size=batch_size))
+        return self.task.decode(*self.outputs(ds, with_labels=False, batch_size=batch_size))
 
     def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]] | str) -> list[dict[str, Any]]:
         """Predict for raw texts (or (text, text_pair) tuples for pair tasks).
@@ -96,12 +105,14 @@ def load_task_model(cfg: RunConfig, model_dir: Path) -> tuple[Task, torch.nn.Mod
     Raises:
         DeltatuneError: a Δθ whose base model is missing or differs from training time.
     """
-    task_cls = get_task_class(cfg.task)
     if is_delta_folder(model_dir):
         model_cfg = PretrainedConfig.from_dict(read_meta(model_dir)["model_config"])
+        task_cls = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg))
         task = task_cls.from_pretrained_config(cfg, model_cfg)
         return task, load_trained(model_dir, lambda base: task.build_model(base, {}))
-    task = task_cls.from_pretrained_config(cfg, load_config(str(model_dir), cfg.model.trust_remote_code))
+    model_cfg = load_config(str(model_dir), cfg.model.trust_remote_code)
+    task_cls = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg))
+    task = task_cls.from_pretrained_config(cfg, model_cfg)
     return task, task.load_trained(str(model_dir))
 
 

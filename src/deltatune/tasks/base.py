@@ -26,13 +26,29 @@ from deltatune.config import RunConfig
 class Features(torch.utils.data.Dataset):
     """Encoded examples held in memory: a list of dicts of python lists/ints.
 
-    ``lengths[i]`` is the token length of example ``i`` (used by length-grouped batching and by
+    ``lengths[i]`` is the token length of feature ``i`` (used by length-grouped batching and by
     length-sorted evaluation).
+
+    Tasks where one input row gives several features (extractive QA: one feature per context
+    window; extractive summarization: one per sentence) or where decoding needs more than the
+    tensors (offsets, word ids) keep that in ``meta`` (one entry per feature, any Python
+    object, never collated) and the source rows in ``examples``; both are handed back to
+    :meth:`Task.compute_metrics` and :meth:`Task.decode` with the outputs.
     """
 
-    def __init__(self, rows: list[dict[str, Any]], lengths: Sequence[int]):
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        lengths: Sequence[int],
+        meta: list[Any] | None = None,
+        examples: list[dict[str, Any]] | None = None,
+    ):
         self.rows = rows
         self.lengths = list(lengths)
+        self.meta = meta
+        self.examples = examples
+        if meta is not None and len(meta) != len(rows):
+            raise ValueError(f"meta has {len(meta)} entries for {len(rows)} features")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -116,12 +132,16 @@ class Task(ABC):
         """Forward pass without gradients; per-example arrays (first axis = batch)."""
 
     @abstractmethod
-    def compute_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Metrics from concatenated :meth:`eval_step` outputs of a whole split."""
+    def compute_metrics(self, outputs: dict[str, np.ndarray], features: Features | None = None) -> dict[str, Any]:
+        """Metrics from concatenated :meth:`eval_step` outputs of a whole split.
+
+        ``outputs`` arrays have one entry per feature, in the order of ``features`` (the
+        :class:`Features` they came from, for tasks that need its ``meta``/``examples``).
+        """
 
     @abstractmethod
-    def decode(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        """One prediction record per example from concatenated :meth:`eval_step` outputs."""
+    def decode(self, outputs: dict[str, np.ndarray], features: Features | None = None) -> list[dict[str, Any]]:
+        """One prediction record per input row from concatenated :meth:`eval_step` outputs."""
 
     @classmethod
     @abstractmethod

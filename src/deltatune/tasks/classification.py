@@ -243,7 +243,7 @@ class ClassificationTask(Task):
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
 
-    def compute_metrics(self, outputs):
+    def compute_metrics(self, outputs, features=None):
         logits, labels = outputs["logits"], outputs["labels"]
         probs = self.probabilities(logits)
         if self.multi_label:
@@ -254,7 +254,7 @@ class ClassificationTask(Task):
             loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long())
         return {"loss": float(loss), **m}
 
-    def decode(self, outputs):
+    def decode(self, outputs, features=None):
         probs = self.probabilities(outputs["logits"])
         records = []
         for row in probs:

@@ -94,12 +94,12 @@ class LanguageModelTask(Task):
         ce, mask = self.token_losses(model, batch)
         return {"loss_sum": ce.sum(-1).double().cpu().numpy(), "tokens": mask.sum(-1).cpu().numpy()}
 
-    def compute_metrics(self, outputs):
+    def compute_metrics(self, outputs, features=None):
         total, n = float(np.sum(outputs["loss_sum"])), int(np.sum(outputs["tokens"]))
         loss = total / max(n, 1)
         return {"loss": loss, "perplexity": perplexity(loss), "tokens": n}
 
-    def decode(self, outputs):
+    def decode(self, outputs, features=None):
         return [
             {"loss": float(s / max(t, 1)), "tokens": int(t)} for s, t in zip(outputs["loss_sum"], outputs["tokens"])
         ]

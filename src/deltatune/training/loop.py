@@ -227,7 +227,7 @@ class Trainer:
     def evaluate(self, features: Features) -> dict[str, Any]:
         """Metrics of the current model on ``features`` (every example exactly once, over all processes)."""
         outputs = self.predict_outputs(features)
-        return self.task.compute_metrics(outputs)
+        return self.task.compute_metrics(outputs, features)
 
     @torch.no_grad()
     def predict_outputs(self, features: Features) -> dict[str, np.ndarray]:
