@@ -128,6 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from deltatune.data import load_table
     from deltatune.serving import load, write_predictions
+    from deltatune.serving.predictor import merge_record
 
     predictor = load(args.run)
     if args.input:
@@ -142,7 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(records)} predictions to {args.output}")
     else:
         for inp, rec in zip(inputs, records):
-            print(json.dumps({**inp, **rec}, ensure_ascii=False, default=str))
+            print(json.dumps(merge_record(inp, rec), ensure_ascii=False, default=str))
     return 0
 
 

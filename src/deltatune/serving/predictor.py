@@ -116,6 +116,15 @@ def load_task_model(cfg: RunConfig, model_dir: Path) -> tuple[Task, torch.nn.Mod
     return task, task.load_trained(str(model_dir))
 
 
+def merge_record(inputs: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """One output row: the input columns, then the prediction; a prediction key that is also an
+    input column (e.g. a gold ``label`` column) is written as ``predicted_<key>`` so no input is lost."""
+    out = dict(inputs)
+    for k, v in record.items():
+        out[f"predicted_{k}" if k in inputs else k] = v
+    return out
+
+
 def write_predictions(records: list[dict[str, Any]], inputs: Iterable[dict[str, Any]], path: str | Path) -> None:
     """Write inputs + predictions to CSV (one ``prob_<label>`` column per label) or JSONL, by extension.
 
@@ -129,7 +138,7 @@ def write_predictions(records: list[dict[str, Any]], inputs: Iterable[dict[str, 
     path = Path(path)
     rows = []
     for inp, rec in zip(inputs, records):
-        rows.append({**inp, **rec})
+        rows.append(merge_record(inp, rec))
     ext = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if ext in (".jsonl", ".json"):
@@ -140,9 +149,10 @@ def write_predictions(records: list[dict[str, Any]], inputs: Iterable[dict[str, 
         flat = []
         for r in rows:
             r = dict(r)
-            probs = r.pop("probabilities", None) or {}
-            if isinstance(r.get("label"), list):
-                r["label"] = ";".join(r["label"])
+            probs = r.pop("probabilities", None) or r.pop("predicted_probabilities", None) or {}
+            for key in ("label", "predicted_label"):
+                if isinstance(r.get(key), list):
+                    r[key] = ";".join(r[key])
             r.update({f"prob_{k}": v for k, v in probs.items()})
             flat.append(r)
         pd.DataFrame(flat).to_csv(path, index=False, sep="\t" if ext == ".tsv" else ",")
