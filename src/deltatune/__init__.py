@@ -12,7 +12,8 @@ Python API::
 __version__ = "0.1.0"
 
 from deltatune.api import Run, evaluate, finetune, load  # noqa: E402
+from deltatune.auto import AutoResult, auto  # noqa: E402
 from deltatune.config import RunConfig, build_config  # noqa: E402
 from deltatune.errors import DeltatuneError  # noqa: E402
 
-__all__ = ["DeltatuneError", "Run", "RunConfig", "build_config", "evaluate", "finetune", "load", "__version__"]
+__all__ = ["AutoResult", "DeltatuneError", "Run", "RunConfig", "auto", "build_config", "evaluate", "finetune", "load", "__version__"]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 import datasets
 from accelerate.utils import set_seed
 
-from deltatune.config import RunConfig, build_config
+from deltatune.config import RunConfig, build_config, flatten_dict
 from deltatune.data import load_table, train_validation_split
 from deltatune.delta import apply_delta, parameter_summary, save_trained
 from deltatune.errors import DeltatuneError
@@ -25,6 +25,9 @@ from deltatune.serving.predictor import Predictor, load
 from deltatune.tasks import Task, create_task
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
 from deltatune.training.checkpoint import replace_dir_atomically
+from deltatune.training.loop import check_launch, process_state
+from deltatune.training.memory import estimate_run_memory
+from deltatune.training.packing import pack_training_features, packing_report
 
 datasets.disable_progress_bars()
 
@@ -60,7 +63,7 @@ def _read_split(ref: str, task: Task, cfg: RunConfig, with_labels: bool = True) 
 
 def _check_resume_config(cfg: RunConfig, run_dir: RunDir) -> None:
     saved = build_config(run_dir.config)
-    a, b = _flatten(saved.to_dict()), _flatten(cfg.to_dict())
+    a, b = flatten_dict(saved.to_dict()), flatten_dict(cfg.to_dict())
     cosmetic = {"output_dir", "train.progress_bar"}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in cosmetic)
     if diff:
@@ -80,15 +83,6 @@ def _flatten_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str
         return dict(overrides)
     return {".".join(k): v for k, v in (parse_override(o) for o in overrides)}
 
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def finetune(
@@ -159,10 +153,15 @@ def finetune(
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
     train_f, val_f, test_f, data_report = _encode_splits(task, tokenizer, train, validation, test, cfg)
+    if cfg.train.packing:  # decoder tasks: several examples per sequence, no attention between them
+        train_f = pack_training_features(task, train_f, cfg.data.max_seq_length)
+        data_report["packing"] = packing_report(train_f, cfg.data.max_seq_length)
     extra = dropout_overrides(model_path, cfg.model.dropout, cfg.model.trust_remote_code)
 
     set_seed(cfg.seed)
-    model = apply_delta(task.build_model(model_path, extra), cfg.delta, task.peft_task_type)
+    model = apply_delta(
+        task.build_model(model_path, extra), cfg.delta, task.peft_task_type, getattr(task, "peft_modules_to_save", None)
+    )
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions and cfg.data.max_seq_length > positions:
         raise DeltatuneError(
@@ -170,10 +169,16 @@ def finetune(
             f"'{cfg.model.name_or_path}'; set data.max_seq_length to at most {positions}"
         )
 
-    # everything the user gave has been read and checked: only now touch the run directory
-    run_dir.prepare(overwrite=overwrite, resume=resume)
-    if not resume:
-        cfg.save(run_dir.config)
+    # everything the user gave has been read and checked: only now touch the run directory,
+    # from the main process alone, once every process has checked it (several processes: DDP)
+    check_launch()
+    processes = process_state()
+    processes.wait_for_everyone()
+    if processes.is_main_process:
+        run_dir.prepare(overwrite=overwrite, resume=resume)
+        if not resume:
+            cfg.save(run_dir.config)
+    processes.wait_for_everyone()
 
     saved: dict[str, Any] = {}
 
@@ -188,12 +193,12 @@ def finetune(
         )
 
     trainer = Trainer(model, task, train_f, val_f, cfg, run_dir, save_model, callbacks)
-    if verbose:
-        print(_summary(cfg, model, len(train_f), len(val_f), trainer), flush=True)
+    if verbose and trainer.is_main:
+        print(_summary(cfg, model, getattr(train_f, "num_examples", len(train_f)), len(val_f), trainer), flush=True)
     result = trainer.train(resume=resume)
     run = Run(run_dir.root, cfg, result=result)
     if result.interrupted:
-        if verbose:
+        if verbose and trainer.is_main:
             print(f"interrupted at step {result.global_step}; continue with: deltatune train --resume {run_dir.root}")
         return run
 
@@ -265,7 +270,9 @@ def _summary(cfg: RunConfig, model, n_train: int, n_val: int, trainer: Trainer) 
         f"{ps['trainable_mib']:.1f} of {ps['total_mib']:.1f} MiB) | {n_train} train / {n_val} validation examples | "
         f"{trainer.total_steps} steps "
         f"(batch {trainer.global_batch} x accumulation {cfg.train.gradient_accumulation_steps}) | "
-        f"device {trainer.accelerator.device}, precision {trainer.mixed_precision} | run {cfg.output_dir}"
+        f"device {trainer.accelerator.device}, precision {trainer.mixed_precision} | run {cfg.output_dir}\n"
+        f"deltatune: {estimate_run_memory(model, trainer.task, cfg, trainer.mixed_precision).format()} "
+        f"(batch {cfg.train.per_device_train_batch_size} x {cfg.data.max_seq_length} tokens)"
     )
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``deltatune train | evaluate | predict | export | check``. Thin: parse, call :mod:`deltatune.api`, print.
+"""Command line: ``deltatune train | auto | evaluate | predict | export | check``. Thin: parse, call :mod:`deltatune.api`, print.
 
 Every :class:`DeltatuneError` is printed as one line ``error: ...`` with exit status 2.
 """
@@ -57,11 +57,32 @@ def _train_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _auto_parser(sub) -> None:
+    p = sub.add_parser(
+        "auto", help="infer the task, choose the model and search hyperparameters (optuna)",
+        description="Infer the task from the data, check candidate models against the budgets, run the default "
+        "configuration and a TPE search with median pruning; keep the best run.",
+    )
+    _add_config_args(p, "optional YAML base config (keys set there or by flags are not searched)")
+    p.add_argument("--models", help="comma-separated candidate models (names, folders, hub ids)")
+    p.add_argument("--methods", help="comma-separated delta methods to search (full,lora)")
+    p.add_argument("--max-memory", help="memory for model states, e.g. 8GB; candidates that need more are skipped")
+    p.add_argument("--time-budget", help="wall-clock budget for the whole search, e.g. 90s, 20m, 1h")
+    p.add_argument("--n-trials", type=int, default=None, help="trials in this session (default 10 without --time-budget)")
+    p.add_argument("--storage", help="optuna storage URL (default sqlite:///<output-dir>/optuna.db)")
+    p.add_argument("--study-name", default="deltatune-auto")
+    p.add_argument("--resume", action="store_true", help="continue the study, adding trials")
+    p.add_argument("--keep-all", action="store_true", help="keep every trial's model and checkpoints")
+    p.add_argument("--evals-per-epoch", type=int, default=2, help="intermediate evaluations per epoch (pruning points)")
+    p.add_argument("--quiet", action="store_true", help="print only the best run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltatune", description="Fine-tune pretrained transformers.")
     parser.add_argument("--version", action="store_true", help="print the version")
     sub = parser.add_subparsers(dest="command")
     _train_parser(sub)
+    _auto_parser(sub)
     e = sub.add_parser("evaluate", help="evaluate a trained run on labelled data")
     e.add_argument("run", help="run directory")
     e.add_argument("--data", required=True, help="labelled data file")
@@ -114,6 +135,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run = finetune(_config_source(args), _overrides(args), overwrite=args.overwrite, resume=args.resume)
     return 130 if run.result and run.result.interrupted else 0
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    from deltatune.auto import auto
+
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    overrides = [o for o in _overrides(args) if o != "train.progress_bar=false"]
+    result = auto(
+        _config_source(args), overrides, models=split(args.models), methods=split(args.methods),
+        max_memory=args.max_memory, time_budget=args.time_budget, n_trials=args.n_trials, storage=args.storage,
+        study_name=args.study_name, resume=args.resume, keep_all=args.keep_all, evals_per_epoch=args.evals_per_epoch,
+        verbose=not args.quiet,
+    )
+    if args.quiet and result.best_path is not None:
+        print(f"best: {result.best_path} ({result.metric} {result.best_value:.4f})")
+    return 0 if result.best_path is not None else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -174,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check}
+    handlers = {"auto": cmd_auto, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check}
     try:
         return handlers[args.command](args)
     except DeltatuneError as e:

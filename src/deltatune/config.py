@@ -78,7 +78,8 @@ class DataConfig(_Section):
 
     Extractive QA (SQuAD v1.1/v2.0 JSON or flat ``question``/``context``/``answers``
     columns): contexts longer than ``max_seq_length`` are split into windows overlapping by
-    ``doc_stride`` tokens; answers are chosen among the ``n_best_size`` best starts and ends,
+    ``doc_stride`` tokens (unset: a third of ``max_seq_length``, as 128 of
+    384 in BERT's SQuAD setup, and at most half the room left by the question); answers are chosen among the ``n_best_size`` best starts and ends,
     at most ``max_answer_length`` tokens long; with ``version_2_with_negative`` (detected from
     empty answers when ``None``) the empty answer wins when its score exceeds the best span's
     by more than ``null_score_diff_threshold``.
@@ -121,7 +122,7 @@ class DataConfig(_Section):
     question_column: str = "question"
     context_column: str = "context"
     answers_column: str = "answers"
-    doc_stride: int = Field(default=128, gt=0)
+    doc_stride: Optional[int] = Field(default=None, gt=0)
     max_answer_length: int = Field(default=30, gt=0)
     n_best_size: int = Field(default=20, gt=0)
     null_score_diff_threshold: float = 0.0
@@ -143,6 +144,15 @@ class TrainConfig(_Section):
     decoupled (AdamW) or L2 (SGD) coefficient, never applied to biases or normalization
     weights; ``l1_lambda`` multiplies sum(|w|) over the same weights; batch sizes are in
     examples per process per forward pass.
+
+    Speed and memory (benchmarks/README.md): ``packing`` (decoder tasks) concatenates training
+    examples into sequences of at most ``data.max_seq_length`` tokens without attention between
+    them; batch sizes then count packed sequences. ``loss_chunk_size`` is the number of trained
+    tokens per chunk of the LM head + cross-entropy (decoder tasks; never materializes the full
+    B x T x V logits): unset chunks by 1,024 when the vocabulary has at least 32,000 entries,
+    0 turns chunking off. ``torch_compile`` compiles each transformer block with
+    ``torch.compile``; ``gradient_checkpointing`` recomputes block activations in the backward
+    pass (less memory, ~30% more compute).
     """
 
     num_train_epochs: float = Field(default=1.0, gt=0)
@@ -163,6 +173,10 @@ class TrainConfig(_Section):
     max_grad_norm: Optional[float] = Field(default=1.0, gt=0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     group_by_length: bool = True
+    packing: bool = False
+    loss_chunk_size: Optional[int] = Field(default=None, ge=0)
+    torch_compile: bool = False
+    gradient_checkpointing: bool = False
     logging_steps: int = Field(default=20, gt=0)
     save_steps: Optional[int] = Field(default=None, gt=0)
     save_total_limit: int = Field(default=2, ge=1)
@@ -344,6 +358,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
                 node[part] = nxt
             node = nxt
         node[parts[-1]] = value
+    return out
+
+
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping as dotted keys: ``{"train": {"learning_rate": 1e-4}}`` -> ``{"train.learning_rate": 1e-4}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 

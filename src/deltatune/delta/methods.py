@@ -64,17 +64,21 @@ def _target_modules(cfg: DeltaConfig) -> Any:
     return cfg.target_modules
 
 
-def peft_config(cfg: DeltaConfig, task_type: str, model: torch.nn.Module):
+def peft_config(cfg: DeltaConfig, task_type: str | None, model: torch.nn.Module, modules_to_save: list[str] | None = None):
     """The ``peft`` config object for ``cfg.method``.
 
     Args:
-        task_type: peft's ``TaskType`` name for the task (SEQ_CLS, TOKEN_CLS, CAUSAL_LM, ...).
+        task_type: peft's ``TaskType`` name for the task (SEQ_CLS, TOKEN_CLS, CAUSAL_LM, ...), or
+            ``None`` for a task peft has no type for (masked-lm): peft's generic model.
+        modules_to_save: head modules trained and saved in full with the adapter, for tasks
+            whose head peft's task type does not know (``None``: peft's default for the type).
     """
     import peft
 
     if cfg.method in ("lora", "dora"):
         return peft.LoraConfig(
             task_type=task_type,
+            modules_to_save=modules_to_save,
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
@@ -92,14 +96,18 @@ def peft_config(cfg: DeltaConfig, task_type: str, model: torch.nn.Module):
         if targets is None:
             raise DeltatuneError(f"ia3 has no default target modules for model type '{mtype}'; set delta.target_modules")
         ff = FF.get(mtype, []) if targets == TM.get(mtype) else []
-        return peft.IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=ff)
+        return peft.IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=ff, modules_to_save=modules_to_save)
     if cfg.method == "prefix":
         return peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=cfg.num_virtual_tokens)
     raise ValueError(cfg.method)
 
 
-def apply_delta(model: torch.nn.Module, cfg: DeltaConfig, task_type: str) -> torch.nn.Module:
+def apply_delta(
+    model: torch.nn.Module, cfg: DeltaConfig, task_type: str | None, modules_to_save: list[str] | None = None
+) -> torch.nn.Module:
     """Set up ``model`` for ``cfg.method``; returns the (possibly peft-wrapped) model.
+
+    ``task_type`` and ``modules_to_save`` are passed to :func:`peft_config`.
 
     Raises:
         DeltatuneError: the method does not fit the model (no layers to freeze, no IA3 targets).
@@ -124,7 +132,7 @@ def apply_delta(model: torch.nn.Module, cfg: DeltaConfig, task_type: str) -> tor
                 "'cache'); use lora, dora or ia3"
             )
     try:
-        return peft.get_peft_model(model, peft_config(cfg, task_type, model))
+        return peft.get_peft_model(model, peft_config(cfg, task_type, model, modules_to_save))
     except DeltatuneError:
         raise
     except (ValueError, TypeError) as e:

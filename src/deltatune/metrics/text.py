@@ -5,19 +5,21 @@
   reported as the mean F-measure ×100.
 - BLEU (Papineni et al. 2002) and chrF (Popović 2015): corpus-level, via ``sacrebleu`` with
   its default tokenization (13a) — the scores people report (Post 2018, arXiv:1804.08771).
-- Exact match and token F1: the official SQuAD v1.1 evaluation script's definitions
-  (Rajpurkar et al. 2016): lower-case, strip punctuation and the articles a/an/the, collapse
-  whitespace; F1 over bag-of-token overlap; the maximum over the gold answers; ×100.
+- Exact match and token F1: the official SQuAD evaluation script's definitions
+  (Rajpurkar et al. 2016, 2018), implemented in :mod:`deltatune.metrics.squad`: lower-case,
+  strip punctuation and the articles a/an/the, collapse whitespace; F1 over bag-of-token
+  overlap; the maximum over the gold answers; ×100.
 - Perplexity: exp(mean token cross-entropy in nats).
 """
 
 from __future__ import annotations
 
-import collections
 import math
-import re
-import string
 from typing import Sequence
+
+from deltatune.metrics.squad import exact_match, normalize_answer, squad_metrics, token_f1
+
+__all__ = ["bleu_chrf", "exact_match_score", "f1_score", "normalize_answer", "perplexity", "rouge", "squad_em_f1"]
 
 
 def perplexity(mean_token_loss: float) -> float:
@@ -57,39 +59,21 @@ def bleu_chrf(predictions: Sequence[str], references: Sequence[Sequence[str]]) -
     return {"bleu": float(bleu.score), "chrf": float(chrf.score)}
 
 
-def normalize_answer(s: str) -> str:
-    """SQuAD v1.1 answer normalization: lower case, no punctuation, no articles, single spaces."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
 def exact_match_score(prediction: str, ground_truth: str) -> float:
-    """1.0 if the normalized strings are equal, else 0.0."""
-    return float(normalize_answer(prediction) == normalize_answer(ground_truth))
+    """1.0 if the normalized strings are equal, else 0.0 (see :mod:`deltatune.metrics.squad`)."""
+    return float(exact_match(ground_truth, prediction))
 
 
 def f1_score(prediction: str, ground_truth: str) -> float:
-    """SQuAD token F1 between normalized prediction and answer."""
-    pred_tokens = normalize_answer(prediction).split()
-    gold_tokens = normalize_answer(ground_truth).split()
-    if not pred_tokens or not gold_tokens:
-        return float(pred_tokens == gold_tokens)
-    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
+    """SQuAD token F1 in [0, 1] between prediction and answer (see :mod:`deltatune.metrics.squad`)."""
+    return token_f1(ground_truth, prediction)
 
 
 def squad_em_f1(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Mean exact match and F1 ×100, each the maximum over an example's gold answers."""
-    em = f1 = 0.0
-    for pred, golds in zip(predictions, references):
-        golds = list(golds) or [""]
-        em += max(exact_match_score(pred, g) for g in golds)
-        f1 += max(f1_score(pred, g) for g in golds)
-    n = max(len(predictions), 1)
-    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+    """Mean exact match and F1 ×100, each the maximum over an example's gold answers.
+
+    The official SQuAD definitions of :func:`deltatune.metrics.squad.squad_metrics` (an
+    example with no gold answer is scored against ``""``); only the two corpus means are returned.
+    """
+    m = squad_metrics(predictions, references)
+    return {"exact_match": float(m["exact_match"]), "f1": float(m["f1"])}

@@ -19,20 +19,20 @@ from __future__ import annotations
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from deltatune.config import RunConfig
 from deltatune.data.columns import check_text_column, require_columns
 from deltatune.errors import DeltatuneError
-from deltatune.metrics.text import bleu_chrf, perplexity, rouge, squad_em_f1
+from deltatune.metrics.text import rouge
 from deltatune.models.loading import load_pretrained
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.chat_format import IGNORE_INDEX, ChatEncoder, EncodeStats, detect_format, row_to_messages
 from deltatune.tasks.collate import pad_batch
 from deltatune.tasks.generation import GenerationSettings, generate
+from deltatune.tasks.prompting import GenerationMetrics, PromptedColumns, token_loss_metrics
+from deltatune.tasks.token_loss import next_token_losses, resolve_chunk_size, unwrap
 
 
 class LanguageModelTask(Task):
@@ -65,22 +65,25 @@ class LanguageModelTask(Task):
         self.new_parameter_names = set()
         return model
 
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Right padding for training: pad ids, attention 0, labels -100."""
-        return pad_batch(features, {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX})
+    supports_packing = True  # train.packing: see deltatune.training.packing
 
-    @staticmethod
-    def token_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token next-token cross-entropy (B, T-1) in fp32 and the trained-token mask (B, T-1)."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]
-        mask = targets != IGNORE_INDEX
-        ce = F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-            targets.reshape(-1).clamp(min=0),
-            reduction="none",
-        ).view(targets.shape)
-        return ce * mask, mask
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Right padding for training: pad ids, attention 0, labels -100.
+
+        Packed rows (``position_ids``, no ``attention_mask``) give ``position_ids`` padded with 0
+        and no attention mask: the model then masks attention block-diagonally per example.
+        """
+        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX, "position_ids": 0}
+        return pad_batch(features, pads)
+
+    def token_losses(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token next-token cross-entropy (B, T-1) in fp32 and the trained-token mask (B, T-1).
+
+        The LM head and loss run in chunks as ``train.loss_chunk_size`` says (see
+        :mod:`deltatune.tasks.token_loss`).
+        """
+        vocab = getattr(getattr(unwrap(model), "config", None), "vocab_size", 0) or 0
+        return next_token_losses(model, batch, resolve_chunk_size(self.config.train.loss_chunk_size, vocab))
 
     def loss(self, model, batch):
         ce, mask = self.token_losses(model, batch)
@@ -95,9 +98,7 @@ class LanguageModelTask(Task):
         return {"loss_sum": ce.sum(-1).double().cpu().numpy(), "tokens": mask.sum(-1).cpu().numpy()}
 
     def compute_metrics(self, outputs, features=None):
-        total, n = float(np.sum(outputs["loss_sum"])), int(np.sum(outputs["tokens"]))
-        loss = total / max(n, 1)
-        return {"loss": loss, "perplexity": perplexity(loss), "tokens": n}
+        return token_loss_metrics(outputs)
 
     def decode(self, outputs, features=None):
         return [
@@ -120,8 +121,7 @@ class LanguageModelTask(Task):
 
     def generation_settings(self) -> GenerationSettings:
         """Decoding settings from the ``eval`` config section."""
-        e = self.config.eval
-        return GenerationSettings(e.max_new_tokens, e.num_beams, e.do_sample, e.temperature, e.top_p, e.generation_batch_size)
+        return GenerationSettings.from_config(self.config.eval)
 
     def rows_from_texts(self, texts: list[str]) -> datasets.Dataset:
         """Rows for :meth:`generate_rows` from plain input texts (``predict --text``)."""
@@ -163,7 +163,7 @@ class CausalLMTask(LanguageModelTask):
         return generate(model, tokenizer, prompts, self.generation_settings(), device)
 
 
-class InstructionTask(LanguageModelTask):
+class InstructionTask(GenerationMetrics, LanguageModelTask):
     """Supervised fine-tuning on instruction/chat data with the loss on assistant turns only."""
 
     name = "instruction"
@@ -235,20 +235,6 @@ class InstructionTask(LanguageModelTask):
         prompts = [enc.prompt_ids(self.messages(row, i, source, with_answer=False)) for i, row in enumerate(ds, start=1)]
         return generate(model, tokenizer, prompts, self.generation_settings(), device)
 
-    def final_metrics(self, model, tokenizer, ds, device="cpu") -> dict[str, Any]:
-        """Generate for up to ``eval.generation_max_samples`` rows and score them; plus the EOS share."""
-        n = min(len(ds), self.config.eval.generation_max_samples)
-        if n == 0:
-            return {}
-        ds = ds.select(range(n))
-        preds, ended = self.generate_rows(model, tokenizer, ds, device)
-        refs = [self.references(row) for row in ds]
-        metrics = self.score(preds, refs)
-        metrics["generation_eos_share"] = float(np.mean(ended))
-        metrics["generated_examples"] = n
-        metrics["samples"] = [{"prediction": p, "reference": r[0] if r else ""} for p, r in list(zip(preds, refs))[:3]]
-        return metrics
-
 
 DEFAULT_PROMPTS = {
     "summarization": "Summarize the following text in one sentence.\n\n{source}",
@@ -257,83 +243,36 @@ DEFAULT_PROMPTS = {
 }
 
 
-class PromptedTask(InstructionTask):
-    """Text-to-text tasks done by a decoder: a prompt template per task, the target as the answer."""
+class PromptedTask(PromptedColumns, InstructionTask):
+    """Text-to-text tasks done by a decoder: a prompt template per task, the target as the answer.
+
+    Columns, references and scores: :class:`deltatune.tasks.prompting.PromptedColumns`.
+    """
+
+    default_prompts = DEFAULT_PROMPTS
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
         self.format = "prompted"
 
-    @property
-    def template(self) -> str:
-        return self.config.data.prompt_template or DEFAULT_PROMPTS[self.name]
-
-    @property
-    def target_column(self) -> str:
-        return self.config.data.target_column or ("answers" if self.name == "generative-qa" else "target")
-
-    def fit_columns(self, ds, source, with_labels=True):
-        import string
-
-        needed = [f for _, f, _, _ in string.Formatter().parse(self.template) if f and f not in ("source_lang", "target_lang")]
-        require_columns(ds, needed + ([self.target_column] if with_labels else []), source)
-
-    def rows_from_texts(self, texts):
-        import string
-
-        first = next(f for _, f, _, _ in string.Formatter().parse(self.template) if f and f not in ("source_lang", "target_lang"))
-        return datasets.Dataset.from_dict({first: list(texts), self.target_column: [""] * len(texts)})
-
-    def _text(self, value: Any) -> str:
-        if isinstance(value, (list, tuple)):
-            return " ".join(str(v) for v in value)
-        return "" if value is None else str(value)
-
-    def references(self, row: dict[str, Any]) -> list[str]:
-        value = row.get(self.target_column)
-        if isinstance(value, dict) and "text" in value:  # SQuAD answers
-            value = value["text"]
-        if isinstance(value, (list, tuple)):
-            return [str(v) for v in value] or [""]
-        return [self._text(value)]
-
     def messages(self, row, row_number, source, with_answer: bool = True):
-        fields = {k: self._text(v) for k, v in row.items()}
-        fields.setdefault("source_lang", self.config.data.source_lang)
-        fields.setdefault("target_lang", self.config.data.target_lang)
-        try:
-            prompt = self.template.format_map(fields)
-        except KeyError as e:
-            raise DeltatuneError(f"data.prompt_template uses {{{e.args[0]}}} but {source} has no such column") from None
-        msgs = [{"role": "user", "content": prompt}]
+        msgs = [{"role": "user", "content": self.fill_template(row, source)}]
         if self.config.data.system_prompt:
             msgs.insert(0, {"role": "system", "content": self.config.data.system_prompt})
         if with_answer:
-            refs = self.references(row)
-            if not refs or not refs[0].strip():
-                raise DeltatuneError(f"{source}: row {row_number} has an empty '{self.target_column}'")
-            msgs.append({"role": "assistant", "content": refs[0]})
+            msgs.append({"role": "assistant", "content": self.target_text(row, row_number, source)})
         return msgs
 
 
 class SummarizationTask(PromptedTask):
     name = "summarization"
 
-    def score(self, predictions, references):
-        return rouge(predictions, references)
-
 
 class TranslationTask(PromptedTask):
     name = "translation"
 
-    def score(self, predictions, references):
-        return bleu_chrf(predictions, references)
-
 
 class GenerativeQATask(PromptedTask):
     name = "generative-qa"
-
-    def score(self, predictions, references):
-        return squad_em_f1(predictions, references)
 
 

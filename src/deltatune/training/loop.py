@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import gather_object, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
 from deltatune.config import RunConfig
@@ -40,6 +41,7 @@ from deltatune.training.checkpoint import (
     save_best_state,
     save_checkpoint,
 )
+from deltatune.training.compute import apply_compute_options
 from deltatune.training.early_stopping import EarlyStopping
 from deltatune.training.inference import batched_outputs, merge_outputs
 from deltatune.training.optim import add_l1_gradient, build_optimizer, build_scheduler, regularized_parameters
@@ -61,6 +63,42 @@ def resolve_mixed_precision(requested: str) -> str:
     return requested
 
 
+def cpu_processes() -> bool:
+    """Whether the processes of this launch share the CPU (gloo backend) rather than GPUs.
+
+    True when ``ACCELERATE_USE_CPU`` says so (``accelerate launch --cpu``) or when a launcher
+    (``torchrun``, ``accelerate launch``) started several processes on a machine without a GPU;
+    Accelerate only forms a CPU process group when asked (``cpu=True``).
+    """
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return True
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def check_launch() -> None:
+    """Refuse launch modes the loop does not support yet (before anything is written).
+
+    FSDP and DeepSpeed shard parameters or optimizer states across processes; the loop's
+    checkpoints, best-model copies and saved model read whole tensors on the main process, and
+    evaluation gives processes different numbers of forward passes, so these launches would
+    hang or save shards. See docs/auto_and_distributed.md.
+
+    Raises:
+        DeltatuneError: an ``accelerate launch`` with an FSDP or DeepSpeed config.
+    """
+    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if parse_flag_from_env(flag):
+            raise DeltatuneError(
+                f"{name} launches are not supported yet (checkpoints and the saved model would need the sharded "
+                "state gathered); launch data-parallel instead: accelerate launch --config_file examples/accelerate/ddp.yaml"
+            )
+
+
+def process_state() -> PartialState:
+    """Accelerate's process state (rank, world size, barriers) for this launch, made once per process."""
+    return PartialState(cpu=cpu_processes())
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB (Linux ``ru_maxrss`` is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -77,6 +115,7 @@ class TrainState:
     interrupted: bool = False
     early_stopped: bool = False
     last_eval_step: int = -1
+    last_eval_metrics: dict = field(default_factory=dict)  # scalar metrics of that evaluation (for callbacks)
 
 
 @dataclass
@@ -131,14 +170,15 @@ class Trainer:
         self.mixed_precision = resolve_mixed_precision(config.train.mixed_precision)
         # fp16 needs accelerate's gradient scaler; bf16 needs none, so it is a plain autocast and
         # several runs with different precisions can share one process (accelerate's state is global)
-        self.accelerator = Accelerator(mixed_precision="fp16" if self.mixed_precision == "fp16" else None)
+        check_launch()
+        self.accelerator = Accelerator(mixed_precision="fp16" if self.mixed_precision == "fp16" else None, cpu=cpu_processes())
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         tc = config.train
         self.global_batch = tc.per_device_train_batch_size * self.world
         self.steps_per_epoch = steps_per_epoch(len(train_features), self.global_batch, tc.gradient_accumulation_steps)
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * self.steps_per_epoch))
-        model = model.to(self.accelerator.device)
+        model = apply_compute_options(model.to(self.accelerator.device), tc)  # checkpointing, torch.compile
         optimizer = build_optimizer(model, tc)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = build_scheduler(self.optimizer, tc, self.total_steps)
@@ -186,10 +226,13 @@ class Trainer:
             "batch_in_epoch": s.batch_in_epoch,
             "examples_seen": s.examples_seen,
             "total_steps": self.total_steps,
+            "processes": self.world,
             "early_stopping": self.stopper.state_dict(),
         }
 
     def _checkpoint(self, rng_state: dict[str, Any]) -> None:
+        if self.world > 1:  # each process's generators (dropout draws differ between processes)
+            rng_state = {"per_process": gather_object([rng_state])}
         if self.is_main:
             save_checkpoint(
                 self.run_dir.checkpoints,
@@ -209,6 +252,11 @@ class Trainer:
             raise DeltatuneError(f"cannot resume: {self.run_dir.checkpoints} holds no complete checkpoint; start again with --overwrite")
         path = ckpts[-1]
         state, rng = load_checkpoint(path, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
+        if state.get("processes", 1) != self.world:
+            raise DeltatuneError(
+                f"cannot resume from {path}: it was made by {state.get('processes', 1)} process(es), this launch has "
+                f"{self.world}; resume with the same number of processes"
+            )
         if state["total_steps"] != self.total_steps:
             raise DeltatuneError(
                 f"cannot resume from {path}: it was made for {state['total_steps']} steps, this config gives "
@@ -219,7 +267,7 @@ class Trainer:
         self.state.batch_in_epoch = state["batch_in_epoch"]
         self.state.examples_seen = state["examples_seen"]
         self.stopper.load_state_dict(state["early_stopping"])
-        restore_rng_state(rng)
+        restore_rng_state(rng["per_process"][self.rank] if "per_process" in rng else rng)
         if self.is_main:
             self.run_dir.truncate_log(self.state.global_step)
 
@@ -234,8 +282,10 @@ class Trainer:
         """Concatenated :meth:`Task.eval_step` outputs in the original example order."""
         was_training = self.model.training
         self.model.eval()
+        # the bare module: a DDP forward may broadcast buffers (a collective), which would hang when
+        # the processes run different numbers of evaluation batches (one may get none)
         parts = batched_outputs(
-            self.model,
+            self.accelerator.unwrap_model(self.model),
             self.task,
             features,
             self.cfg.eval.per_device_eval_batch_size,
@@ -286,8 +336,12 @@ class Trainer:
                 )
                 while self.state.batch_in_epoch < len(batches) and self.state.global_step < self.total_steps:
                     window = batches[self.state.batch_in_epoch : self.state.batch_in_epoch + accum]
-                    micro = [self.task.collate([self.train_features[i] for i in shard_batch(b, self.world, self.rank)]) for b in window]
-                    local_targets = sum(self.task.num_targets(m) for m in micro)
+                    shards = [shard_batch(b, self.world, self.rank) for b in window]
+                    # a global batch smaller than the world leaves some processes nothing: they run one
+                    # example with weight 0, as DDP needs every process in every backward pass
+                    weights = [1.0 if part else 0.0 for part in shards]
+                    micro = [self.task.collate([self.train_features[i] for i in (part or b[:1])]) for part, b in zip(shards, window)]
+                    local_targets = sum(self.task.num_targets(m) for m, w in zip(micro, weights) if w)
                     total_targets = local_targets
                     if self.world > 1:
                         t = torch.tensor(local_targets, device=self.accelerator.device)
@@ -299,6 +353,7 @@ class Trainer:
                         with ctx:
                             with self.autocast():
                                 loss_sum, _ = self.task.loss(model, mb)
+                                loss_sum = loss_sum * weights[j]
                             # DDP averages gradients over processes: multiply back by world size.
                             self.accelerator.backward(loss_sum * (self.world / max(total_targets, 1)))
                         window_loss += loss_sum.detach().float()
@@ -312,7 +367,8 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.state.global_step += 1
                     self.state.batch_in_epoch += len(window)
-                    self.state.examples_seen += sum(len(b) for b in window)
+                    count = getattr(self.train_features, "examples_in", len)  # packs hold several examples
+                    self.state.examples_seen += sum(count(b) for b in window)
                     end_of_epoch = self.state.batch_in_epoch >= len(batches)
                     step = self.state.global_step
 
@@ -399,6 +455,7 @@ class Trainer:
         self.state.last_eval_step = step
         improved = self.stopper.update(float(metrics[name]), step)
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.state.last_eval_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if self.is_main:
             self.run_dir.log({"step": step, "epoch": self.state.epoch, **scalars})
             if improved:

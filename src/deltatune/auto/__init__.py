@@ -1,0 +1,16 @@
+"""Automated fine-tuning: task inference, model choice under budgets, hyperparameter search.
+
+``deltatune auto --train data.csv --time-budget 20m`` or :func:`deltatune.auto`:
+
+- :mod:`deltatune.auto.infer`: the task and column mapping from the data;
+- :mod:`deltatune.auto.candidates`: model family, size, memory/time fit;
+- :mod:`deltatune.auto.search`: the optuna search space, trial objective and pruning callback;
+- :mod:`deltatune.auto.report`: leaderboard, parameter importances, clean-up;
+- :mod:`deltatune.auto.runner`: :func:`auto`, which ties them together.
+"""
+
+from deltatune.auto.budget import parse_duration, parse_memory
+from deltatune.auto.infer import Inference, infer_task
+from deltatune.auto.runner import AutoResult, auto
+
+__all__ = ["AutoResult", "Inference", "auto", "infer_task", "parse_duration", "parse_memory"]

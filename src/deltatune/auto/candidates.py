@@ -1,0 +1,186 @@
+"""Model candidates for ``deltatune auto``: family, size, and whether they fit the budgets.
+
+Memory estimate (model states only; activations come on top and grow with batch size and
+sequence length), after the model-state accounting of ZeRO (Rajbhandari et al. 2020, §3):
+full fine-tuning with fp32 AdamW holds weights, gradients and two moments, 4 + 4 + 8 =
+:data:`FULL_BYTES_PER_PARAMETER` bytes per parameter; LoRA holds the frozen fp32 weights
+(:data:`LORA_BYTES_PER_PARAMETER`), the adapter being negligible.
+
+Time estimate: training costs about 6 FLOPs per non-embedding parameter per token (forward +
+backward, Kaplan et al. 2020, "Scaling Laws for Neural Language Models", §2.1); one epoch's
+tokens are estimated as characters / 4 (padding not counted), and the device's speed as the
+peak rate of a large fp32 matrix multiplication measured here. Training rarely runs faster than
+the matmul peak, so the estimate is meant to be optimistic, but it is rough (it ignores padding,
+attention's quadratic term and other jobs sharing the machine); a candidate is skipped only when
+this estimate of one epoch exceeds the whole time budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Optional
+
+import torch
+
+from deltatune.auto.budget import format_bytes, format_seconds
+from deltatune.auto.infer import ENCODER_TASKS
+from deltatune.errors import DeltatuneError
+
+FULL_BYTES_PER_PARAMETER = 16
+LORA_BYTES_PER_PARAMETER = 4
+CHARS_PER_TOKEN = 4
+ENCODER_DECODER_TASKS = ("summarization", "translation", "generative-qa")
+DEFAULT_MODELS = {"encoder": "minilm", "decoder": "smollm2"}
+
+
+@dataclass
+class Candidate:
+    """One model ``deltatune auto`` may train.
+
+    Attributes:
+        ref: what the user wrote (``minilm``, a folder, a hub id).
+        family: ``"encoder"``, ``"decoder"`` or ``"encoder-decoder"``.
+        parameters: total parameter count; ``non_embedding``: without embedding tables.
+        methods: the Δθ methods that fit the memory budget (subset of the searched ones).
+        notes: one line per decision about this candidate.
+    """
+
+    ref: str
+    family: str
+    parameters: int
+    non_embedding: int
+    methods: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.ref, "family": self.family, "parameters": self.parameters,
+            "non_embedding_parameters": self.non_embedding, "methods": self.methods, "notes": self.notes,
+        }
+
+
+def model_family(model_config) -> str:
+    """``"encoder-decoder"``, ``"encoder"`` (a masked-LM family such as BERT) or ``"decoder"``."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(model_config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    return "encoder" if model_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
+
+
+def count_parameters(model_config) -> tuple[int, int]:
+    """(total, non-embedding) parameters of the bare model, built on the meta device (no memory).
+
+    Raises:
+        DeltatuneError: the architecture cannot be built from its config.
+    """
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            model = AutoModel.from_config(model_config)
+    except Exception as e:  # an architecture transformers does not know
+        raise DeltatuneError(f"cannot size model {model_config.model_type}: {str(e).splitlines()[0]}") from None
+    total = sum(p.numel() for p in model.parameters())
+    emb = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False))
+    return total, total - emb
+
+
+@lru_cache(maxsize=1)
+def device_flops_per_second() -> float:
+    """Peak fp32 matmul rate of this process's device (FLOP/s): the fastest of ten 1024³ products.
+
+    The fastest, not the mean, so that other jobs sharing the machine distort it less.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    a = torch.randn(1024, 1024, device=device)
+    b = torch.randn(1024, 1024, device=device)
+    (a @ b).sum().item()
+    best = float("inf")
+    for _ in range(10):
+        start = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024**3 / max(best, 1e-9)
+
+
+def epoch_seconds_estimate(non_embedding: int, train_chars: int, flops: float) -> float:
+    """Estimated seconds for one epoch: 6 · N · tokens / FLOP/s, tokens ≈ characters / 4."""
+    return 6.0 * non_embedding * (train_chars / CHARS_PER_TOKEN) / flops
+
+
+def fits_task(family: str, task: str) -> Optional[str]:
+    """Why a model ``family`` cannot do ``task``, or ``None`` when it can."""
+    if task in ENCODER_TASKS:
+        return None if family == "encoder" else f"{task} needs an encoder model (this is a {family})"
+    if family == "encoder":
+        return f"{task} generates text and needs a decoder or encoder-decoder model (this is an encoder)"
+    if family == "encoder-decoder" and task not in ENCODER_DECODER_TASKS:
+        return f"{task} needs a decoder model (this is an encoder-decoder)"
+    return None
+
+
+def choose_candidates(
+    refs: list[str],
+    task: str,
+    methods: list[str],
+    max_memory: Optional[int],
+    time_budget: Optional[float],
+    train_chars: int,
+    trust_remote_code: bool = False,
+) -> tuple[list[Candidate], list[Candidate]]:
+    """Check each model reference against the task and the budgets.
+
+    Args:
+        refs: model references in the user's order.
+        methods: the Δθ methods to search (``full``, ``lora``).
+        max_memory: bytes available for model states, or ``None``.
+        time_budget: seconds for the whole search, or ``None``.
+        train_chars: characters of training text in one epoch (for the time estimate).
+
+    Returns:
+        (kept, skipped) candidates, each with its notes.
+    """
+    from deltatune.models import resolve_model
+    from deltatune.models.loading import load_config
+
+    kept, skipped = [], []
+    for ref in refs:
+        cfg = load_config(resolve_model(ref), trust_remote_code)
+        family = model_family(cfg)
+        total, non_emb = count_parameters(cfg)
+        c = Candidate(ref, family, total, non_emb)
+        c.notes.append(f"{ref}: {family}, {total / 1e6:.1f}M parameters ({non_emb / 1e6:.1f}M outside embeddings)")
+        why = fits_task(family, task)
+        if why:
+            c.notes.append(f"{ref}: skipped, {why}")
+            skipped.append(c)
+            continue
+        for m in methods:
+            per = FULL_BYTES_PER_PARAMETER if m == "full" else LORA_BYTES_PER_PARAMETER
+            need = per * total
+            if max_memory is not None and need > max_memory:
+                c.notes.append(
+                    f"{ref}: no {m} fine-tuning, its model states need ~{format_bytes(need)} "
+                    f"({per} bytes/parameter) > --max-memory {format_bytes(max_memory)}"
+                )
+            else:
+                c.methods.append(m)
+        if not c.methods:
+            c.notes.append(f"{ref}: skipped, no searched method fits the memory budget")
+            skipped.append(c)
+            continue
+        if time_budget is not None:
+            est = epoch_seconds_estimate(non_emb, train_chars, device_flops_per_second())
+            if est > time_budget:
+                c.notes.append(
+                    f"{ref}: skipped, one epoch needs at least ~{format_seconds(est)} (6·N·tokens at this device's "
+                    f"matmul speed) > --time-budget {format_seconds(time_budget)}"
+                )
+                skipped.append(c)
+                continue
+            c.notes.append(f"{ref}: one epoch ~{format_seconds(est)} (rough estimate) fits the time budget")
+        kept.append(c)
+    return kept, skipped

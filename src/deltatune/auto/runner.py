@@ -1,0 +1,362 @@
+"""``deltatune.auto()``: infer the task, choose models, search hyperparameters, keep the best run.
+
+Layout of the output folder (``output_dir``, default ``runs/auto``)::
+
+    optuna.db              the study (optuna RDB storage; any optuna URL via ``storage``)
+    trials/trial-NNN/      one normal run directory per trial (config.yaml, metrics.jsonl,
+                           eval.json; model/ only for the best unless keep_all)
+    best -> trials/...     the best trial
+    leaderboard.csv/.json  every trial: parameters, metric, time, state
+    auto_report.json       inference, candidates, search space, leaderboard, best, importances
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from deltatune.auto.budget import format_seconds, parse_duration, parse_memory
+from deltatune.auto.candidates import DEFAULT_MODELS, choose_candidates, model_family
+from deltatune.auto.infer import SAMPLE_ROWS, infer_task, task_family
+from deltatune.auto.report import (
+    format_importances,
+    format_leaderboard,
+    importances,
+    leaderboard,
+    prune_trial_folders,
+    write_leaderboard,
+)
+from deltatune.auto.search import SEARCHED_KEYS, SearchSpace, make_objective
+from deltatune.config import RunConfig, apply_overrides, build_config, flatten_dict, read_yaml
+from deltatune.errors import DeltatuneError
+
+DEFAULT_TRIALS = 10
+STUDY_NAME = "deltatune-auto"
+
+
+@dataclass
+class AutoResult:
+    """The outcome of :func:`auto`.
+
+    Attributes:
+        path: the output folder.
+        task: the task searched.
+        metric: the validation metric optimized; ``maximize`` its direction.
+        best_path: the best trial's run directory (``None`` when no trial completed).
+        best_value, baseline_value: validation metric of the best and of the hand-set default trial.
+        leaderboard: rows of :func:`deltatune.auto.report.leaderboard`.
+        report: the content of auto_report.json.
+    """
+
+    path: Path
+    task: str
+    metric: str
+    maximize: bool
+    best_path: Optional[Path]
+    best_value: Optional[float]
+    baseline_value: Optional[float]
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+
+def _user_settings(config, overrides) -> dict[str, Any]:
+    """The keys the user set (YAML/dict/RunConfig plus overrides), flattened to dotted keys."""
+    if isinstance(config, RunConfig):
+        data = config.to_dict()
+    elif isinstance(config, (str, Path)):
+        data = read_yaml(config)
+    else:
+        data = dict(config or {})
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return flatten_dict(data)
+
+
+def _metric(cfg: RunConfig, task) -> tuple[str, bool]:
+    """The metric that picks the best run and its direction (as :class:`deltatune.training.Trainer` decides)."""
+    ec = cfg.eval
+    metric = ec.metric_for_best_model or task.default_metric
+    if ec.greater_is_better is not None:
+        return metric, ec.greater_is_better
+    return metric, task.greater_is_better if metric == task.default_metric else metric != "loss"
+
+
+def _open_study(storage: str, name: str, resume: bool, seed: int, maximize: bool, attrs: dict[str, Any]):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # active once the default trial has completed; never at a trial's first evaluation (a longer
+    # schedule starts slower than the 1-epoch default at the same fraction of an epoch)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2)
+    direction = "maximize" if maximize else "minimize"
+    existing = 0
+    if resume:
+        try:
+            existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+        except KeyError:
+            raise DeltatuneError(f"nothing to resume: no study '{name}' in {storage}; start without --resume") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # a resumed session must not replay the first session's random start-up samples
+        sampler = optuna.samplers.TPESampler(seed=seed + existing, n_startup_trials=4, multivariate=True, group=True)
+    if resume:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        for key in ("task", "metric"):
+            if study.user_attrs.get(key) != attrs[key]:
+                raise DeltatuneError(
+                    f"cannot resume study '{name}': it was made for {key} {study.user_attrs.get(key)!r}, now {attrs[key]!r}; "
+                    "resume with the same data and options"
+                )
+        for t in study.trials:  # a previous session killed mid-trial leaves it RUNNING
+            if t.state == optuna.trial.TrialState.RUNNING:
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        return study
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner, direction=direction)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise DeltatuneError(f"study '{name}' already exists in {storage}; continue it with --resume or choose another --storage/--study-name") from None
+    for k, v in attrs.items():
+        study.set_user_attr(k, v)
+    return study
+
+
+def auto(
+    config: str | Path | dict[str, Any] | RunConfig | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    models: Optional[list[str]] = None,
+    methods: Optional[list[str]] = None,
+    max_memory: str | int | None = None,
+    time_budget: str | float | None = None,
+    n_trials: Optional[int] = None,
+    storage: Optional[str] = None,
+    study_name: str = STUDY_NAME,
+    resume: bool = False,
+    keep_all: bool = False,
+    evals_per_epoch: int = 2,
+    verbose: bool = True,
+    train: Optional[Callable[..., Any]] = None,
+) -> AutoResult:
+    """Fine-tune with the task, model and hyperparameters chosen automatically.
+
+    Infers the task and columns from the training data (:mod:`deltatune.auto.infer`) unless
+    ``task`` is set, checks the candidate models against the budgets
+    (:mod:`deltatune.auto.candidates`), runs the hand-set default configuration as trial 0 and
+    then a TPE search with median pruning (:mod:`deltatune.auto.search`) until ``n_trials``
+    trials ran in this session or ``time_budget`` is used up (a trial running past it is
+    stopped at its next evaluation; the default trial never is), and writes the leaderboard,
+    parameter importances and auto_report.json (:mod:`deltatune.auto.runner` has the layout).
+
+    Args:
+        config: a base config (YAML path, dict or :class:`RunConfig`); keys set here or in
+            ``overrides`` are kept fixed (a searched key set by the user is not searched).
+            ``data.train_file`` is required; ``output_dir`` is the search folder.
+        overrides: dotted ``key=value`` strings or a dict.
+        models: candidate model references (default: ``model.name_or_path`` if set, else the
+            packaged default for the task's family: minilm for encoder tasks, smollm2 for
+            generative ones).
+        methods: Δθ methods to search among ``full``/``lora`` (default: both for encoders,
+            LoRA for decoders).
+        max_memory: bytes (or ``"8GB"``) for model states; candidates/methods that need more
+            are skipped, with the reason printed.
+        time_budget: seconds (or ``"20m"``) for the whole search, set-up included.
+        n_trials: trials to run in this session (default 10 without a time budget, else unlimited).
+        storage: optuna storage URL (default ``sqlite:///<output_dir>/optuna.db``).
+        resume: continue the study in ``storage`` (adds trials; the default trial is not rerun).
+        keep_all: keep every trial's model/ and checkpoints/ (default: only the best model).
+        evals_per_epoch: intermediate evaluations per epoch, the pruning points.
+        verbose: print the reasoning, one line per finished trial and the leaderboard.
+        train: the function that runs one trial (default :func:`deltatune.finetune`).
+
+    Returns:
+        :class:`AutoResult`.
+
+    Raises:
+        DeltatuneError: no training data; a task that cannot be inferred (the message names the
+            columns found and the flags to pass); no candidate fits; an output folder that
+            already holds a search (without ``resume``); a study to resume that does not exist
+            or was made for another task or metric.
+    """
+    import optuna
+
+    from deltatune.api import finetune
+    from deltatune.data import load_table
+    from deltatune.models import resolve_model
+    from deltatune.models.loading import load_config
+    from deltatune.tasks import create_task
+
+    start = time.monotonic()
+    say: Callable[[str], None] = (lambda s: print(s, flush=True)) if verbose else (lambda s: None)
+    budget = parse_duration(time_budget) if time_budget is not None else None
+    memory = parse_memory(max_memory) if max_memory is not None else None
+    if evals_per_epoch < 1:
+        raise DeltatuneError("evals_per_epoch must be at least 1")
+
+    user = _user_settings(config, overrides)
+    out = Path(user.pop("output_dir", None) or Path("runs") / str(user.get("name") or "auto"))
+    user.pop("name", None)
+    if not resume and storage is None and out.exists() and any(out.iterdir()):
+        raise DeltatuneError(f"{out} is not empty; continue its search with --resume or choose another --output-dir")
+    train_file = user.get("data.train_file")
+    if not train_file:
+        raise DeltatuneError("no training data: pass --train FILE (or set data.train_file)")
+
+    # ---- task and columns ------------------------------------------------------------------
+    ds = load_table(str(train_file), split="train", config_name=user.get("data.dataset_config_name"))
+    if user.get("data.max_train_samples"):
+        ds = ds.select(range(min(int(user["data.max_train_samples"]), len(ds))))
+    sample = ds.select(range(min(SAMPLE_ROWS, len(ds)))).to_list()
+    if models and user.get("model.name_or_path"):
+        raise DeltatuneError("give the models either with --models or with --model / model.name_or_path, not both")
+    refs = list(models or ([user["model.name_or_path"]] if user.get("model.name_or_path") else []))
+    trust = bool(user.get("model.trust_remote_code", False))
+    family = model_family(load_config(resolve_model(refs[0]), trust)) if refs else None
+    inference = infer_task(sample, ds.column_names, family, user.get("task"), source=str(train_file))
+    say(f"task: {inference.task}")
+    for line in inference.reasons:
+        say(f"  - {line}")
+
+    # ---- candidate models --------------------------------------------------------------------
+    if not refs:
+        refs = [DEFAULT_MODELS[task_family(inference.task)]]
+        say(f"  - model: {refs[0]}, the packaged default for {task_family(inference.task)} tasks (name others with --models)")
+    if user.get("delta.method"):
+        methods = [user["delta.method"]]
+    methods = list(methods or (["full", "lora"] if task_family(inference.task) == "encoder" else ["lora"]))
+    chars = sum(len(str(v)) for row in sample for v in row.values()) * len(ds) / max(len(sample), 1)
+    kept, skipped = choose_candidates(refs, inference.task, methods, memory, budget, int(chars), trust)
+    for c in kept + skipped:
+        for note in c.notes:
+            say(f"  - {note}")
+    if not kept:
+        raise DeltatuneError(f"no candidate model fits: {'; '.join(c.notes[-1] for c in skipped)}")
+
+    # ---- the base config shared by all trials ----------------------------------------------
+    base = {"task": inference.task, **inference.settings, "train.progress_bar": False, **user}
+    base["model.name_or_path"] = kept[0].ref
+    pinned = {k: user[k] for k in SEARCHED_KEYS if k in user}
+    cfg = build_config(None, base)  # a bad key or value fails here, before any training
+    task = create_task(cfg)
+    task.fit(ds, str(train_file))
+    metric, maximize = _metric(cfg, task)
+    n_train = len(ds) if cfg.data.validation_file else len(ds) - min(max(1, round(len(ds) * cfg.data.validation_split)), len(ds) - 1)
+    space = SearchSpace(
+        kept, [m for m in methods if any(m in c.methods for c in kept)], pinned, n_train, evals_per_epoch,
+        cfg.train.gradient_accumulation_steps,
+    )
+    say(f"search: {metric} on the validation split ({'maximize' if maximize else 'minimize'}); space {json.dumps({k: v for k, v in space.describe().items() if k != 'pinned'})}")
+    if pinned:
+        say(f"  - fixed by you: {', '.join(f'{k}={v}' for k, v in pinned.items())}")
+
+    # ---- the study ---------------------------------------------------------------------------
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{out.resolve() / 'optuna.db'}"
+    attrs = {"task": inference.task, "metric": metric, "base": base}
+    study = _open_study(storage, study_name, resume, cfg.seed, maximize, attrs)
+    if not any(t.user_attrs.get("baseline") for t in study.trials):
+        study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
+    deadline = start + budget if budget is not None else None
+    if n_trials is None and budget is None:
+        n_trials = DEFAULT_TRIALS
+    objective = make_objective(space, base, out, metric, deadline, train or finetune)
+
+    def after_trial(study, trial) -> None:
+        note = trial.user_attrs.get("note") or trial.user_attrs.get("error") or ""
+        value = f"{metric} {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in trial.user_attrs.get("settings", {}).items())
+        say(f"trial {trial.number}{' (default)' if trial.user_attrs.get('baseline') else ''}: {value} in "
+            f"{format_seconds(trial.user_attrs.get('seconds', 0.0))} | {settings}{' | ' + note if note else ''}")
+        if not keep_all:
+            _tidy(study, trial)
+
+    timeout = max(deadline - time.monotonic(), 1.0) if deadline is not None else None
+    interrupted = False
+    try:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(DeltatuneError, RuntimeError), callbacks=[after_trial])
+    except KeyboardInterrupt:
+        interrupted = True
+        say("interrupted: reporting the trials so far (continue with --resume)")
+
+    # ---- results -----------------------------------------------------------------------------
+    rows = leaderboard(study.trials, metric, maximize, pinned)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_trial if complete else None
+    baseline = next((t for t in study.trials if t.user_attrs.get("baseline")), None)
+    imp = importances(study)
+    freed = 0 if keep_all else prune_trial_folders(rows, best.number if best else None)
+    best_path = Path(best.user_attrs["path"]) if best else None
+    if best_path is not None:
+        _link_best(out, best_path)
+    test_metric = metric if any(metric in r["test"] for r in rows) else None
+    report = {
+        "task": inference.task,
+        "inference": {"settings": inference.settings, "reasons": inference.reasons},
+        "candidates": [c.as_dict() for c in kept],
+        "skipped_candidates": [c.as_dict() for c in skipped],
+        "metric": metric,
+        "direction": "maximize" if maximize else "minimize",
+        "study": {"name": study_name, "storage": storage, "trials": len(study.trials)},
+        "search_space": space.describe(),
+        "time_budget_seconds": budget,
+        "seconds": round(time.monotonic() - start, 1),
+        "interrupted": interrupted,
+        "baseline": {"trial": baseline.number, "value": baseline.value, "state": baseline.state.name} if baseline else None,
+        "best": None if best is None else {
+            "trial": best.number,
+            "value": best.value,
+            "path": str(best_path),
+            "config": str(best_path / "config.yaml"),
+            "settings": best.user_attrs.get("settings", {}),
+            "test": best.user_attrs.get("test", {}),
+            "reproduce": f"deltatune train {best_path / 'config.yaml'} --output-dir {out / 'reproduced'}",
+        },
+        "importances": imp,
+        "freed_bytes": freed,
+        "leaderboard": rows,
+    }
+    write_leaderboard(rows, out)
+    (out / "auto_report.json").write_text(json.dumps(report, indent=2, default=str))
+    say(format_leaderboard(rows, test_metric))
+    say(format_importances(imp))
+    if best is not None:
+        base_txt = f"; the default (trial {baseline.number}) got {baseline.value:.4f}" if baseline is not None and baseline.value is not None else ""
+        say(f"best: trial {best.number}, {metric} {best.value:.4f}{base_txt}")
+        say(f"best run: {best_path} (reproduce: {report['best']['reproduce']})")
+    else:
+        say("no trial completed; see the notes in the leaderboard")
+    say(f"report: {out / 'auto_report.json'}")
+    return AutoResult(
+        out, inference.task, metric, maximize, best_path,
+        best.value if best else None, baseline.value if baseline else None, rows, report,
+    )
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _tidy(study, trial) -> None:
+    """Free disk as trials finish: no trial keeps checkpoints/, only the best so far keeps model/."""
+    try:
+        best = study.best_trial.number
+    except ValueError:
+        best = None
+    rows = [{"trial": t.number, "path": t.user_attrs.get("path")} for t in study.trials if t.state.is_finished()]
+    prune_trial_folders(rows, best)
+
+
+def _link_best(out: Path, best_path: Path) -> None:
+    """``out/best`` → the best trial's folder (a relative symlink; skipped where links are not allowed)."""
+    link = out / "best"
+    try:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(best_path, out), target_is_directory=True)
+    except OSError:
+        pass

@@ -1,0 +1,271 @@
+"""The hyperparameter search of ``deltatune auto``: search space, trial objective, pruning.
+
+Sampler: TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization"), seeded,
+multivariate with grouped conditional parameters (``delta.lora_r`` exists only for LoRA).
+Pruner: median stopping rule (Golovin et al. 2017, "Google Vizier", §3.2.2): from the second
+intermediate evaluation on, a trial is stopped when its metric is worse than the median of
+earlier trials at the same evaluation; it is active as soon as one trial (the default
+configuration, trial 0) has completed.
+
+Search space (config keys, so the leaderboard reads like a config):
+
+=================================  ====================================================
+``model``                          the candidates (only when there are several)
+``delta.method``                   ``full`` / ``lora`` (those that fit the memory budget)
+``learning_rate_scale``            log-uniform [0.2, 5]; ``train.learning_rate`` is the
+                                   method's default (1e-4 full, 1e-3 LoRA) times this, so
+                                   one parameter serves both methods
+``train.per_device_train_batch_size``  8, 16, 32, 64 (at most a quarter of the data)
+``train.num_train_epochs``         1–3
+``train.warmup_ratio``             uniform [0, 0.2]
+``train.weight_decay``             uniform [0, 0.1]
+``delta.lora_r``                   4, 8, 16, 32 (LoRA only)
+=================================  ====================================================
+
+A key the user set (``--batch-size 16``, ``--set train.warmup_ratio=0``) is pinned: not
+searched. Every trial evaluates ``evals_per_epoch`` times per epoch (``eval.eval_strategy:
+steps``, written into its config.yaml so that the run reproduces) and reports each evaluation
+to optuna; the ``k``-th report of every trial is at the same fraction of an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from deltatune.auto.candidates import Candidate
+from deltatune.config import DEFAULT_LEARNING_RATES, DeltaConfig, TrainConfig
+
+LR_SCALE = (0.2, 5.0)
+BATCH_SIZES = (8, 16, 32, 64)
+EPOCHS = (1, 3)
+WARMUP = (0.0, 0.2)
+WEIGHT_DECAY = (0.0, 0.1)
+LORA_RANKS = (4, 8, 16, 32)
+NO_CHECKPOINTS = 10**9  # train.save_steps beyond any run's length
+
+SEARCHED_KEYS = (
+    "model.name_or_path", "delta.method", "train.learning_rate", "train.per_device_train_batch_size",
+    "train.num_train_epochs", "train.warmup_ratio", "train.weight_decay", "delta.lora_r",
+)
+
+
+@dataclass
+class SearchSpace:
+    """What is searched and what is fixed.
+
+    Attributes:
+        candidates: models that fit the budgets (each with the methods that fit).
+        methods: Δθ methods searched (union over candidates, user's order).
+        pinned: config keys the user set (dotted key → value); never searched.
+        n_train: training examples (after the validation split), for batch sizes and eval steps.
+        evals_per_epoch: intermediate evaluations per epoch (pruning points).
+        accumulation: ``train.gradient_accumulation_steps``.
+    """
+
+    candidates: list[Candidate]
+    methods: list[str]
+    pinned: dict[str, Any] = field(default_factory=dict)
+    n_train: int = 0
+    evals_per_epoch: int = 2
+    accumulation: int = 1
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        default = TrainConfig().per_device_train_batch_size
+        fit = [b for b in BATCH_SIZES if b <= max(1, self.n_train // 4)]
+        return sorted(set(fit) | {min(BATCH_SIZES)} | ({default} if default <= self.n_train else set()))
+
+    def describe(self) -> dict[str, Any]:
+        """The space as JSON (for auto_report.json)."""
+        out: dict[str, Any] = {}
+        if len(self.candidates) > 1 and "model.name_or_path" not in self.pinned:
+            out["model"] = [c.ref for c in self.candidates]
+        if "delta.method" not in self.pinned:
+            out["delta.method"] = self.methods
+        if "train.learning_rate" not in self.pinned:
+            out["learning_rate_scale"] = {"low": LR_SCALE[0], "high": LR_SCALE[1], "log": True,
+                                          "times": {m: DEFAULT_LEARNING_RATES[m] for m in self.methods}}
+        for key, spec in (
+            ("train.per_device_train_batch_size", self.batch_sizes),
+            ("train.num_train_epochs", {"low": EPOCHS[0], "high": EPOCHS[1]}),
+            ("train.warmup_ratio", {"low": WARMUP[0], "high": WARMUP[1]}),
+            ("train.weight_decay", {"low": WEIGHT_DECAY[0], "high": WEIGHT_DECAY[1]}),
+            ("delta.lora_r", list(LORA_RANKS)),
+        ):
+            if key not in self.pinned and (key != "delta.lora_r" or "lora" in self.methods):
+                out[key] = spec
+        out["pinned"] = self.pinned
+        return out
+
+    def baseline_params(self) -> dict[str, Any]:
+        """Optuna params of the hand-set default run (``deltatune train`` with no tuning)."""
+        t, d = TrainConfig(), DeltaConfig()
+        method = d.method if d.method in self.methods else self.methods[0]
+        values = {
+            "model": self.candidates[0].ref,
+            "delta.method": method,
+            "learning_rate_scale": 1.0,
+            "train.per_device_train_batch_size": t.per_device_train_batch_size
+            if t.per_device_train_batch_size in self.batch_sizes else max(self.batch_sizes),
+            "train.num_train_epochs": int(t.num_train_epochs),
+            "train.warmup_ratio": t.warmup_ratio,
+            "train.weight_decay": t.weight_decay,
+            "delta.lora_r": d.lora_r,
+        }
+        names = self.param_names(method)
+        return {k: v for k, v in values.items() if k in names}
+
+    def param_names(self, method: str) -> set[str]:
+        """The optuna parameters a trial with ``method`` has."""
+        space = self.describe()
+        names = {k for k in space if k != "pinned"}
+        if method != "lora":
+            names.discard("delta.lora_r")
+        return names
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Sample one configuration; returns dotted config key → value (pinned keys excluded).
+
+        Raises:
+            optuna.TrialPruned: the sampled model cannot use the sampled method within the
+                memory budget (recorded as the trial's ``note``).
+        """
+        import optuna
+
+        space = self.describe()
+        by_ref = {c.ref: c for c in self.candidates}
+        settings: dict[str, Any] = {}
+        ref = trial.suggest_categorical("model", space["model"]) if "model" in space else None
+        if ref is not None:
+            settings["model.name_or_path"] = ref
+        method = trial.suggest_categorical("delta.method", self.methods) if "delta.method" in space else self.pinned["delta.method"]
+        settings["delta.method"] = method
+        if "learning_rate_scale" in space:
+            scale = trial.suggest_float("learning_rate_scale", *LR_SCALE, log=True)
+            settings["train.learning_rate"] = DEFAULT_LEARNING_RATES[method] * scale
+        if "train.per_device_train_batch_size" in space:
+            settings["train.per_device_train_batch_size"] = trial.suggest_categorical("train.per_device_train_batch_size", self.batch_sizes)
+        if "train.num_train_epochs" in space:
+            settings["train.num_train_epochs"] = trial.suggest_int("train.num_train_epochs", *EPOCHS)
+        for key, (lo, hi) in (("train.warmup_ratio", WARMUP), ("train.weight_decay", WEIGHT_DECAY)):
+            if key in space:
+                settings[key] = trial.suggest_float(key, lo, hi)
+        if method == "lora" and "delta.lora_r" in space:
+            settings["delta.lora_r"] = trial.suggest_categorical("delta.lora_r", list(LORA_RANKS))
+        model = by_ref.get(ref or self.pinned.get("model.name_or_path") or self.candidates[0].ref, self.candidates[0])
+        if method not in model.methods:
+            trial.set_user_attr("note", f"{model.ref} with {method} does not fit the memory budget")
+            raise optuna.TrialPruned(f"{model.ref} with {method} does not fit the memory budget")
+        return settings
+
+    def eval_steps(self, settings: dict[str, Any]) -> int:
+        """Optimizer steps between evaluations: ``evals_per_epoch`` per epoch."""
+        batch = settings.get("train.per_device_train_batch_size", self.pinned.get("train.per_device_train_batch_size", TrainConfig().per_device_train_batch_size))
+        steps = math.ceil(math.ceil(max(self.n_train, 1) / batch) / self.accumulation)
+        return max(1, steps // self.evals_per_epoch)
+
+
+class TrialReporter:
+    """Trainer callback: report each evaluation to the optuna trial; prune or stop at the deadline.
+
+    Called as ``reporter(trainer, state)`` after every optimizer step (see
+    :class:`deltatune.training.Trainer`). Right after an evaluation
+    (``state.last_eval_step == state.global_step``) it reports the metric and asks the pruner;
+    at every step it checks ``deadline`` (``time.monotonic()`` seconds). It raises
+    :class:`optuna.TrialPruned`, which leaves the training loop like any exception (the progress
+    bar is closed; the run directory keeps config.yaml and metrics.jsonl up to that point, and
+    no model/eval.json), when the pruner says so or the deadline has passed. A ``protected``
+    trial (the baseline) is reported but never stopped.
+
+    Args:
+        trial: the optuna trial.
+        metric: the metric name in the evaluation dict (e.g. ``accuracy``).
+    """
+
+    def __init__(self, trial, metric: str, deadline: Optional[float] = None, protected: bool = False):
+        self.trial = trial
+        self.metric = metric
+        self.deadline = deadline
+        self.protected = protected
+        self.reports = 0
+
+    def __call__(self, trainer, state) -> None:
+        import optuna
+
+        if self.deadline is not None and not self.protected and time.monotonic() > self.deadline:
+            note = f"stopped at step {state.global_step}: time budget used up"
+            self.trial.set_user_attr("note", note)
+            raise optuna.TrialPruned(note)
+        if state.last_eval_step != state.global_step or self.metric not in state.last_eval_metrics:
+            return
+        self.reports += 1
+        value = float(state.last_eval_metrics[self.metric])
+        self.trial.report(value, self.reports)
+        if not self.protected and self.trial.should_prune():
+            note = f"pruned at evaluation {self.reports} (step {state.global_step}): {self.metric} {value:.4f} below the median"
+            self.trial.set_user_attr("note", note)
+            raise optuna.TrialPruned(note)
+
+
+def make_objective(
+    space: SearchSpace,
+    base: dict[str, Any],
+    out: Path,
+    metric: str,
+    deadline: Optional[float],
+    train: Callable[..., Any],
+) -> Callable[[Any], float]:
+    """The optuna objective: one ``deltatune.finetune`` run per trial in ``out/trials/trial-NNN``.
+
+    Args:
+        base: the flattened base config (dotted keys) shared by all trials.
+        train: :func:`deltatune.finetune` (a parameter so tests can wrap it).
+
+    Returns:
+        ``objective(trial) -> float``: the run's final validation ``metric`` (the best evaluated
+        weights are the run's model). Each trial gets user attributes ``path``, ``settings``,
+        ``seconds``, ``test`` (test-split metrics) and, when stopped early, ``note``/``error``.
+    """
+
+    def objective(trial) -> float:
+        settings = space.suggest(trial)
+        path = out / "trials" / f"trial-{trial.number:03d}"
+        run_settings = {
+            **base,
+            **settings,
+            "output_dir": str(path),
+            "name": path.name,
+            "eval.eval_strategy": "steps",
+            "eval.eval_steps": space.eval_steps({**base, **settings}),
+        }
+        if "train.save_steps" not in base:  # no resumable checkpoints in trials: they cost time and disk
+            run_settings["train.save_steps"] = NO_CHECKPOINTS
+        trial.set_user_attr("path", str(path))
+        trial.set_user_attr("settings", settings)
+        baseline = bool(trial.user_attrs.get("baseline"))
+        reporter = TrialReporter(trial, metric, deadline, protected=baseline)
+        start = time.monotonic()
+        try:
+            run = train(None, run_settings, overwrite=True, callbacks=(reporter,), verbose=False)
+        except Exception as e:
+            if type(e).__name__ != "TrialPruned":
+                trial.set_user_attr("error", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.monotonic() - start, 2))
+        if run.result is not None and run.result.interrupted:
+            raise KeyboardInterrupt
+        if "test" in run.metrics:
+            trial.set_user_attr("test", _scalars(run.metrics["test"]))
+        trial.set_user_attr("validation", _scalars(run.metrics["validation"]))
+        return float(run.metrics["validation"][metric])
+
+    return objective
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -1,0 +1,175 @@
+"""What the text-to-text tasks share, whether a decoder or an encoder-decoder does them.
+
+Summarization, translation and generative QA run either by prompting a decoder
+(:class:`deltatune.tasks.language_modeling.PromptedTask`) or on an encoder-decoder
+(:mod:`deltatune.tasks.seq2seq`). Both read their rows the same way and are scored the same
+way:
+
+- :class:`PromptedColumns`: the input text is ``data.prompt_template`` (else the task family's
+  default template) filled from the row's columns (``{column}`` placeholders, plus
+  ``{source_lang}``/``{target_lang}`` from the config); the reference output is
+  ``data.target_column`` (default ``target``; ``answers`` for generative-qa, where SQuAD
+  ``{"text": [...]}`` answers give several references).
+- :data:`SCORERS`: ROUGE for summarization, BLEU/chrF for translation, SQuAD exact match/F1
+  for generative QA (see :mod:`deltatune.metrics.text`).
+- :class:`GenerationMetrics`: the final evaluation generates for up to
+  ``eval.generation_max_samples`` rows and scores them.
+- :func:`token_loss_metrics`: loss and perplexity from summed token losses.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any, Callable, Sequence
+
+import datasets
+import numpy as np
+
+from deltatune.config import RunConfig
+from deltatune.data.columns import require_columns
+from deltatune.errors import DeltatuneError
+from deltatune.metrics.text import bleu_chrf, perplexity, rouge, squad_em_f1
+
+# generation metrics per task name: (predictions, references per prediction) -> {metric: value}
+SCORERS: dict[str, Callable[[Sequence[str], Sequence[Sequence[str]]], dict[str, float]]] = {
+    "summarization": rouge,
+    "translation": bleu_chrf,
+    "generative-qa": squad_em_f1,
+}
+
+# placeholders filled from the config rather than from a column
+CONFIG_FIELDS = ("source_lang", "target_lang")
+
+
+def cell_text(value: Any) -> str:
+    """A table cell as text: lists are joined with spaces, ``None`` is empty."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def token_loss_metrics(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean token loss (nats), perplexity (exp of it) and the token count of a split.
+
+    Args:
+        outputs: ``loss_sum`` (N,) float, the summed token cross-entropy per example, and
+            ``tokens`` (N,) int, its number of target tokens.
+    """
+    total, n = float(np.sum(outputs["loss_sum"])), int(np.sum(outputs["tokens"]))
+    loss = total / max(n, 1)
+    return {"loss": loss, "perplexity": perplexity(loss), "tokens": n}
+
+
+class PromptedColumns:
+    """Mixin: the prompt text and the references of a row for a text-to-text task.
+
+    Needs ``name`` (a key of :data:`SCORERS` and of ``default_prompts``), ``config`` and
+    ``default_prompts`` (task name -> template) on the class.
+    """
+
+    name: str
+    config: RunConfig
+    default_prompts: dict[str, str] = {}
+
+    @property
+    def template(self) -> str:
+        """``data.prompt_template``, else this task family's default for the task."""
+        return self.config.data.prompt_template or self.default_prompts[self.name]
+
+    @property
+    def target_column(self) -> str:
+        """The column holding the reference output."""
+        return self.config.data.target_column or ("answers" if self.name == "generative-qa" else "target")
+
+    def template_columns(self) -> list[str]:
+        """The columns the template reads, in order of first use."""
+        fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f and f not in CONFIG_FIELDS]
+        return list(dict.fromkeys(fields))
+
+    def fit_columns(self, ds: datasets.Dataset, source: str, with_labels: bool = True) -> None:
+        """Check that the template's columns (and the target column when labelled) exist.
+
+        Raises:
+            DeltatuneError: a missing column, naming the file and the columns that exist.
+        """
+        require_columns(ds, self.template_columns() + ([self.target_column] if with_labels else []), source)
+
+    def rows_from_texts(self, texts: Sequence[Any]) -> datasets.Dataset:
+        """Rows from plain inputs (``predict --text``): a text fills the template's first column;
+        a tuple fills its columns in order; a dict is a row."""
+        cols = self.template_columns()
+        rows = []
+        for t in texts:
+            if isinstance(t, dict):
+                row = dict(t)
+            elif isinstance(t, (list, tuple)):
+                row = dict(zip(cols, map(str, t)))
+            else:
+                row = {cols[0]: str(t)}
+            rows.append({**row, self.target_column: ""})
+        return datasets.Dataset.from_list(rows)
+
+    def references(self, row: dict[str, Any]) -> list[str]:
+        """The reference outputs of one row (several for SQuAD-style answers)."""
+        value = row.get(self.target_column)
+        if isinstance(value, dict) and "text" in value:  # SQuAD answers
+            value = value["text"]
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value] or [""]
+        return [cell_text(value)]
+
+    def target_text(self, row: dict[str, Any], row_number: int, source: str) -> str:
+        """The (first) reference output, the training target.
+
+        Raises:
+            DeltatuneError: an empty target, naming the file, the row (from 1) and the column.
+        """
+        refs = self.references(row)
+        if not refs or not refs[0].strip():
+            raise DeltatuneError(f"{source}: row {row_number} has an empty '{self.target_column}'; fill it or drop the row")
+        return refs[0]
+
+    def fill_template(self, row: dict[str, Any], source: str) -> str:
+        """The template filled from the row's columns and the config's language names.
+
+        Raises:
+            DeltatuneError: the template names a column the data lacks.
+        """
+        fields = {k: cell_text(v) for k, v in row.items()}
+        fields.setdefault("source_lang", self.config.data.source_lang)
+        fields.setdefault("target_lang", self.config.data.target_lang)
+        try:
+            return self.template.format_map(fields)
+        except KeyError as e:
+            raise DeltatuneError(f"data.prompt_template uses {{{e.args[0]}}} but {source} has no such column") from None
+
+    def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+        """This task's generation metrics (:data:`SCORERS`)."""
+        return SCORERS[self.name](predictions, references)
+
+
+class GenerationMetrics:
+    """Mixin: the final evaluation of a generative task (``final_metrics``, called by the API).
+
+    Needs ``config``, ``generate_rows(model, tokenizer, ds, device)``, ``references(row)`` and
+    ``score(predictions, references)``.
+    """
+
+    def final_metrics(self, model, tokenizer, ds: datasets.Dataset, device="cpu") -> dict[str, Any]:
+        """Generate for up to ``eval.generation_max_samples`` rows and score them.
+
+        Returns:
+            The task's scores, ``generation_eos_share`` (share of generations that ended with
+            EOS within ``eval.max_new_tokens``), ``generated_examples`` and three ``samples``.
+        """
+        n = min(len(ds), self.config.eval.generation_max_samples)
+        if n == 0:
+            return {}
+        ds = ds.select(range(n))
+        preds, ended = self.generate_rows(model, tokenizer, ds, device)
+        refs = [self.references(row) for row in ds]
+        metrics = self.score(preds, refs)
+        metrics["generation_eos_share"] = float(np.mean(ended))
+        metrics["generated_examples"] = n
+        metrics["samples"] = [{"prediction": p, "reference": r[0] if r else ""} for p, r in list(zip(preds, refs))[:3]]
+        return metrics
