@@ -87,3 +87,33 @@ def test_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     p = tmp_path / "bom.csv"
     p.write_bytes("text,label\ngood,1\n".encode("utf-8-sig"))
     assert load_table(str(p)).column_names == ["text", "label"]
+
+
+def test_a_json_column_mixing_lists_and_single_values_is_named(tmp_path):
+    p = tmp_path / "docs.jsonl"
+    p.write_text('{"source": ["One.", "Two."], "target": "x"}\n{"source": "Three. Four.", "target": "y"}\n')
+    with pytest.raises(DeltatuneError, match=r"column 'source' holds a list in row 1 but a single value in row 2"):
+        load_table(str(p))
+
+
+def test_an_empty_conll_file_asks_for_a_sentence(tmp_path):
+    p = tmp_path / "train.conll"
+    p.write_text("")
+    with pytest.raises(DeltatuneError, match="needs at least one sentence"):
+        load_table(str(p))
+
+
+def test_conll_and_squad_files_become_rows(tmp_path):
+    conll = tmp_path / "eng.train"
+    conll.write_text("-DOCSTART- -X- O O\n\nJohn NNP B-NP B-PER\nruns VBZ B-VP O\n\nParis NNP B-NP B-LOC\n")
+    ds = load_table(str(conll))
+    assert ds["tokens"] == [["John", "runs"], ["Paris"]] and ds["tags"] == [["B-PER", "O"], ["B-LOC"]]
+    squad = tmp_path / "squad.json"
+    squad.write_text(
+        '{"data": [{"title": "T", "paragraphs": [{"context": "Paris is big.", "qas": ['
+        '{"id": "q1", "question": "What is big?", "answers": [{"text": "Paris", "answer_start": 0}]},'
+        '{"id": "q2", "question": "What is small?", "answers": [], "is_impossible": true}]}]}]}'
+    )
+    ds = load_table(str(squad))
+    assert ds["id"] == ["q1", "q2"] and ds[0]["answers"] == {"text": ["Paris"], "answer_start": [0]}
+    assert ds[1]["answers"]["text"] == []

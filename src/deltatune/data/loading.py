@@ -85,7 +85,8 @@ def _load_file(path: Path) -> datasets.Dataset:
     if fmt is None:
         raise DeltatuneError(f"{path}: unsupported file type '{ext or '(none)'}'; use one of {SUPPORTED}")
     if path.stat().st_size == 0:
-        raise DeltatuneError(f"{path} is empty; it needs a header row and at least one data row")
+        what = "at least one sentence" if fmt == "conll" else "a header row and at least one data row" if fmt in ("csv", "tsv") else "at least one row"
+        raise DeltatuneError(f"{path} is empty; it needs {what}")
     if fmt != "parquet":
         _check_utf8(path)
     try:
@@ -94,7 +95,9 @@ def _load_file(path: Path) -> datasets.Dataset:
         elif fmt == "tsv":
             ds = datasets.Dataset.from_pandas(_read_csv(path, sep="\t", quoting=csv.QUOTE_NONE), preserve_index=False)
         elif fmt == "json":
-            ds = datasets.Dataset.from_list(_read_json_rows(path))
+            rows = _read_json_rows(path)
+            _check_consistent_json(rows, path)
+            ds = datasets.Dataset.from_list(rows)
         elif fmt == "conll":
             ds = datasets.Dataset.from_list(read_conll(path))
         elif fmt == "parquet":
@@ -109,6 +112,28 @@ def _load_file(path: Path) -> datasets.Dataset:
     if len(ds) == 0:
         raise DeltatuneError(f"{path} has no data rows")
     return ds
+
+
+def _check_consistent_json(rows: list[dict], path: Path) -> None:
+    """A column must hold lists in every row or in none (Arrow cannot mix them).
+
+    Raises:
+        DeltatuneError: naming the column and the first row whose form differs from row 1's.
+    """
+    first: dict[str, bool] = {}
+    for i, row in enumerate(rows, start=1):
+        for key, value in row.items():
+            if value is None:
+                continue
+            is_list = isinstance(value, list)
+            if key not in first:
+                first[key] = (is_list, i)
+            elif first[key][0] != is_list:
+                kinds = ("a list", "a single value") if first[key][0] else ("a single value", "a list")
+                raise DeltatuneError(
+                    f"{path}: column '{key}' holds {kinds[0]} in row {first[key][1]} but {kinds[1]} in row {i}; "
+                    "use the same form in every row (e.g. a list of sentences everywhere)"
+                )
 
 
 def _paragraphs(text: str) -> list[str]:
