@@ -77,6 +77,8 @@ def test_bad_answers_name_file_row_and_column():
         parse_answers({"text": ["Paris"], "answer_start": [1]}, ctx, "train.json", 3, "answers")
     with pytest.raises(DeltatuneError, match=r"train.csv: row 2 column 'ans': answer 'Lyon' is not in the context"):
         parse_answers("Lyon", ctx, "train.csv", 2, "ans")
+    with pytest.raises(DeltatuneError, match=r"row 4 column 'answers': answer 'London' is not in the context \(answer_start 10\)"):
+        parse_answers({"text": ["London"], "answer_start": [10]}, ctx, "train.json", 4, "answers")
     with pytest.raises(DeltatuneError, match=r"2 answer text\(s\) but 1 answer_start"):
         parse_answers({"text": ["Paris", "France"], "answer_start": [0]}, ctx, "t", 1, "answers")
     t = _task()

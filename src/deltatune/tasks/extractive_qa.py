@@ -138,6 +138,8 @@ def parse_answers(value: Any, context: str, source: str, row: int, column: str) 
             start = int(start)
         except (TypeError, ValueError):
             raise DeltatuneError(f"{where}: answer_start {start!r} is not an integer character offset") from None
+        if text not in context:
+            raise DeltatuneError(f"{where}: answer {text!r} is not in the context (answer_start {start}); fix the answer or the context")
         if start < 0 or context[start : start + len(text)] != text:
             there = context[max(start, 0) : max(start, 0) + len(text)]
             raise DeltatuneError(
