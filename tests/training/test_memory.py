@@ -73,7 +73,7 @@ def test_activation_estimate_within_a_factor_of_measured(attn, shape):
     assert activation_bytes(model.config, b, s, bits16=True) * 2 == est
     # with checkpointing the forward pass keeps the layer inputs; the estimate adds one layer's
     # full activations for the recomputation in the backward pass
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     measured_ckpt = _saved_activation_bytes(model, ids)
     est_ckpt = activation_bytes(model.config, b, s, bits16=False, checkpointing=True)
     one_layer = (est - 8 * s * b * h) / layers

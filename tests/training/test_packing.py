@@ -126,6 +126,7 @@ def test_packed_loss_and_gradient_equal_unpacked(tiny_llama, chunk):
         torch.testing.assert_close(g[k], ref_g[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.slow
 def test_packed_logits_equal_alone_on_smollm2(smollm2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
