@@ -84,3 +84,24 @@ def load_pretrained(auto_class, model_path: str, trust_remote_code: bool = False
             return auto_class.from_pretrained(model_path, trust_remote_code=trust_remote_code, **kwargs)
     except Exception as e:
         raise DeltatuneError(f"model '{model_path}': cannot load weights ({_first_line(e)})") from None
+
+
+def load_with_new_head(auto_class, model_path: str, trust_remote_code: bool = False, **kwargs: Any):
+    """Load ``auto_class`` from ``model_path`` whose task head may be absent or shaped differently.
+
+    A head missing from the checkpoint, or whose shape does not match (e.g. another label
+    count), is initialised fresh (``ignore_mismatched_sizes``).
+
+    Returns:
+        (model, names of the parameters initialised fresh).
+    """
+    model, info = load_pretrained(
+        auto_class,
+        model_path,
+        trust_remote_code=trust_remote_code,
+        ignore_mismatched_sizes=True,
+        output_loading_info=True,
+        **kwargs,
+    )
+    fresh = set(info["missing_keys"]) | {k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", [])}
+    return model, fresh

@@ -24,7 +24,7 @@ from deltatune.config import RunConfig
 from deltatune.data.columns import check_text_column, is_missing, require_columns
 from deltatune.errors import DeltatuneError
 from deltatune.metrics.classification import multi_label_metrics, single_label_metrics
-from deltatune.models.loading import load_pretrained
+from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.collate import pad_batch
 
@@ -191,7 +191,7 @@ class ClassificationTask(Task):
 
         A classifier head whose shape does not match the label count is re-initialised.
         """
-        model, info = load_pretrained(
+        model, self.new_parameter_names = load_with_new_head(
             AutoModelForSequenceClassification,
             model_path,
             trust_remote_code=self.config.model.trust_remote_code,
@@ -199,13 +199,8 @@ class ClassificationTask(Task):
             id2label=dict(enumerate(self.labels)),
             label2id=self.label2id,
             problem_type="multi_label_classification" if self.multi_label else "single_label_classification",
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
             **config_overrides,
         )
-        self.new_parameter_names = set(info["missing_keys"]) | {
-            k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", [])
-        }
         return model
 
     @staticmethod

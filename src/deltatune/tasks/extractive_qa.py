@@ -49,7 +49,7 @@ from deltatune.config import RunConfig
 from deltatune.data.columns import is_missing, require_columns
 from deltatune.errors import DeltatuneError
 from deltatune.metrics.squad import squad_metrics
-from deltatune.models.loading import load_pretrained
+from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.collate import pad_batch
 
@@ -447,18 +447,13 @@ class ExtractiveQATask(Task):
 
         The v1.1/v2.0 choice is stored in the model config (``deltatune_version_2_with_negative``).
         """
-        model, info = load_pretrained(
+        model, self.new_parameter_names = load_with_new_head(
             AutoModelForQuestionAnswering,
             model_path,
             trust_remote_code=self.config.model.trust_remote_code,
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
             **config_overrides,
         )
         setattr(model.config, V2_ATTRIBUTE, bool(self.version_2_with_negative))
-        self.new_parameter_names = set(info["missing_keys"]) | {
-            k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", [])
-        }
         return model
 
     @staticmethod

@@ -47,7 +47,7 @@ from deltatune.config import RunConfig
 from deltatune.data.columns import check_text_column, is_missing, require_columns
 from deltatune.errors import DeltatuneError
 from deltatune.metrics.ner import entity_metrics, entity_spans, split_tag, to_iob2
-from deltatune.models.loading import load_pretrained
+from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.classification import normalize_label
 from deltatune.tasks.collate import pad_batch
@@ -268,20 +268,15 @@ class TokenClassificationTask(Task):
         The head is new (or re-initialised when its shape does not match): listed in
         :attr:`new_parameter_names`.
         """
-        model, info = load_pretrained(
+        model, self.new_parameter_names = load_with_new_head(
             AutoModelForTokenClassification,
             model_path,
             trust_remote_code=self.config.model.trust_remote_code,
             num_labels=len(self.labels),
             id2label=dict(enumerate(self.labels)),
             label2id=self.label2id,
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
             **config_overrides,
         )
-        self.new_parameter_names = set(info["missing_keys"]) | {
-            k if isinstance(k, str) else k[0] for k in info.get("mismatched_keys", [])
-        }
         return model
 
     @staticmethod
