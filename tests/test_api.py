@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import yaml
 
 import deltatune
+from deltatune.cli import main
 from tests.helpers import make_sentiment_rows, tiny_config, write_csv
 
 
@@ -36,7 +38,7 @@ def test_multi_label_jsonl_run_and_predict(tiny_model_dir, tmp_path):
     assert isinstance(pred["label"], list) and set(pred["probabilities"]) == {"politics", "sports"}
 
 
-def test_text_pairs_bf16_accumulation_and_l1(tiny_model_dir, tmp_path):
+def test_text_pairs_bf16_accumulation_and_l1(tiny_model_dir, tmp_path, capsys):
     rows = [{"premise": r["text"], "hypothesis": "it was good", "label": r["label"]} for r in make_sentiment_rows(40)]
     train = write_csv(tmp_path / "pairs.csv", rows)
     cfg = tiny_config(
@@ -49,3 +51,9 @@ def test_text_pairs_bf16_accumulation_and_l1(tiny_model_dir, tmp_path):
     assert all(0 < x < 10 for x in losses)
     out = deltatune.load(run.path).predict([("a great film", "it was good")])
     assert out[0]["label"] in ("neg", "pos")
+    # the CLI passes the second text with --text-pair, one per --text
+    assert main(["predict", str(run.path), "--text", "a great film", "--text-pair", "it was good"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["text_pair"] == "it was good" and printed["probabilities"] == pytest.approx(out[0]["probabilities"])
+    assert main(["predict", str(run.path), "--text", "a", "--text", "b", "--text-pair", "c"]) == 2
+    assert "one --text-pair per --text" in capsys.readouterr().err

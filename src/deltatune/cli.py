@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="data file with the run's text column")
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    pr.add_argument("--text-pair", action="append", help="sentence-pair tasks: the second text of each --text, in order")
     pr.add_argument("--output", help="CSV/TSV/JSONL file to write (default: print JSONL)")
     pr.add_argument("--batch-size", type=int, default=None)
     c = sub.add_parser("check", help="pre-flight: show how training examples are encoded and masked")
@@ -167,11 +168,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from deltatune.serving import load, write_predictions
     from deltatune.serving.predictor import merge_record
 
+    if args.text_pair and not args.text:
+        raise DeltatuneError("--text-pair goes with --text (one --text-pair per --text); for a file use --input")
     predictor = load(args.run)
     if args.input:
         ds = load_table(args.input)
         records = predictor.predict_rows(ds, args.input, batch_size=args.batch_size)
         inputs = ds.to_list()
+    elif args.text_pair:
+        pair_column = predictor.config.data.text_pair_column
+        if not pair_column:
+            raise DeltatuneError(f"--text-pair: {args.run} is not a sentence-pair run (its config has no data.text_pair_column)")
+        if len(args.text_pair) != len(args.text):
+            raise DeltatuneError(f"--text-pair: got {len(args.text_pair)} for {len(args.text)} --text; give one --text-pair per --text")
+        records = predictor.predict(list(zip(args.text, args.text_pair)))
+        inputs = [{"text": t, "text_pair": u} for t, u in zip(args.text, args.text_pair)]
     else:
         records = predictor.predict(args.text)
         inputs = [{"text": t} for t in args.text]

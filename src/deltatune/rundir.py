@@ -44,11 +44,17 @@ class RunDir:
         Raises:
             DeltatuneError: the directory exists and neither ``overwrite`` nor ``resume`` is
                 set; ``overwrite`` on a non-empty folder that is not a run (or is the current
-                folder or one above it); or ``resume`` is set and there is nothing to resume.
+                folder or one above it); or ``resume`` is set and there is nothing to resume
+                (no run, or a finished one: its ``eval.json`` is written last).
         """
         if resume:
             if not self.config.is_file():
                 raise DeltatuneError(f"cannot resume: {self.root} has no config.yaml (start a new run without --resume)")
+            if self.eval.is_file():
+                raise DeltatuneError(
+                    f"cannot resume: {self.root} is a finished run (model in {self.model}, metrics in {self.eval}); "
+                    "train longer in a new run (another --output-dir) or replace it with --overwrite"
+                )
             return
         if self.exists():
             if not overwrite:

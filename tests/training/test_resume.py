@@ -45,6 +45,11 @@ def test_resume_reaches_the_same_final_loss(tiny_model_dir, sentiment_csv, tmp_p
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
     assert resumed.metrics["validation"]["accuracy"] == full.metrics["validation"]["accuracy"]
+    # a finished run has nothing left to resume: refused, the model is left as it was
+    before = (full.path / "model" / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(DeltatuneError, match="finished run"):
+        finetune(full.path, resume=True, verbose=False)
+    assert (full.path / "model" / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_resume_refuses_a_changed_config(tiny_model_dir, sentiment_csv, tmp_path):
