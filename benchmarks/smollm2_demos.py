@@ -7,8 +7,9 @@ the metrics of the pretrained model and of the fine-tuned one on the same held-o
   its first ``--train-chars`` characters), held-out perplexity on the last 10%;
 - ``translation``: English→German on a Multi30k train slice, BLEU/chrF on test2016 sentences;
 - ``summarization``: SciTLDR-A train slice, ROUGE on test documents (all TLDRs as references);
-- ``alpaca``: LoRA instruction SFT on the first 800 examples of the Alpaca demo set,
-  validation loss, EOS share and three generations before/after on the other 199.
+- ``alpaca``: LoRA instruction SFT on the first ``--train`` (at most 800) examples of the Alpaca
+  demo set; validation loss (on the first ``--val`` of the 199 rows after the first 800), EOS
+  share and three generations before/after (``--test`` of those rows generated for).
 
 Run from the repository root (CPU: minutes to an hour per scenario; sizes are flags)::
 
@@ -90,8 +91,11 @@ def scenario(name: str, args: argparse.Namespace, tmp: Path) -> tuple[dict, str]
         rows = json.loads((DATA / "text_generation" / "alpaca_en_demo" / "alpaca_en_demo.json").read_text())
         train = tmp / "train.json"
         val = tmp / "val.json"
+        if args.train > 800:
+            raise SystemExit("alpaca: --train is at most 800 (rows 800+ are the held-out set)")
         train.write_text(json.dumps(rows[: args.train]))
-        val.write_text(json.dumps(rows[args.train :]))
+        heldout = rows[800:]  # always the same 199 held-out rows, whatever --train is
+        val.write_text(json.dumps(heldout[: args.val] if args.val else heldout))
         cfg = {
             "task": "instruction",
             "data": {"train_file": str(train), "validation_file": str(val), "max_seq_length": args.max_seq_length},
@@ -108,6 +112,7 @@ def main() -> None:
     p.add_argument("scenario", choices=["shakespeare", "translation", "summarization", "alpaca"])
     p.add_argument("--train", type=int, default=800, help="training rows (translation/summarization/alpaca)")
     p.add_argument("--test", type=int, default=200, help="held-out rows to generate for")
+    p.add_argument("--val", type=int, default=None, help="alpaca: validation-loss rows, the first N of the 199 held out (default all)")
     p.add_argument("--train-chars", type=int, default=200_000)
     p.add_argument("--eval-chars", type=int, default=40_000)
     p.add_argument("--epochs", type=float, default=1.0)

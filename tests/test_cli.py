@@ -145,3 +145,123 @@ def test_numeric_looking_column_names_stay_strings():
 
     cfg = build_config({}, _overrides(args))
     assert cfg.data.text_column == "0" and cfg.data.label_column == "2024"
+
+
+# --- overrides anywhere on the line ------------------------------------------------------------
+
+
+@pytest.fixture
+def base_yaml(tmp_path, tiny_model_dir, sentiment_csv):
+    train, _ = sentiment_csv
+    p = tmp_path / "base.yaml"
+    p.write_text(f"model:\n  name_or_path: {tiny_model_dir}\ndata:\n  train_file: {train}\n  max_seq_length: 32\n")
+    return p
+
+
+def _resolved(argv):
+    from deltatune.cli import _config_source, _overrides, parse_args
+    from deltatune.config import build_config
+
+    args = parse_args(argv)
+    return build_config(_config_source(args), _overrides(args))
+
+
+def test_overrides_after_flags_with_a_config_file(base_yaml, tmp_path):
+    cfg = _resolved(["train", str(base_yaml), "--output-dir", str(tmp_path / "x"), "--max-steps", "3", "train.save_steps=1"])
+    assert cfg.train.save_steps == 1 and cfg.train.max_steps == 3 and cfg.output_dir == str(tmp_path / "x")
+    cfg = _resolved(["check", str(base_yaml), "--max-seq-length", "64", "data.format=alpaca", "seed=5"])
+    assert cfg.data.format == "alpaca" and cfg.data.max_seq_length == 64 and cfg.seed == 5
+    # in command-line order, the config file anywhere among them
+    cfg = _resolved(["train", "seed=1", "--quiet", str(base_yaml), "seed=2", "--max-steps", "3", "train.save_steps=4"])
+    assert cfg.seed == 2 and cfg.train.save_steps == 4 and cfg.data.max_seq_length == 32
+
+
+def test_check_takes_overrides_after_flags(base_yaml, capsys):
+    assert main(["check", str(base_yaml), "--examples", "0", "data.max_train_samples=5"]) == 0
+    assert "5 encoded training examples" in capsys.readouterr().out
+
+
+def test_auto_takes_overrides_after_flags(base_yaml, monkeypatch):
+    import importlib
+    from types import SimpleNamespace
+
+    auto_pkg = importlib.import_module("deltatune.auto")  # the package (deltatune.auto is also the function)
+    seen = {}
+
+    def fake_auto(config, overrides, **kw):
+        seen.update(config=config, overrides=overrides)
+        return SimpleNamespace(best_path=None)
+
+    monkeypatch.setattr(auto_pkg, "auto", fake_auto)
+    assert main(["auto", str(base_yaml), "--n-trials", "1", "train.save_steps=1", "--quiet"]) == 1
+    assert seen == {"config": str(base_yaml), "overrides": ["train.save_steps=1"]}
+    # a leading override is kept, not dropped, and the config file may follow flags
+    assert main(["auto", "seed=3", "--n-trials", "1", str(base_yaml)]) == 1
+    assert seen == {"config": str(base_yaml), "overrides": ["seed=3"]}
+
+
+def test_leftover_that_is_not_an_override_is_still_an_argparse_error(base_yaml, capsys):
+    for extra in (["stray"], ["--bogus"]):
+        with pytest.raises(SystemExit) as e:
+            main(["train", str(base_yaml), "--max-steps", "3", *extra])
+        assert e.value.code == 2 and f"unrecognized arguments: {extra[0]}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # commands without config overrides take none
+        main(["predict", "runs/x", "--text", "hi", "a=1"])
+
+
+def test_prompt_template_override_with_braces_and_colon(base_yaml):
+    cfg = _resolved(["check", str(base_yaml), "--max-seq-length", "64", "data.prompt_template=Translate: {en}"])
+    assert cfg.data.prompt_template == "Translate: {en}"
+
+
+# --- resume, check --validation ------------------------------------------------------------------
+
+
+def test_resume_a_run_directory_that_does_not_exist(capsys, tmp_path):
+    _fails(capsys, ["train", "--resume", str(tmp_path / "nope")], "cannot resume", "nope does not exist", "run directory")
+
+
+def test_check_reads_the_validation_file(capsys, tiny_model_dir, sentiment_csv, tmp_path):
+    train, val = sentiment_csv
+    args = ["check", "--model", tiny_model_dir, "--train", str(train), "--max-seq-length", "32", "--examples", "1"]
+    rows = make_sentiment_rows(10)
+    rows[2]["label"] = "neutral"
+    bad = write_csv(tmp_path / "badval.csv", rows)
+    _fails(capsys, args + ["--validation", str(bad)], "badval.csv", "row 3", "'neutral'")
+    _fails(capsys, args + ["--validation", str(val), "--test", str(bad)], "badval.csv", "row 3", "'neutral'")
+    assert main(args + ["--validation", str(val), "--test", str(val)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("text-classification: 96 encoded training examples from")
+    assert f"=== validation: 32 encoded examples from {val}" in out and f"=== test: 32 encoded examples from {val}" in out
+
+
+# --- predict / evaluate --output -----------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_run(base, tmp_path):
+    args, out = base
+    assert main(args + ["--max-steps", "2", "--batch-size", "32"]) == 0
+    return out
+
+
+def test_predict_and_evaluate_refuse_to_overwrite(tiny_run, sentiment_csv, capsys, tmp_path):
+    _, val = sentiment_csv
+    val_text = val.read_text()
+    pred = tmp_path / "pred.csv"
+    pred.write_text("mine")
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("mine")
+    _fails(capsys, ["predict", str(tiny_run), "--input", str(val), "--output", str(pred)], "pred.csv", "already exists", "--overwrite")
+    _fails(capsys, ["evaluate", str(tiny_run), "--data", str(val), "--output", str(metrics)], "metrics.json", "already exists", "--overwrite")
+    assert pred.read_text() == "mine" and metrics.read_text() == "mine"
+    # the input is never the output, --overwrite or not
+    for extra in ([], ["--overwrite"]):
+        _fails(capsys, ["predict", str(tiny_run), "--input", str(val), "--output", str(val), *extra], "validation.csv", "--input")
+        _fails(capsys, ["evaluate", str(tiny_run), "--data", str(val), "--output", str(val), *extra], "validation.csv", "--data")
+    assert val.read_text() == val_text
+    # with --overwrite: replaced, atomically (no temporary file left)
+    assert main(["predict", str(tiny_run), "--input", str(val), "--output", str(pred), "--overwrite"]) == 0
+    assert main(["evaluate", str(tiny_run), "--data", str(val), "--output", str(metrics), "--overwrite", "--json"]) == 0
+    assert pred.read_text().startswith("text,label,predicted_label") and "accuracy" in metrics.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

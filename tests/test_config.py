@@ -51,6 +51,12 @@ def test_steps_strategy_needs_eval_steps():
         build_config({"eval": {"eval_strategy": "steps"}})
 
 
+def test_temperature_zero_is_greedy_only():
+    assert build_config({"eval": {"temperature": 0}}).eval.temperature == 0  # unused without sampling
+    with pytest.raises(DeltatuneError, match="do_sample false"):
+        build_config({"eval": {"temperature": 0, "do_sample": True}})
+
+
 def test_bad_yaml_and_non_mapping(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
@@ -67,3 +73,19 @@ def test_apply_overrides_does_not_mutate():
     out = apply_overrides(base, {"train.learning_rate": 2.0})
     assert base["train"]["learning_rate"] == 1.0 and out["train"]["learning_rate"] == 2.0
     assert isinstance(RunConfig.model_validate(out), RunConfig)
+
+
+def test_override_text_that_yaml_would_turn_into_a_mapping_stays_text():
+    assert parse_override("data.prompt_template=Translate: {en}") == (["data", "prompt_template"], "Translate: {en}")
+    assert parse_override("data.system_prompt=Answer: briefly") == (["data", "system_prompt"], "Answer: briefly")
+    assert parse_override("data.system_prompt=- be brief") == (["data", "system_prompt"], "- be brief")
+    assert parse_override("data.system_prompt=#1 rule: be brief") == (["data", "system_prompt"], "#1 rule: be brief")
+    assert parse_override("data.prompt_template=Q: {q} A:")[1] == "Q: {q} A:"
+    cfg = build_config({}, ["data.prompt_template=Translate: {en}"])
+    assert cfg.data.prompt_template == "Translate: {en}"
+    # values that are meant as YAML still are
+    assert parse_override("train.learning_rate=5e-5")[1] == 5e-5
+    assert parse_override("x=[1,2]")[1] == [1, 2]
+    assert parse_override("x={a: 1}")[1] == {"a": 1}
+    assert parse_override("x=null")[1] is None and parse_override("x=~")[1] is None and parse_override("x=")[1] is None
+    assert parse_override("x='a: b'")[1] == "a: b"

@@ -20,6 +20,7 @@ from deltatune.errors import DeltatuneError
 from deltatune.metrics import format_table
 from deltatune.models import resolve_model
 from deltatune.models.loading import dropout_overrides, load_tokenizer
+from deltatune.output_files import check_output, write_atomically
 from deltatune.rundir import RunDir
 from deltatune.serving.predictor import Predictor, load
 from deltatune.tasks import Task, create_task
@@ -113,6 +114,10 @@ def finetune(
         DeltatuneError: any input problem (config, data, model, run directory), before anything
             is written.
     """
+    if resume and isinstance(config, (str, Path)) and not Path(config).exists():
+        raise DeltatuneError(
+            f"cannot resume: {config} does not exist; give the run directory made by deltatune train"
+        )
     if resume and isinstance(config, (str, Path)) and Path(config).is_dir():
         run_root = Path(config)
         if not (run_root / "config.yaml").is_file():
@@ -276,29 +281,39 @@ def _summary(cfg: RunConfig, model, n_train: int, n_val: int, trainer: Trainer) 
     )
 
 
-def evaluate(run: str | Path, data: str, output: str | Path | None = None, batch_size: int | None = None) -> dict[str, Any]:
+def evaluate(
+    run: str | Path,
+    data: str,
+    output: str | Path | None = None,
+    batch_size: int | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Evaluate a trained run on a labelled data file with the task's metrics.
 
     Args:
         run: the run directory.
         data: a labelled data file with the run's column names.
-        output: optional path of a JSON file to write the metrics to.
+        output: optional path of a JSON file to write the metrics to (written atomically).
         batch_size: examples per forward pass (default: the run's eval batch size).
+        overwrite: replace an existing ``output`` file (never ``data`` itself).
 
     Returns:
         The metrics dict (same keys as eval.json's splits).
 
     Raises:
-        DeltatuneError: not a run directory, bad data, labels unknown to the model.
+        DeltatuneError: not a run directory, bad data, labels unknown to the model, ``output``
+            exists (without ``overwrite``) or is the ``data`` file; checked before evaluating.
     """
+    if output is not None:
+        check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data")
     predictor = load(run)
     ds = load_table(data, split="test", config_name=predictor.config.data.dataset_config_name)
     predictor.task.check(ds, data, with_labels=True)
     metrics = predictor.metrics(ds, batch_size=batch_size)
     if output is not None:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics, indent=2))
+        check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data")  # made while evaluating?
+        write_atomically(output, lambda f: f.write(json.dumps(metrics, indent=2)))
     return metrics
 
 
@@ -349,37 +364,57 @@ def check(
 
     For decoder tasks: a few encoded training examples with trained spans marked ``[[...]]``,
     and counts of examples truncated, dropped (no trained token left), EOS appended, and double
-    BOS. For other tasks: the token lengths of a few examples.
+    BOS. For other tasks: the token lengths of a few examples. A ``data.validation_file`` and
+    ``data.test_file`` are read, checked and encoded as :func:`finetune` does, with a short
+    section of counts each, so their errors surface here rather than in training.
 
     Raises:
         DeltatuneError: as :func:`finetune` for bad config/data/model, and when no training
             example has a trained token.
     """
     cfg = build_config(config, overrides)
-    if not cfg.data.train_file:
+    d = cfg.data
+    if not d.train_file:
         raise DeltatuneError("no training data: set data.train_file in the config or pass --train FILE")
-    train = load_table(cfg.data.train_file, split="train", config_name=cfg.data.dataset_config_name)
-    if cfg.data.max_train_samples:
-        train = train.select(range(min(cfg.data.max_train_samples, len(train))))
+    train = load_table(d.train_file, split="train", config_name=d.dataset_config_name)
+    if d.max_train_samples:
+        train = train.select(range(min(d.max_train_samples, len(train))))
     task = create_task(cfg)
-    task.fit(train, cfg.data.train_file)
+    task.fit(train, d.train_file)
+    # read (and check) every split before the tokenizer, in finetune's order
+    splits = (("validation", d.validation_file), ("test", d.test_file))
+    extra = [(name, ref, _read_split(ref, task, cfg)) for name, ref in splits if ref]
     tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
-    feats = task.encode(train, tokenizer, source=cfg.data.train_file) if hasattr(task, "stats") else task.encode(train, tokenizer)
-    lines = [f"{cfg.task}: {len(feats)} encoded training examples from {cfg.data.train_file} (max_seq_length {cfg.data.max_seq_length})"]
+
+    def encode(ds, ref):
+        feats = task.encode(ds, tokenizer, source=ref) if hasattr(task, "stats") else task.encode(ds, tokenizer)
+        stats = getattr(task, "stats", {}).get("last")
+        return feats, (_stats_line(stats.as_dict()) if stats is not None else None)
+
+    feats, stats_line = encode(train, d.train_file)
+    lines = [f"{cfg.task}: {len(feats)} encoded training examples from {d.train_file} (max_seq_length {d.max_seq_length})"]
     for i in range(min(examples, len(feats))):
         row = feats[i]
         lines.append(f"--- example {i + 1}: {len(row['input_ids'])} tokens")
         lines.append(_mark_trained(tokenizer, row["input_ids"], row.get("labels")))
-    stats = getattr(task, "stats", {}).get("last")
-    if stats is not None:
-        d = stats.as_dict()
-        lines.append(
-            f"examples {d['examples']} | truncated {d['truncated']} | dropped (no trained token) {d['dropped_no_trained_tokens']}"
-            f" | EOS appended {d['eos_appended']} | double BOS {d['double_bos']} | trained tokens {d['trained_tokens']}"
-            f" of {d['total_tokens']} ({100 * d['trained_tokens'] / max(d['total_tokens'], 1):.1f}%)"
-        )
+    if stats_line is not None:
+        lines.append(stats_line)
+    for name, ref, ds in extra:
+        split_feats, split_stats = encode(ds, ref)
+        lines.append(f"=== {name}: {len(split_feats)} encoded examples from {ref} ({len(ds)} rows)")
+        if split_stats is not None:
+            lines.append(split_stats)
     return "\n".join(lines)
+
+
+def _stats_line(d: dict[str, Any]) -> str:
+    """One line of a split's pre-flight counts (decoder tasks)."""
+    return (
+        f"examples {d['examples']} | truncated {d['truncated']} | dropped (no trained token) {d['dropped_no_trained_tokens']}"
+        f" | EOS appended {d['eos_appended']} | double BOS {d['double_bos']} | trained tokens {d['trained_tokens']}"
+        f" of {d['total_tokens']} ({100 * d['trained_tokens'] / max(d['total_tokens'], 1):.1f}%)"
+    )
 
 
 def _mark_trained(tokenizer, ids: list[int], labels: Any) -> str:

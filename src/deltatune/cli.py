@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -41,9 +42,13 @@ FLAG_KEYS: dict[str, tuple[str, Any]] = {
 }
 
 
+# a command-line token that is a ``key=value`` config override: a (dotted) key, then ``=``
+_OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*=")
+
+
 def _add_config_args(p: argparse.ArgumentParser, config_help: str) -> None:
     p.add_argument("config", nargs="?", help=config_help)
-    p.add_argument("overrides", nargs="*", help="dotted overrides such as train.learning_rate=1e-4")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as train.learning_rate=1e-4 (anywhere on the line)")
     for flag, (key, typ) in FLAG_KEYS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, default=None, help=f"sets {key}")
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="any config key")
@@ -86,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a trained run on labelled data")
     e.add_argument("run", help="run directory")
     e.add_argument("--data", required=True, help="labelled data file")
-    e.add_argument("--output", help="write metrics JSON here")
+    e.add_argument("--output", help="write metrics JSON here (an existing file is refused without --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--batch-size", type=int, default=None)
     pr = sub.add_parser("predict", help="predict with a trained run")
@@ -95,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", help="data file with the run's text column")
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
     pr.add_argument("--text-pair", action="append", help="sentence-pair tasks: the second text of each --text, in order")
-    pr.add_argument("--output", help="CSV/TSV/JSONL file to write (default: print JSONL)")
+    pr.add_argument(
+        "--output", help="CSV/TSV/JSONL file to write (default: print JSONL); an existing file is refused without --overwrite"
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     pr.add_argument("--batch-size", type=int, default=None)
     c = sub.add_parser("check", help="pre-flight: show how training examples are encoded and masked")
     _add_config_args(c, "YAML config file")
@@ -107,7 +116,42 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
     x.add_argument("--format", choices=("model", "adapter"), default="model")
     x.add_argument("--overwrite", action="store_true")
+    for sp in sub.choices.values():
+        sp.set_defaults(_subparser=sp)  # parse_args reports leftovers with the command's own usage
     return parser
+
+
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse a command line, taking ``key=value`` overrides anywhere on it (also after flags).
+
+    argparse stops filling the ``config``/``overrides`` positionals at the first flag, so
+    ``train base.yaml --max-steps 3 train.save_steps=1`` leaves ``train.save_steps=1`` over: every
+    such leftover ``section.key=value`` token is added to the overrides, in command-line order.
+    A leftover non-flag token is taken as the config file when none came before it
+    (``train a=1 --quiet base.yaml``); any other leftover token is an argparse error (usage,
+    exit status 2).
+    """
+    parser = parser or build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sp = getattr(args, "_subparser", None) or parser
+        if not hasattr(args, "overrides"):
+            sp.error(f"unrecognized arguments: {' '.join(extra)}")
+        bad = [t for t in extra if not _is_override(t)]
+        if bad and not bad[0].startswith("-") and _config_source(args, consume=False) is None:
+            extra.remove(bad[0])  # the config file, after a flag or an override
+            args.overrides = ([args.config] if args.config else []) + args.overrides
+            args.config = bad.pop(0)
+        if bad:
+            hint = "" if all(t.startswith("-") for t in bad) else " (config overrides are key=value, e.g. train.save_steps=100)"
+            sp.error(f"unrecognized arguments: {' '.join(bad)}{hint}")
+        args.overrides = list(args.overrides) + [t for t in extra if _is_override(t)]
+    return args
+
+
+def _is_override(token: str) -> bool:
+    """Whether a positional token is a ``key=value`` override rather than a config file path."""
+    return bool(_OVERRIDE.match(token)) and not os.path.exists(token)
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -122,12 +166,18 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _config_source(args: argparse.Namespace) -> str | None:
-    """The config file argument, or None when the first positional is really a key=value override."""
-    config = args.config
-    if config and "=" in config and not os.path.exists(config):
-        args.overrides.insert(0, config)
-        return None
+def _config_source(args: argparse.Namespace, consume: bool = True) -> str | None:
+    """The config file: the first positional that is not a ``key=value`` override, or None.
+
+    With ``consume`` the positionals before it that are overrides stay in ``args.overrides``
+    (in order) and the config file is taken out of them.
+    """
+    positionals = ([args.config] if args.config else []) + list(args.overrides)
+    config = next((t for t in positionals if not _is_override(t)), None)
+    if consume:
+        if config is not None:
+            positionals.remove(config)
+        args.config, args.overrides = config, positionals
     return config
 
 
@@ -142,9 +192,10 @@ def cmd_auto(args: argparse.Namespace) -> int:
     from deltatune.auto import auto
 
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    config = _config_source(args)  # first: a leading key=value positional is an override
     overrides = [o for o in _overrides(args) if o != "train.progress_bar=false"]
     result = auto(
-        _config_source(args), overrides, models=split(args.models), methods=split(args.methods),
+        config, overrides, models=split(args.models), methods=split(args.methods),
         max_memory=args.max_memory, time_budget=args.time_budget, n_trials=args.n_trials, storage=args.storage,
         study_name=args.study_name, resume=args.resume, keep_all=args.keep_all, evals_per_epoch=args.evals_per_epoch,
         verbose=not args.quiet,
@@ -158,18 +209,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from deltatune.api import evaluate
     from deltatune.metrics import format_table
 
-    metrics = evaluate(args.run, args.data, args.output, args.batch_size)
+    metrics = evaluate(args.run, args.data, args.output, args.batch_size, overwrite=args.overwrite)
     print(json.dumps(metrics, indent=2) if args.json else format_table(metrics, f"metrics on {args.data}"))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from deltatune.data import load_table
+    from deltatune.output_files import check_output
     from deltatune.serving import load, write_predictions
-    from deltatune.serving.predictor import merge_record
+    from deltatune.serving.predictor import PREDICTION_SUFFIXES, merge_record
 
     if args.text_pair and not args.text:
         raise DeltatuneError("--text-pair goes with --text (one --text-pair per --text); for a file use --input")
+    if args.output:  # before loading the model and predicting
+        check_output(args.output, overwrite=args.overwrite, inputs=[args.input], suffixes=PREDICTION_SUFFIXES)
     predictor = load(args.run)
     if args.input:
         ds = load_table(args.input)
@@ -187,7 +241,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         records = predictor.predict(args.text)
         inputs = [{"text": t} for t in args.text]
     if args.output:
-        write_predictions(records, inputs, args.output)
+        write_predictions(records, inputs, args.output, overwrite=args.overwrite, inputs_path=args.input)
         print(f"wrote {len(records)} predictions to {args.output}")
     else:
         for inp, rec in zip(inputs, records):
@@ -213,7 +267,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deltatune`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv, parser)
     if args.version:
         from deltatune import __version__
 

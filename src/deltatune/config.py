@@ -206,7 +206,7 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(default=64, gt=0)
     num_beams: int = Field(default=1, gt=0)
     do_sample: bool = False
-    temperature: float = Field(default=1.0, gt=0)
+    temperature: float = Field(default=1.0, ge=0)  # used only when do_sample
     top_p: float = Field(default=1.0, gt=0, le=1)
     generation_max_samples: int = Field(default=200, ge=0)
     generation_batch_size: int = Field(default=16, gt=0)
@@ -215,6 +215,8 @@ class EvalConfig(_Section):
     def _steps_need_eval_steps(self) -> "EvalConfig":
         if self.eval_strategy == "steps" and self.eval_steps is None:
             raise ValueError("eval_strategy 'steps' needs eval.eval_steps")
+        if self.do_sample and self.temperature == 0:
+            raise ValueError("eval.temperature 0 cannot sample; set eval.do_sample false for greedy decoding or a temperature > 0")
         return self
 
 
@@ -312,10 +314,16 @@ def _section_fields(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+_YAML_NULLS = ("", "~", "null", "Null", "NULL")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"train.learning_rate=1e-4"`` into (["train", "learning_rate"], 1e-4).
 
-    The value is parsed as YAML, so numbers, booleans, ``null`` and lists work.
+    The value is parsed as YAML, so numbers, booleans, ``null``, ``[lists]`` and ``{mappings}``
+    work. Free text stays text: a value that YAML cannot parse, or would turn into a mapping or
+    list without starting with ``{`` or ``[`` (``data.prompt_template=Translate: {en}``), or into
+    ``null`` without being a null literal (``#1 rule`` is a YAML comment), is kept as written.
 
     Raises:
         DeltatuneError: when there is no ``=`` or the key is empty.
@@ -326,9 +334,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise DeltatuneError(f"override '{text}' has an empty key")
+    stripped = value.strip()
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml.safe_load(value) if stripped else None
     except yaml.YAMLError:
+        parsed = value
+    # free text that YAML would read as a mapping/list ("Q: {q}", "- item") or as nothing ("#1") stays text
+    if isinstance(parsed, (list, dict)) and not stripped.startswith(("{", "[")):
+        parsed = value
+    elif parsed is None and stripped not in _YAML_NULLS:
         parsed = value
     # keep strings that YAML would turn into dates etc. as plain text
     if not isinstance(parsed, (str, int, float, bool, list, dict, type(None))):

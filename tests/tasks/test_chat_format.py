@@ -95,3 +95,47 @@ def test_format_detection_and_bad_rows():
         detect_format(["question", "answer"])
     with pytest.raises(DeltatuneError, match="row 4 has no 'output'"):
         row_to_messages({"instruction": "x"}, "alpaca", 4, "f.json")
+
+
+def test_bad_rows_are_refused_with_the_row_and_the_fix():
+    with pytest.raises(DeltatuneError, match=r"f\.json: row 2 has an empty 'output'"):
+        row_to_messages({"instruction": "x", "output": "  "}, "alpaca", 2, "f.json")
+    with pytest.raises(DeltatuneError, match=r"row 1: 'output' must be text, got list"):
+        row_to_messages({"instruction": "x", "output": ["a", "b"]}, "alpaca", 1, "f.json")
+    with pytest.raises(DeltatuneError, match="has an empty 'completion'"):
+        row_to_messages({"prompt": "p", "completion": ""}, "prompt_completion", 1, "f.jsonl")
+    with pytest.raises(DeltatuneError, match=r"message 2 has role 'bot'"):
+        row_to_messages({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}, "messages", 1, "m")
+    with pytest.raises(DeltatuneError, match="assistant turn before any user turn"):
+        row_to_messages({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}, "messages", 1, "m")
+    with pytest.raises(DeltatuneError, match="no assistant turn, so nothing would be trained"):
+        row_to_messages({"messages": [{"role": "user", "content": "q"}]}, "messages", 1, "m")
+    with pytest.raises(DeltatuneError, match="message 2 is an empty assistant turn"):
+        row_to_messages({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}, "messages", 1, "m")
+    with pytest.raises(DeltatuneError, match="message 1 content must be text, got dict"):
+        row_to_messages({"messages": [{"role": "user", "content": {"x": 1}}]}, "messages", 1, "m")
+    # OpenAI-style text parts are joined, numbers become text
+    parts = [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]
+    msgs = row_to_messages({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": parts}]}, "messages", 1, "m")
+    assert msgs[1]["content"] == "one\ntwo"
+    assert row_to_messages({"prompt": "2+2?", "completion": 4}, "prompt_completion", 1, "m")[1]["content"] == "4"
+
+
+def test_prediction_inputs_need_no_answer():
+    assert detect_format(["instruction", "input"], with_answer=False) == "alpaca"
+    assert detect_format(["prompt"], with_answer=False) == "prompt_completion"
+    with pytest.raises(DeltatuneError, match="cannot tell"):
+        detect_format(["instruction", "input"])  # training data must have the answers
+    assert row_to_messages({"instruction": "x", "input": "y"}, "alpaca", 1, "p", with_answer=False) == [
+        {"role": "user", "content": "x\n\ny"}
+    ]
+    assert row_to_messages({"messages": [{"role": "user", "content": "q"}]}, "messages", 1, "p", with_answer=False)[0]["content"] == "q"
+
+
+def test_chat_templates_that_cannot_work_are_refused(tok):
+    with pytest.raises(DeltatuneError, match="neither a template name"):
+        ChatEncoder(tok, "nonsense", 64)
+    with pytest.raises(DeltatuneError, match="the chat template failed: TemplateSyntaxError"):
+        ChatEncoder(tok, "{% for m in messages %}{{ m['content'] }", 64)
+    with pytest.raises(DeltatuneError, match="does not write the messages' content"):
+        ChatEncoder(tok, "{% for m in messages %}x{% endfor %}", 64)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -59,6 +60,22 @@ def test_left_padded_batched_generation_equals_one_by_one(tiny_llama_dir):
     assert len(set(batched)) > 1
 
 
+@pytest.mark.parametrize("task_name, row", [("translation", {"source": "a red house"}), ("summarization", {"source": "A long text."})])
+def test_prompted_generation_needs_no_target_column(tiny_llama_dir, task_name, row):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deltatune.tasks import create_task
+
+    task = create_task(build_config({"task": task_name, "model": {"name_or_path": tiny_llama_dir}, "eval": {"max_new_tokens": 3}}))
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    task.set_tokenizer(tok)
+    ds = Dataset.from_list([row])
+    task.check(ds, "new.jsonl", with_labels=False)
+    texts, ended = task.generate_rows(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tok, ds)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+
+
 def test_causal_lm_packs_documents_into_blocks(tiny_llama_dir):
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -90,8 +107,14 @@ def test_instruction_run_reports_preflight_counts_and_generates(tiny_llama_dir, 
     assert data["examples"] == 8 and data["truncated"] >= 1  # the long responses do not fit in 40 tokens
     v = run.metrics["validation"]
     assert {"loss", "perplexity", "rougeL", "generation_eos_share"} <= set(v)
-    out = deltatune.load(run.path).predict(["Repeat the word red"])
+    predictor = deltatune.load(run.path)
+    out = predictor.predict(["Repeat the word red"])
     assert isinstance(out[0]["generated"], str)
+    # inputs to predict need no answer column: Alpaca rows without 'output' generate the same text
+    from datasets import Dataset
+
+    rows = predictor.predict_rows(Dataset.from_list([{"instruction": "Repeat the word red", "input": ""}]), "new.json")
+    assert rows[0]["generated"] == out[0]["generated"]
 
 
 def test_check_marks_trained_spans_and_counts(tiny_llama_dir, tmp_path):

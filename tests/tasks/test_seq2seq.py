@@ -159,6 +159,30 @@ def test_generative_qa_template_and_bad_rows(tiny_t5_dir):
     empty = Dataset.from_list([{"question": "x", "context": "c", "answers": {"text": [""], "answer_start": [0]}}])
     with pytest.raises(DeltatuneError, match=r"q\.json: row 1 has an empty 'answers'"):
         task.encode(empty, tok, source="q.json")
+    no_context = Dataset.from_list([{"question": "x", "context": " ", "answers": "y"}])
+    with pytest.raises(DeltatuneError, match=r"q\.json: row 1 has an empty 'context'"):
+        task.encode(no_context, tok, source="q.json")
+    with pytest.raises(DeltatuneError, match="one --text cannot fill them"):
+        task.rows_from_texts(["Who wrote Hamlet?"])
+    assert task.template_columns() == ["question", "context"]  # a tuple fills them in this order
+    assert task.rows_from_texts([("who?", "Ann ran.")])[0]["context"] == "Ann ran."
+
+
+@pytest.mark.parametrize(
+    "template, needle",
+    [("Translate: {en", "is not a valid template"), ("{en} {}", "positional field"), ("Translate", "reads no column"),
+     ("To {target_lang}", "reads no column")],
+)
+def test_prompt_templates_that_cannot_work_are_refused(tiny_t5_dir, template, needle):
+    task = create_task(build_config({"task": "translation", "model": {"name_or_path": tiny_t5_dir}, "data": {"prompt_template": template}}))
+    with pytest.raises(DeltatuneError, match=needle):
+        task.check(Dataset.from_list([{"en": "a", "target": "b"}]), "t.jsonl")
+
+
+def test_a_missing_prompt_column_points_at_the_template(tiny_t5_dir):
+    task = create_task(build_config({"task": "translation", "model": {"name_or_path": tiny_t5_dir}}))
+    with pytest.raises(DeltatuneError, match=r"t\.jsonl: no column 'source' for the prompt template .*columns are 'en', 'de'.*data\.prompt_template"):
+        task.check(Dataset.from_list([{"en": "a", "de": "b"}]), "t.jsonl")
 
 
 # ---- loss --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from deltatune.delta import is_delta_folder, load_trained
 from deltatune.delta.storage import read_meta
 from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_config, load_tokenizer
+from deltatune.output_files import check_output, write_atomically
 from deltatune.rundir import RunDir
 from deltatune.tasks import Features, Task, get_task_class, is_encoder_decoder
 from deltatune.training.inference import batched_outputs, merge_outputs
@@ -116,6 +117,10 @@ def load_task_model(cfg: RunConfig, model_dir: Path) -> tuple[Task, torch.nn.Mod
     return task, task.load_trained(str(model_dir))
 
 
+# the file types write_predictions writes
+PREDICTION_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
 def merge_record(inputs: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """One output row: the input columns, then the prediction; a prediction key that is also an
     input column (e.g. a gold ``label`` column) is written as ``predicted_<key>`` so no input is lost."""
@@ -125,27 +130,45 @@ def merge_record(inputs: dict[str, Any], record: dict[str, Any]) -> dict[str, An
     return out
 
 
-def write_predictions(records: list[dict[str, Any]], inputs: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Write inputs + predictions to CSV (one ``prob_<label>`` column per label) or JSONL, by extension.
+def write_predictions(
+    records: list[dict[str, Any]],
+    inputs: Iterable[dict[str, Any]],
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    inputs_path: str | Path | None = None,
+) -> None:
+    """Write inputs + predictions to CSV/TSV (one ``prob_<label>`` column per label) or JSONL, by extension.
+
+    In CSV/TSV, list and dict cells (a ``messages`` column, entity lists) are written as JSON;
+    multi-label ``label`` lists as ``a;b``. The file is written atomically (temporary file, then
+    rename).
+
+    Args:
+        records: one prediction per input row.
+        inputs: the input rows.
+        path: the file to write.
+        overwrite: replace an existing file.
+        inputs_path: the file the inputs were read from; never overwritten.
 
     Raises:
-        DeltatuneError: an extension other than .csv, .tsv, .jsonl or .json.
+        DeltatuneError: an extension other than .csv, .tsv, .jsonl or .json, an existing file
+            without ``overwrite``, or ``path`` being ``inputs_path``.
     """
     import json
 
     import pandas as pd
 
-    path = Path(path)
+    path = check_output(path, overwrite=overwrite, inputs=[inputs_path], suffixes=PREDICTION_SUFFIXES)
     rows = []
     for inp, rec in zip(inputs, records):
         rows.append(merge_record(inp, rec))
     ext = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
     if ext in (".jsonl", ".json"):
-        with path.open("w", encoding="utf-8") as f:
+        def write(f) -> None:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n")
-    elif ext in (".csv", ".tsv"):
+    else:
         flat = []
         for r in rows:
             r = dict(r)
@@ -153,11 +176,18 @@ def write_predictions(records: list[dict[str, Any]], inputs: Iterable[dict[str, 
             for key in ("label", "predicted_label"):
                 if isinstance(r.get(key), list):
                     r[key] = ";".join(r[key])
+            for key, v in r.items():
+                if isinstance(v, np.ndarray):
+                    v = v.tolist()
+                if isinstance(v, (list, tuple, dict)):
+                    r[key] = json.dumps(v, ensure_ascii=False, default=_json_default)
             r.update({f"prob_{k}": v for k, v in probs.items()})
             flat.append(r)
-        pd.DataFrame(flat).to_csv(path, index=False, sep="\t" if ext == ".tsv" else ",")
-    else:
-        raise DeltatuneError(f"output {path}: use a .csv, .tsv or .jsonl file name")
+
+        def write(f) -> None:
+            pd.DataFrame(flat).to_csv(f, index=False, sep="\t" if ext == ".tsv" else ",")
+
+    write_atomically(path, write)
 
 
 def _json_default(o: Any) -> Any:

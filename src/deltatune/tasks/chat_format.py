@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import jinja2
+
 from deltatune.errors import DeltatuneError
 
 IGNORE_INDEX = -100
@@ -39,18 +41,23 @@ NAMED_TEMPLATES = {"chatml": CHATML_TEMPLATE, "alpaca": ALPACA_TEMPLATE}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system", "model": "assistant"}
 
 
-def detect_format(columns: Sequence[str]) -> str:
+def detect_format(columns: Sequence[str], with_answer: bool = True) -> str:
     """The SFT format implied by the column names.
+
+    Args:
+        columns: the data's column names.
+        with_answer: False for prediction inputs, which may lack the answer column
+            (``instruction`` alone is Alpaca, ``prompt`` alone is prompt/completion).
 
     Raises:
         DeltatuneError: no known combination of columns.
     """
     cols = set(columns)
-    if {"instruction", "output"} <= cols:
+    if {"instruction", "output"} <= cols or (not with_answer and "instruction" in cols):
         return "alpaca"
     if "messages" in cols or "conversations" in cols:
         return "messages"
-    if {"prompt", "completion"} <= cols:
+    if {"prompt", "completion"} <= cols or (not with_answer and "prompt" in cols):
         return "prompt_completion"
     raise DeltatuneError(
         f"cannot tell the instruction format from columns {sorted(cols)}: expected instruction/input/output (Alpaca), "
@@ -58,43 +65,95 @@ def detect_format(columns: Sequence[str]) -> str:
     )
 
 
-def row_to_messages(row: dict[str, Any], fmt: str, row_number: int, source: str) -> list[dict[str, str]]:
-    """One row as a list of ``{"role", "content"}`` messages.
+def message_text(value: Any, where: str) -> str:
+    """A message's content as text.
+
+    Strings are kept; numbers become their text; OpenAI-style content parts
+    (``[{"type": "text", "text": ...}, ...]``) are joined with newlines.
 
     Raises:
-        DeltatuneError: missing fields or malformed message lists, naming file and row.
+        DeltatuneError: any other value (a list of non-text parts, an object), naming ``where``.
     """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return str(value)
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
+    ):
+        return "\n".join(p["text"] for p in value)
+    raise DeltatuneError(f"{where} must be text, got {type(value).__name__} {str(value)[:60]!r}; give a string")
+
+
+def row_to_messages(
+    row: dict[str, Any], fmt: str, row_number: int, source: str, with_answer: bool = True
+) -> list[dict[str, str]]:
+    """One row as a list of ``{"role", "content"}`` messages.
+
+    Args:
+        with_answer: False for prediction inputs: the answer field (``output``,
+            ``completion``) may be absent and is not returned; a conversation may end
+            without an assistant turn.
+
+    Raises:
+        DeltatuneError: missing or empty fields, non-text content, unknown roles, or a
+            conversation without a user turn before its first assistant turn, naming file and row.
+    """
+    at = f"{source}: row {row_number}"
+
     def need(key: str) -> str:
         v = row.get(key)
         if v is None or (isinstance(v, float) and v != v):
-            raise DeltatuneError(f"{source}: row {row_number} has no '{key}'")
-        return str(v)
+            raise DeltatuneError(f"{at} has no '{key}'")
+        text = message_text(v, f"{at}: '{key}'")
+        if not text.strip():
+            raise DeltatuneError(f"{at} has an empty '{key}'; fill it or drop the row")
+        return text
 
     if fmt == "alpaca":
         user = need("instruction")
         extra = row.get("input")
-        if isinstance(extra, str) and extra.strip():
-            user = f"{user}\n\n{extra}"
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": need("output")}]
+        if extra is not None and not (isinstance(extra, float) and extra != extra):
+            extra = message_text(extra, f"{at}: 'input'")
+            if extra.strip():
+                user = f"{user}\n\n{extra}"
+        msgs = [{"role": "user", "content": user}]
+        if with_answer:
+            msgs.append({"role": "assistant", "content": need("output")})
         if isinstance(row.get("system"), str) and row["system"].strip():
             msgs.insert(0, {"role": "system", "content": row["system"]})
         return msgs
     if fmt == "prompt_completion":
-        return [{"role": "user", "content": need("prompt")}, {"role": "assistant", "content": need("completion")}]
+        msgs = [{"role": "user", "content": need("prompt")}]
+        if with_answer:
+            msgs.append({"role": "assistant", "content": need("completion")})
+        return msgs
     if fmt == "messages":
         raw = row.get("messages") if row.get("messages") is not None else row.get("conversations")
         if not isinstance(raw, (list, tuple)) or not raw:
-            raise DeltatuneError(f"{source}: row {row_number}: 'messages' must be a non-empty list of {{role, content}}")
+            raise DeltatuneError(f"{at}: 'messages' must be a non-empty list of {{role, content}}")
         msgs = []
-        for m in raw:
+        for k, m in enumerate(raw, start=1):
             if not isinstance(m, dict):
-                raise DeltatuneError(f"{source}: row {row_number}: each message must be an object with role and content")
-            role = m.get("role", m.get("from"))
+                raise DeltatuneError(f"{at}: each message must be an object with role and content")
+            raw_role = m.get("role", m.get("from"))
             content = m.get("content", m.get("value"))
-            role = SHAREGPT_ROLES.get(str(role).lower()) if role is not None else None
-            if role is None or content is None:
-                raise DeltatuneError(f"{source}: row {row_number}: a message lacks a known role (system/user/assistant) or content")
-            msgs.append({"role": role, "content": str(content)})
+            role = SHAREGPT_ROLES.get(str(raw_role).lower()) if raw_role is not None else None
+            if role is None:
+                raise DeltatuneError(
+                    f"{at}: message {k} has role {raw_role!r}; use system/user/assistant (ShareGPT: system/human/gpt)"
+                )
+            if content is None:
+                raise DeltatuneError(f"{at}: message {k} ({raw_role}) has no content")
+            text = message_text(content, f"{at}: message {k} content")
+            if role == "assistant" and with_answer and not text.strip():
+                raise DeltatuneError(f"{at}: message {k} is an empty assistant turn; fill it or drop the row")
+            msgs.append({"role": role, "content": text})
+        first_assistant = next((k for k, m in enumerate(msgs) if m["role"] == "assistant"), None)
+        if first_assistant is not None and not any(m["role"] == "user" for m in msgs[:first_assistant]):
+            raise DeltatuneError(f"{at}: the conversation has an assistant turn before any user turn; start it with a user message")
+        if with_answer and first_assistant is None:
+            raise DeltatuneError(f"{at}: the conversation has no assistant turn, so nothing would be trained; add one or drop the row")
         return msgs
     raise DeltatuneError(f"unknown data.format '{fmt}'; use alpaca, messages or prompt_completion")
 
@@ -134,19 +193,43 @@ class ChatEncoder:
         self.max_len = max_seq_length
         if template is None:
             self.template = tokenizer.chat_template or CHATML_TEMPLATE
+        elif template in NAMED_TEMPLATES:
+            self.template = NAMED_TEMPLATES[template]
+        elif "{{" in template or "{%" in template:
+            self.template = template
         else:
-            self.template = NAMED_TEMPLATES.get(template, template)
+            raise DeltatuneError(
+                f"data.chat_template {template!r} is neither a template name ({', '.join(NAMED_TEMPLATES)}) nor a Jinja "
+                "chat template; leave it unset to use the model's own"
+            )
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
-            raise DeltatuneError("the tokenizer has no EOS token; generation could never stop. Use a model with an eos_token")
+            raise DeltatuneError(
+                "the tokenizer has no EOS token, so generation could never stop: decoder tasks (instruction, causal-lm, "
+                "prompted summarization/translation/generative-qa) need a decoder model (GPT-like) with an eos_token"
+            )
+        probe = [{"role": "user", "content": "PROBE_USER_7"}, {"role": "assistant", "content": "PROBE_ANSWER_7"}]
+        rendered = self.render(probe, add_generation_prompt=False)
+        if "PROBE_USER_7" not in rendered or "PROBE_ANSWER_7" not in rendered:
+            raise DeltatuneError(
+                "the chat template (data.chat_template or the model's) does not write the messages' content into the "
+                "text; use a template that renders message['content'] (or chatml / alpaca)"
+            )
         probe = tokenizer("a")["input_ids"]
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else None
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-        """The chat template applied to ``messages`` as text."""
-        return self.tok.apply_chat_template(
-            messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        """The chat template applied to ``messages`` as text.
+
+        Raises:
+            DeltatuneError: the template is not valid Jinja or fails on these messages.
+        """
+        try:
+            return self.tok.apply_chat_template(
+                messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except jinja2.TemplateError as e:
+            raise DeltatuneError(f"the chat template failed: {type(e).__name__}: {e}; check data.chat_template") from None
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []

@@ -173,12 +173,24 @@ class InstructionTask(GenerationMetrics, LanguageModelTask):
         self.format = None if config.data.format == "auto" else config.data.format
 
     def fit_columns(self, ds, source, with_labels=True):
+        """Detect the format of training data (kept for the run); check that inputs have one."""
         if self.format is None:
-            self.format = detect_format(ds.column_names)
+            fmt = detect_format(ds.column_names, with_answer=with_labels)
+            if with_labels:
+                self.format = fmt
 
-    def messages(self, row: dict[str, Any], row_number: int, source: str, with_answer: bool = True) -> list[dict[str, str]]:
-        """The conversation of one row (without the final assistant turn when ``with_answer`` is False)."""
-        msgs = row_to_messages(row, self.format, row_number, source)
+    def input_format(self, ds: datasets.Dataset) -> str:
+        """The format of prediction inputs: the run's, else detected from ``ds``'s columns."""
+        return self.format or detect_format(ds.column_names, with_answer=False)
+
+    def messages(
+        self, row: dict[str, Any], row_number: int, source: str, with_answer: bool = True, fmt: str | None = None
+    ) -> list[dict[str, str]]:
+        """The conversation of one row (without the final assistant turn when ``with_answer`` is False).
+
+        ``fmt`` overrides the run's format (prediction inputs of a run whose format was detected).
+        """
+        msgs = row_to_messages(row, fmt or self.format, row_number, source, with_answer=with_answer)
         if self.config.data.system_prompt and msgs[0]["role"] != "system":
             msgs.insert(0, {"role": "system", "content": self.config.data.system_prompt})
         if not with_answer:
@@ -212,7 +224,6 @@ class InstructionTask(GenerationMetrics, LanguageModelTask):
 
     # ---- generation ------------------------------------------------------------------------
     def rows_from_texts(self, texts):
-        self.format = self.format or "prompt_completion"
         if self.format == "alpaca":
             return datasets.Dataset.from_dict({"instruction": list(texts), "input": [""] * len(texts), "output": [""] * len(texts)})
         if self.format == "messages":
@@ -229,10 +240,11 @@ class InstructionTask(GenerationMetrics, LanguageModelTask):
         return rouge(predictions, references)
 
     def generate_rows(self, model, tokenizer, ds, device="cpu", source: str = "data") -> tuple[list[str], list[bool]]:
-        """Generate an answer for each row (prompts from the row without its answer)."""
-        self.fit_columns(ds, source)
+        """Generate an answer for each row (prompts from the row without its answer; the answer may be absent)."""
+        self.fit_columns(ds, source, with_labels=False)
+        fmt = self.input_format(ds)
         enc = self.encoder(tokenizer)
-        prompts = [enc.prompt_ids(self.messages(row, i, source, with_answer=False)) for i, row in enumerate(ds, start=1)]
+        prompts = [enc.prompt_ids(self.messages(row, i, source, with_answer=False, fmt=fmt)) for i, row in enumerate(ds, start=1)]
         return generate(model, tokenizer, prompts, self.generation_settings(), device)
 
 
@@ -255,8 +267,8 @@ class PromptedTask(PromptedColumns, InstructionTask):
         super().__init__(config)
         self.format = "prompted"
 
-    def messages(self, row, row_number, source, with_answer: bool = True):
-        msgs = [{"role": "user", "content": self.fill_template(row, source)}]
+    def messages(self, row, row_number, source, with_answer: bool = True, fmt: str | None = None):
+        msgs = [{"role": "user", "content": self.fill_template(row, source, row_number)}]
         if self.config.data.system_prompt:
             msgs.insert(0, {"role": "system", "content": self.config.data.system_prompt})
         if with_answer:

@@ -82,8 +82,25 @@ class PromptedColumns:
         return self.config.data.target_column or ("answers" if self.name == "generative-qa" else "target")
 
     def template_columns(self) -> list[str]:
-        """The columns the template reads, in order of first use."""
-        fields = [f for _, f, _, _ in string.Formatter().parse(self.template) if f and f not in CONFIG_FIELDS]
+        """The columns the template reads, in order of first use.
+
+        Raises:
+            DeltatuneError: the template is not a valid ``str.format`` template, uses positional
+                (``{}``) fields, or reads no column (every prompt would be the same).
+        """
+        try:
+            parsed = list(string.Formatter().parse(self.template))
+        except ValueError as e:
+            raise DeltatuneError(f"data.prompt_template {self.template!r} is not a valid template ({e}); use {{column}} placeholders") from None
+        names = [f for _, f, _, _ in parsed if f is not None]
+        if any(not f or f.isdigit() for f in names):
+            raise DeltatuneError(f"data.prompt_template {self.template!r} has a positional field {{}}; name a column, e.g. {{source}}")
+        fields = [f for f in names if f not in CONFIG_FIELDS]
+        if not fields:
+            raise DeltatuneError(
+                f"data.prompt_template {self.template!r} reads no column, so every prompt would be the same; add a "
+                "{column} placeholder, e.g. {source}"
+            )
         return list(dict.fromkeys(fields))
 
     def fit_columns(self, ds: datasets.Dataset, source: str, with_labels: bool = True) -> None:
@@ -92,11 +109,23 @@ class PromptedColumns:
         Raises:
             DeltatuneError: a missing column, naming the file and the columns that exist.
         """
-        require_columns(ds, self.template_columns() + ([self.target_column] if with_labels else []), source)
+        missing = [c for c in self.template_columns() if c not in ds.column_names]
+        if missing:
+            raise DeltatuneError(
+                f"{source}: no column '{missing[0]}' for the prompt template {self.template!r}; columns are "
+                f"{', '.join(repr(c) for c in ds.column_names)} (name the input columns in data.prompt_template, "
+                "e.g. '...{en}')"
+            )
+        if with_labels:
+            require_columns(ds, [self.target_column], source)
 
     def rows_from_texts(self, texts: Sequence[Any]) -> datasets.Dataset:
-        """Rows from plain inputs (``predict --text``): a text fills the template's first column;
-        a tuple fills its columns in order; a dict is a row."""
+        """Rows from plain inputs (``predict --text``): a text fills the template's column when it
+        reads one; a tuple fills its columns in order; a dict is a row.
+
+        Raises:
+            DeltatuneError: a plain text for a template that reads several columns.
+        """
         cols = self.template_columns()
         rows = []
         for t in texts:
@@ -104,6 +133,11 @@ class PromptedColumns:
                 row = dict(t)
             elif isinstance(t, (list, tuple)):
                 row = dict(zip(cols, map(str, t)))
+            elif len(cols) > 1:
+                raise DeltatuneError(
+                    f"{self.name} prompts read several columns ({', '.join(cols)}): one --text cannot fill them; "
+                    "predict from a file with --input (a column each)"
+                )
             else:
                 row = {cols[0]: str(t)}
             rows.append({**row, self.target_column: ""})
@@ -129,19 +163,26 @@ class PromptedColumns:
             raise DeltatuneError(f"{source}: row {row_number} has an empty '{self.target_column}'; fill it or drop the row")
         return refs[0]
 
-    def fill_template(self, row: dict[str, Any], source: str) -> str:
+    def fill_template(self, row: dict[str, Any], source: str, row_number: int | None = None) -> str:
         """The template filled from the row's columns and the config's language names.
 
         Raises:
-            DeltatuneError: the template names a column the data lacks.
+            DeltatuneError: the template names a column the data lacks, a column it reads is
+                empty in this row, or the template is malformed.
         """
         fields = {k: cell_text(v) for k, v in row.items()}
+        at = f"{source}: row {row_number}" if row_number is not None else source
+        for c in self.template_columns():
+            if c in fields and not fields[c].strip():
+                raise DeltatuneError(f"{at} has an empty '{c}'; fill it or drop the row")
         fields.setdefault("source_lang", self.config.data.source_lang)
         fields.setdefault("target_lang", self.config.data.target_lang)
         try:
             return self.template.format_map(fields)
         except KeyError as e:
             raise DeltatuneError(f"data.prompt_template uses {{{e.args[0]}}} but {source} has no such column") from None
+        except (ValueError, IndexError, AttributeError) as e:
+            raise DeltatuneError(f"data.prompt_template {self.template!r} cannot be filled ({e}); use plain {{column}} placeholders") from None
 
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
         """This task's generation metrics (:data:`SCORERS`)."""

@@ -156,7 +156,7 @@ class Seq2SeqTask(GenerationMetrics, PromptedColumns, Task):
     def source_texts(self, ds: datasets.Dataset, source: str) -> list[str]:
         """Encoder input texts: ``data.source_prefix`` + the filled template, one per row."""
         prefix = self.config.data.source_prefix or ""
-        return [prefix + self.fill_template(row, source) for row in ds]
+        return [prefix + self.fill_template(row, source, i) for i, row in enumerate(ds, start=1)]
 
     @staticmethod
     def tokenize(tokenizer, texts: list[str], max_length: int, target: bool = False) -> tuple[list[list[int]], int]:
