@@ -130,3 +130,34 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, tiny_model_dir):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert "'x', 'y'" in err and "--task" in err
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--methods", "lora,bogus"], "unknown --methods 'bogus'"),
+        (["--n-trials", "0"], "--n-trials must be at least 1"),
+        (["--storage", "bogus://x"], "cannot open the optuna storage 'bogus://x'"),
+        (["--resume"], "nothing to resume"),
+    ],
+)
+def test_bad_search_options_are_one_line_and_leave_nothing(tmp_path, capsys, tiny_model_dir, reviews_csv, extra, needle):
+    out = tmp_path / "a"
+    code = main(["auto", "--train", str(reviews_csv), "--models", tiny_model_dir, "--output-dir", str(out), "--quiet", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and needle in err, err
+    assert not out.exists()  # so the next plain start is not blocked
+
+
+def test_a_default_trial_failing_on_the_config_stops_the_search_and_user_columns_are_reported(tmp_path, capsys, tiny_model_dir):
+    rows = [{"text": r["text"], "review": r["text"], "stars": r["label"]} for r in make_easy_rows(40, 1)]
+    data = write_csv(tmp_path / "two_texts.csv", rows)
+    out = tmp_path / "a"
+    argv = ["auto", "--train", str(data), "--models", tiny_model_dir, "--output-dir", str(out), "--text-column", "review",
+            "--max-seq-length", "16", "--n-trials", "3", "eval.metric_for_best_model=nonexistent"]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert "data.text_column = 'review': set by you (inferred: 'text')" in captured.out
+    assert code == 2 and captured.err.strip().count("\n") == 0
+    assert "the default trial failed, so every trial would" in captured.err and "nonexistent" in captured.err
+    assert len(list((out / "trials").iterdir())) == 1  # trials 1 and 2 were not started

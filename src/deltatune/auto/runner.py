@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from deltatune.auto.report import (
     write_leaderboard,
 )
 from deltatune.auto.search import SEARCHED_KEYS, SearchSpace, make_objective
-from deltatune.config import RunConfig, apply_overrides, build_config, flatten_dict, read_yaml
+from deltatune.config import DEFAULT_LEARNING_RATES, RunConfig, apply_overrides, build_config, flatten_dict, read_yaml
 from deltatune.errors import DeltatuneError
 
 DEFAULT_TRIALS = 10
@@ -88,9 +89,26 @@ def _metric(cfg: RunConfig, task) -> tuple[str, bool]:
 
 
 def _open_study(storage: str, name: str, resume: bool, seed: int, maximize: bool, attrs: dict[str, Any]):
+    """Create (or, with ``resume``, load) the optuna study in ``storage``.
+
+    Raises:
+        DeltatuneError: the storage cannot be opened (bad URL, missing driver), there is no
+            study to resume, the study exists already without ``resume``, or it was made for
+            another task or metric.
+    """
+    try:
+        return _open_study_unchecked(storage, name, resume, seed, maximize, attrs)
+    except DeltatuneError:
+        raise
+    except Exception as e:  # optuna/sqlalchemy: unknown dialect, unreachable server, bad path
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DeltatuneError(f"cannot open the optuna storage {storage!r}: {type(e).__name__}: {first}") from None
+
+
+def _open_study_unchecked(storage: str, name: str, resume: bool, seed: int, maximize: bool, attrs: dict[str, Any]):
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by deltatune, one line each
     # active once the default trial has completed; never at a trial's first evaluation (a longer
     # schedule starts slower than the 1-epoch default at the same fraction of an epoch)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2)
@@ -197,6 +215,11 @@ def auto(
     memory = parse_memory(max_memory) if max_memory is not None else None
     if evals_per_epoch < 1:
         raise DeltatuneError("evals_per_epoch must be at least 1")
+    if n_trials is not None and n_trials < 1:
+        raise DeltatuneError(f"--n-trials must be at least 1 (got {n_trials}); leave it out to search until --time-budget")
+    unknown = [m for m in methods or [] if m not in DEFAULT_LEARNING_RATES]
+    if unknown:
+        raise DeltatuneError(f"unknown --methods '{unknown[0]}'; choose from {', '.join(DEFAULT_LEARNING_RATES)}")
 
     user = _user_settings(config, overrides)
     out = Path(user.pop("output_dir", None) or Path("runs") / str(user.get("name") or "auto"))
@@ -218,6 +241,11 @@ def auto(
     trust = bool(user.get("model.trust_remote_code", False))
     family = model_family(load_config(resolve_model(refs[0]), trust)) if refs else None
     inference = infer_task(sample, ds.column_names, family, user.get("task"), source=str(train_file))
+    for key, value in list(inference.settings.items()):  # what the user set wins, and the report says so
+        if key in user and user[key] != value:
+            inference.settings[key] = user[key]
+            inference.reasons = [r for r in inference.reasons if repr(value) not in r and f"'{value}'" not in r]
+            inference.reasons.append(f"{key} = {user[key]!r}: set by you (inferred: {value!r})")
     say(f"task: {inference.task}")
     for line in inference.reasons:
         say(f"  - {line}")
@@ -255,10 +283,20 @@ def auto(
         say(f"  - fixed by you: {', '.join(f'{k}={v}' for k, v in pinned.items())}")
 
     # ---- the study ---------------------------------------------------------------------------
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{out.resolve() / 'optuna.db'}"
+    default_db = out / "optuna.db"
+    db_existed = default_db.exists()
+    storage = storage or f"sqlite:///{default_db.resolve()}"
     attrs = {"task": inference.task, "metric": metric, "base": base}
-    study = _open_study(storage, study_name, resume, cfg.seed, maximize, attrs)
+    try:
+        study = _open_study(storage, study_name, resume, cfg.seed, maximize, attrs)
+    except DeltatuneError:
+        if created:  # nothing of this failed start may block the next one
+            shutil.rmtree(out, ignore_errors=True)
+        elif not db_existed and default_db.exists():
+            default_db.unlink()
+        raise
     if not any(t.user_attrs.get("baseline") for t in study.trials):
         study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
     deadline = start + budget if budget is not None else None
@@ -274,6 +312,8 @@ def auto(
             f"{format_seconds(trial.user_attrs.get('seconds', 0.0))} | {settings}{' | ' + note if note else ''}")
         if not keep_all:
             _tidy(study, trial)
+        if trial.user_attrs.get("baseline") and trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("error_kind") == "input":
+            study.stop()  # the data or config is at fault: every trial would fail the same way
 
     timeout = max(deadline - time.monotonic(), 1.0) if deadline is not None else None
     interrupted = False
@@ -282,6 +322,12 @@ def auto(
     except KeyboardInterrupt:
         interrupted = True
         say("interrupted: reporting the trials so far (continue with --resume)")
+    failed_default = next(
+        (t for t in study.trials if t.user_attrs.get("baseline") and t.user_attrs.get("error_kind") == "input"
+         and t.state == optuna.trial.TrialState.FAIL), None,
+    )
+    if failed_default is not None and not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise DeltatuneError(f"the default trial failed, so every trial would: {failed_default.user_attrs['error']}")
 
     # ---- results -----------------------------------------------------------------------------
     rows = leaderboard(study.trials, metric, maximize, pinned)

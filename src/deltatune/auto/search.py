@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 
 from deltatune.auto.candidates import Candidate
 from deltatune.config import DEFAULT_LEARNING_RATES, DeltaConfig, TrainConfig
+from deltatune.errors import DeltatuneError
 
 LR_SCALE = (0.2, 5.0)
 BATCH_SIZES = (8, 16, 32, 64)
@@ -254,6 +255,7 @@ def make_objective(
         except Exception as e:
             if type(e).__name__ != "TrialPruned":
                 trial.set_user_attr("error", str(e).splitlines()[0] if str(e) else type(e).__name__)
+                trial.set_user_attr("error_kind", "input" if isinstance(e, DeltatuneError) else "runtime")
             raise
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - start, 2))
