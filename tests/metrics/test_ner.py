@@ -5,7 +5,7 @@ import random
 import pytest
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 
-from deltatune.metrics.ner import entity_metrics, entity_spans, split_tag, to_iob2
+from deltatune.metrics.ner import consistent_iob2, entity_metrics, entity_spans, split_tag, to_iob2
 
 # (gold, predicted) sentences chosen for the cases conlleval reads in a particular way
 TRICKY = [
@@ -107,3 +107,10 @@ def test_conversion_keeps_conlleval_entities_on_random_sequences():
     for _ in range(500):
         seq = [rng.choice(tags) for _ in range(rng.randint(1, 12))]
         assert entity_spans(to_iob2(seq)) == entity_spans(seq), seq
+
+
+def test_predicted_tags_are_rewritten_as_the_entities_they_mean():
+    tags = ["I-PER", "I-PER", "O", "I-LOC", "B-ORG", "I-MISC"]
+    fixed = consistent_iob2(tags)
+    assert fixed == ["B-PER", "I-PER", "O", "B-LOC", "B-ORG", "B-MISC"]
+    assert entity_spans(fixed) == entity_spans(tags)

@@ -119,3 +119,18 @@ def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     Chunking is seqeval's default (``conlleval``) reading, the same as :func:`entity_metrics`.
     """
     return [(t, int(s), int(e)) for t, s, e in get_entities(list(tags))]
+
+
+def consistent_iob2(tags: Sequence[str]) -> list[str]:
+    """IOB2 tags rewritten from the entities they are read as (:func:`entity_spans`).
+
+    A predicted ``I-X`` that follows ``O`` or another type starts an entity (``conlleval``'s
+    reading), so it becomes ``B-X``: the tags then say exactly what the entities say.
+    Example: ``["I-PER", "I-PER", "O", "I-LOC"]`` → ``["B-PER", "I-PER", "O", "B-LOC"]``.
+    """
+    out = ["O"] * len(tags)
+    for kind, first, last in entity_spans(tags):
+        out[first] = f"B-{kind}"
+        for i in range(first + 1, last + 1):
+            out[i] = f"I-{kind}"
+    return out

@@ -25,7 +25,8 @@ Metrics: entity precision/recall/F1 overall (micro) and per type, in ``conlleval
 (via seqeval), token (word) accuracy and the loss; see :mod:`deltatune.metrics.ner`.
 
 Predictions: per row ``{"entities": [{"type", "text", "start", "end", "score"}], "tags": [...]}``
-where ``tags`` are the predicted tags per word, entities are read from them as the metrics do,
+where ``tags`` are the predicted tags per word (valid IOB2: an ``I-X`` predicted after ``O`` or
+another type is written ``B-X``, as it starts an entity), entities are read from them as the metrics do,
 ``start``/``end`` are character offsets (end exclusive) into the raw text for text rows and into
 ``" ".join(tokens)`` for token rows, and ``score`` is the mean over the entity's words of the
 probability of the predicted tag.
@@ -46,7 +47,7 @@ from transformers import AutoModelForTokenClassification
 from deltatune.config import RunConfig
 from deltatune.data.columns import check_text_column, is_missing, require_columns
 from deltatune.errors import DeltatuneError
-from deltatune.metrics.ner import entity_metrics, entity_spans, split_tag, to_iob2
+from deltatune.metrics.ner import consistent_iob2, entity_metrics, entity_spans, split_tag, to_iob2
 from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.classification import normalize_label
@@ -360,7 +361,7 @@ class TokenClassificationTask(Task):
                         "score": float(np.mean(probs[first : last + 1])),
                     }
                 )
-            records.append({"entities": entities, "tags": tags})
+            records.append({"entities": entities, "tags": consistent_iob2(tags)})
             truncated += cut
             rows_cut += cut > 0
         if truncated:

@@ -432,7 +432,7 @@ class Trainer:
         elapsed = time.perf_counter() - start
         rec = {
             "step": self.state.global_step,
-            "epoch": round(self.state.epoch + self.state.batch_in_epoch / max(1, self._batches_per_epoch()), 4),
+            "epoch": self._epoch_progress(),
             "loss": loss,
             "learning_rate": self.scheduler.get_last_lr()[0],
             "examples_per_second": (self.state.examples_seen - examples_at_start) / elapsed if elapsed > 0 else 0.0,
@@ -440,6 +440,10 @@ class Trainer:
         if self.is_main:
             self.run_dir.log(rec)
         return loss
+
+    def _epoch_progress(self) -> float:
+        """Epochs done so far as a fraction (2.5: half-way through the third epoch)."""
+        return round(self.state.epoch + self.state.batch_in_epoch / max(1, self._batches_per_epoch()), 4)
 
     def _batches_per_epoch(self) -> int:
         return math.ceil(len(self.train_features) / self.global_batch)
@@ -457,7 +461,7 @@ class Trainer:
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         self.state.last_eval_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         if self.is_main:
-            self.run_dir.log({"step": step, "epoch": self.state.epoch, **scalars})
+            self.run_dir.log({"step": step, "epoch": self._epoch_progress(), **scalars})
             if improved:
                 save_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
         self.accelerator.wait_for_everyone()
