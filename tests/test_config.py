@@ -81,6 +81,8 @@ def test_override_text_that_yaml_would_turn_into_a_mapping_stays_text():
     assert parse_override("data.system_prompt=- be brief") == (["data", "system_prompt"], "- be brief")
     assert parse_override("data.system_prompt=#1 rule: be brief") == (["data", "system_prompt"], "#1 rule: be brief")
     assert parse_override("data.prompt_template=Q: {q} A:")[1] == "Q: {q} A:"
+    assert parse_override("data.prompt_template={en}")[1] == "{en}"  # a template, not the mapping {en: null}
+    assert parse_override("data.prompt_template={en!r}")[1] == "{en!r}"
     cfg = build_config({}, ["data.prompt_template=Translate: {en}"])
     assert cfg.data.prompt_template == "Translate: {en}"
     # values that are meant as YAML still are

@@ -322,8 +322,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
     The value is parsed as YAML, so numbers, booleans, ``null``, ``[lists]`` and ``{mappings}``
     work. Free text stays text: a value that YAML cannot parse, or would turn into a mapping or
-    list without starting with ``{`` or ``[`` (``data.prompt_template=Translate: {en}``), or into
-    ``null`` without being a null literal (``#1 rule`` is a YAML comment), is kept as written.
+    list without starting with ``{`` or ``[`` (``data.prompt_template=Translate: {en}``), into a
+    mapping of keys without values (``{en}``: a template), or into ``null`` without being a null
+    literal (``#1 rule`` is a YAML comment), is kept as written.
 
     Raises:
         DeltatuneError: when there is no ``=`` or the key is empty.
@@ -341,6 +342,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = value
     # free text that YAML would read as a mapping/list ("Q: {q}", "- item") or as nothing ("#1") stays text
     if isinstance(parsed, (list, dict)) and not stripped.startswith(("{", "[")):
+        parsed = value
+    # "{en}", "{source} -> {target}": a str.format template, not a mapping of keys without values
+    elif isinstance(parsed, dict) and parsed and all(v is None for v in parsed.values()) and ":" not in stripped:
         parsed = value
     elif parsed is None and stripped not in _YAML_NULLS:
         parsed = value

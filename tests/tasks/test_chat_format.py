@@ -115,9 +115,9 @@ def test_bad_rows_are_refused_with_the_row_and_the_fix():
     with pytest.raises(DeltatuneError, match="message 1 content must be text, got dict"):
         row_to_messages({"messages": [{"role": "user", "content": {"x": 1}}]}, "messages", 1, "m")
     # OpenAI-style text parts are joined, numbers become text
-    parts = [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]
+    parts = [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}]
     msgs = row_to_messages({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": parts}]}, "messages", 1, "m")
-    assert msgs[1]["content"] == "one\ntwo"
+    assert msgs[1]["content"] == "one two"
     assert row_to_messages({"prompt": "2+2?", "completion": 4}, "prompt_completion", 1, "m")[1]["content"] == "4"
 
 

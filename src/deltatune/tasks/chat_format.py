@@ -69,7 +69,7 @@ def message_text(value: Any, where: str) -> str:
     """A message's content as text.
 
     Strings are kept; numbers become their text; OpenAI-style content parts
-    (``[{"type": "text", "text": ...}, ...]``) are joined with newlines.
+    (``[{"type": "text", "text": ...}, ...]``) are concatenated, as chat templates render them.
 
     Raises:
         DeltatuneError: any other value (a list of non-text parts, an object), naming ``where``.
@@ -81,7 +81,7 @@ def message_text(value: Any, where: str) -> str:
     if isinstance(value, (list, tuple)) and value and all(
         isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
     ):
-        return "\n".join(p["text"] for p in value)
+        return "".join(p["text"] for p in value)
     raise DeltatuneError(f"{where} must be text, got {type(value).__name__} {str(value)[:60]!r}; give a string")
 
 
