@@ -26,7 +26,7 @@ from deltatune.errors import DeltatuneError
 from deltatune.metrics.classification import multi_label_metrics, single_label_metrics
 from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features, Task
-from deltatune.tasks.collate import pad_batch
+from deltatune.tasks.collate import model_inputs, pad_batch
 
 
 def normalize_label(value: Any) -> str:
@@ -203,12 +203,8 @@ class ClassificationTask(Task):
         )
         return model
 
-    @staticmethod
-    def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in batch.items() if k != "labels"}
-
     def loss(self, model, batch):
-        logits = model(**self._inputs(batch)).logits.float()
+        logits = model(**model_inputs(batch)).logits.float()
         labels = batch["labels"]
         if self.multi_label:
             per_example = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(-1)
@@ -223,7 +219,7 @@ class ClassificationTask(Task):
     # ---- outputs --------------------------------------------------------------------------
     @torch.no_grad()
     def eval_step(self, model, batch):
-        logits = model(**self._inputs(batch)).logits.float()
+        logits = model(**model_inputs(batch)).logits.float()
         out = {"logits": logits.cpu().numpy()}
         if "labels" in batch:
             out["labels"] = batch["labels"].cpu().numpy()

@@ -39,3 +39,8 @@ def pad_batch(
                 arr[i, t_max - len(s) :] = torch.as_tensor(s, dtype=torch.long)
         out[key] = arr
     return out
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without ``labels``: what the model's forward takes when the task computes the loss itself."""
+    return {k: v for k, v in batch.items() if k != "labels"}

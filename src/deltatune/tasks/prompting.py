@@ -19,6 +19,7 @@ way:
 
 from __future__ import annotations
 
+import functools
 import string
 from typing import Any, Callable, Sequence
 
@@ -39,6 +40,30 @@ SCORERS: dict[str, Callable[[Sequence[str], Sequence[Sequence[str]]], dict[str, 
 
 # placeholders filled from the config rather than from a column
 CONFIG_FIELDS = ("source_lang", "target_lang")
+
+
+@functools.lru_cache(maxsize=32)
+def template_columns(template: str) -> tuple[str, ...]:
+    """The columns a ``str.format`` prompt template reads, in order of first use (parsed once per template).
+
+    Raises:
+        DeltatuneError: the template is not a valid ``str.format`` template, uses positional
+            (``{}``) fields, or reads no column (every prompt would be the same).
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise DeltatuneError(f"data.prompt_template {template!r} is not a valid template ({e}); use {{column}} placeholders") from None
+    names = [f for _, f, _, _ in parsed if f is not None]
+    if any(not f or f.isdigit() for f in names):
+        raise DeltatuneError(f"data.prompt_template {template!r} has a positional field {{}}; name a column, e.g. {{source}}")
+    fields = [f for f in names if f not in CONFIG_FIELDS]
+    if not fields:
+        raise DeltatuneError(
+            f"data.prompt_template {template!r} reads no column, so every prompt would be the same; add a "
+            "{column} placeholder, e.g. {source}"
+        )
+    return tuple(dict.fromkeys(fields))
 
 
 def cell_text(value: Any) -> str:
@@ -82,26 +107,8 @@ class PromptedColumns:
         return self.config.data.target_column or ("answers" if self.name == "generative-qa" else "target")
 
     def template_columns(self) -> list[str]:
-        """The columns the template reads, in order of first use.
-
-        Raises:
-            DeltatuneError: the template is not a valid ``str.format`` template, uses positional
-                (``{}``) fields, or reads no column (every prompt would be the same).
-        """
-        try:
-            parsed = list(string.Formatter().parse(self.template))
-        except ValueError as e:
-            raise DeltatuneError(f"data.prompt_template {self.template!r} is not a valid template ({e}); use {{column}} placeholders") from None
-        names = [f for _, f, _, _ in parsed if f is not None]
-        if any(not f or f.isdigit() for f in names):
-            raise DeltatuneError(f"data.prompt_template {self.template!r} has a positional field {{}}; name a column, e.g. {{source}}")
-        fields = [f for f in names if f not in CONFIG_FIELDS]
-        if not fields:
-            raise DeltatuneError(
-                f"data.prompt_template {self.template!r} reads no column, so every prompt would be the same; add a "
-                "{column} placeholder, e.g. {source}"
-            )
-        return list(dict.fromkeys(fields))
+        """The columns the template reads, in order of first use (see :func:`template_columns`)."""
+        return list(template_columns(self.template))
 
     def fit_columns(self, ds: datasets.Dataset, source: str, with_labels: bool = True) -> None:
         """Check that the template's columns (and the target column when labelled) exist.

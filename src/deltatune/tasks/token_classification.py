@@ -51,7 +51,7 @@ from deltatune.metrics.ner import consistent_iob2, entity_metrics, entity_spans,
 from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.classification import normalize_label
-from deltatune.tasks.collate import pad_batch
+from deltatune.tasks.collate import model_inputs, pad_batch
 
 IGNORE_INDEX = -100
 _WORD = re.compile(r"\S+")
@@ -280,13 +280,9 @@ class TokenClassificationTask(Task):
         )
         return model
 
-    @staticmethod
-    def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in batch.items() if k != "labels"}
-
     def loss(self, model, batch):
         """(cross-entropy summed over labelled tokens, number of labelled tokens)."""
-        logits = model(**self._inputs(batch)).logits.float()
+        logits = model(**model_inputs(batch)).logits.float()
         labels = batch["labels"]
         total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
         return total, (labels != IGNORE_INDEX).sum()
@@ -300,7 +296,7 @@ class TokenClassificationTask(Task):
         """Per token: ``predictions`` (B, T) int64 label ids and ``scores`` (B, T) float32 their
         probabilities; with labels also ``loss`` (B,) float64 summed over labelled tokens and
         ``num_targets`` (B,) int64."""
-        logits = model(**self._inputs(batch)).logits.float()
+        logits = model(**model_inputs(batch)).logits.float()
         scores, predictions = torch.softmax(logits, dim=-1).max(dim=-1)
         out = {"predictions": predictions.cpu().numpy(), "scores": scores.cpu().numpy()}
         if "labels" in batch:
