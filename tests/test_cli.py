@@ -265,3 +265,110 @@ def test_predict_and_evaluate_refuse_to_overwrite(tiny_run, sentiment_csv, capsy
     assert main(["evaluate", str(tiny_run), "--data", str(val), "--output", str(metrics), "--overwrite", "--json"]) == 0
     assert pred.read_text().startswith("text,label,predicted_label") and "accuracy" in metrics.read_text()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_train_help_lists_tasks_and_delta_methods(capsys, monkeypatch):
+    from deltatune.config import TASKS
+
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps help at the terminal width
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    task_line = next(ln for ln in out.splitlines() if ln.strip().startswith("--task"))
+    delta_line = next(ln for ln in out.splitlines() if ln.strip().startswith("--delta"))
+    assert all(t in task_line for t in TASKS), task_line
+    assert all(m in delta_line for m in ("full", "freeze", "lora", "dora", "ia3", "prefix")), delta_line
+    assert "--strict" in out
+
+
+def test_unknown_task_value_is_a_usage_error_listing_the_choices(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--task", "text-clasification"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice" in err and "'text-classification'" in err
+
+
+@pytest.mark.parametrize(
+    "argv, guess",
+    [
+        (["train", "--lerning-rate", "1e-4"], "--learning-rate"),
+        (["train", "--batchsize=8"], "--batch-size"),
+        (["check", "--max_seq_length", "64"], "--max-seq-length"),
+        (["predict", "run", "--text", "hi", "--batchsize", "3"], "--batch-size"),
+    ],
+)
+def test_unknown_flag_gets_did_you_mean(capsys, argv, guess):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"did you mean {guess}?" in err, err
+
+
+def test_unknown_config_key_gets_did_you_mean(base, capsys):
+    args, out = base
+    _fails(capsys, args + ["train.lerning_rate=1e-4"], "unknown key 'train.lerning_rate'", "did you mean train.learning_rate?")
+    assert not out.exists()
+
+
+def test_name_that_is_a_path_is_refused(base, capsys, tmp_path, monkeypatch):
+    args, out = base
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    i = args.index("--output-dir")
+    no_out = args[:i] + args[i + 2:]
+    _fails(capsys, no_out + ["--name", "../../x"], "'name'", "../../x", "output_dir")
+    assert not (tmp_path / "x").exists() and not (work / "runs").exists()
+
+
+@pytest.mark.parametrize("flag, value, key", [("--learning-rate", "inf", "train.learning_rate"), ("--epochs", "nan", "train.num_train_epochs")])
+def test_infinite_numbers_are_refused_before_training(base, capsys, flag, value, key):
+    args, out = base
+    _fails(capsys, args + [flag, value], f"'{key}'", "finite")
+    assert not out.exists()
+
+
+def test_eval_strategy_no_from_the_command_line_and_a_file(tmp_path):
+    from deltatune.cli import _config_source, _overrides, parse_args
+    from deltatune.config import build_config
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("eval:\n  eval_strategy: no\n")
+    args = parse_args(["train", str(cfg_file), "train.mixed_precision=no"])
+    cfg = build_config(_config_source(args), _overrides(args))
+    assert cfg.eval.eval_strategy == "no" and cfg.train.mixed_precision == "no"
+    args = parse_args(["train", "eval.eval_strategy=no"])
+    assert build_config(_config_source(args), _overrides(args)).eval.eval_strategy == "no"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--train", "x.csv", "train.learning_rate=inf"],  # config error
+        ["train", "--train", "x.csv", "--learnin-rate", "3"],  # usage error
+        ["check", "--train", "x.csv", "train.no_such_key=1"],
+        ["predict", "runs/x", "--text", "a", "--batch-size", "0"],
+    ],
+)
+def test_usage_and_config_errors_come_before_torch_is_imported(argv, tmp_path):
+    code = (
+        "import sys\nfrom deltatune.cli import main\n"
+        "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'no torch', rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
+    assert "error" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_batch_size_flag_takes_auto_or_a_positive_integer(capsys):
+    from deltatune.cli import _overrides, parse_args
+    from deltatune.config import build_config
+
+    args = parse_args(["train", "--batch-size", "auto"])
+    assert build_config(None, _overrides(args)).train.per_device_train_batch_size == "auto"
+    assert build_config(None, _overrides(parse_args(["train", "--batch-size", "4"]))).train.per_device_train_batch_size == 4
+    with pytest.raises(SystemExit):
+        parse_args(["train", "--batch-size", "0"])
+    assert "positive integer or auto" in capsys.readouterr().err

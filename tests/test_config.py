@@ -91,3 +91,117 @@ def test_override_text_that_yaml_would_turn_into_a_mapping_stays_text():
     assert parse_override("x={a: 1}")[1] == {"a": 1}
     assert parse_override("x=null")[1] is None and parse_override("x=~")[1] is None and parse_override("x=")[1] is None
     assert parse_override("x='a: b'")[1] == "a: b"
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "a\\b", "..", ".hidden", "", " "])
+def test_name_is_a_name_not_a_path(name):
+    with pytest.raises(DeltatuneError) as e:
+        build_config({"name": name})
+    msg = str(e.value)
+    assert "'name'" in msg and "output_dir" in msg and "\n" not in msg
+
+
+def test_plain_names_still_work():
+    cfg = build_config({"name": "sst2-lora_v1.2"})
+    assert cfg.name == "sst2-lora_v1.2" and cfg.output_dir == "runs/sst2-lora_v1.2"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.learning_rate=inf", "train.learning_rate"),
+        ("train.learning_rate=nan", "train.learning_rate"),
+        ("train.learning_rate=.inf", "train.learning_rate"),
+        ("train.warmup_ratio=nan", "train.warmup_ratio"),
+        ("train.weight_decay=-inf", "train.weight_decay"),
+        ("train.max_grad_norm=inf", "train.max_grad_norm"),
+        ("train.num_train_epochs=inf", "train.num_train_epochs"),
+        ("data.null_score_diff_threshold=nan", "data.null_score_diff_threshold"),
+        ("eval.early_stopping_threshold=inf", "eval.early_stopping_threshold"),
+        ("delta.lora_alpha=inf", "delta.lora_alpha"),
+        ("model.dropout=nan", "model.dropout"),
+    ],
+)
+def test_no_inf_or_nan_in_any_number(override, key):
+    with pytest.raises(DeltatuneError) as e:
+        build_config({}, [override])
+    assert f"'{key}'" in str(e.value) and "finite" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.learning_rate=0", "train.learning_rate"),
+        ("train.learning_rate=-1e-4", "train.learning_rate"),
+        ("train.per_device_train_batch_size=0", "train.per_device_train_batch_size"),
+        ("eval.per_device_eval_batch_size=-1", "eval.per_device_eval_batch_size"),
+        ("train.gradient_accumulation_steps=0", "train.gradient_accumulation_steps"),
+        ("train.warmup_ratio=1.5", "train.warmup_ratio"),
+        ("train.warmup_steps=-1", "train.warmup_steps"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("data.max_seq_length=2", "data.max_seq_length"),
+        ("data.max_target_length=1", "data.max_target_length"),
+        ("seed=-1", "seed"),
+        ("seed=4294967296", "seed"),
+        ("eval.top_p=0", "eval.top_p"),
+        ("delta.lora_r=0", "delta.lora_r"),
+    ],
+)
+def test_numbers_out_of_range_name_the_key(override, key):
+    with pytest.raises(DeltatuneError) as e:
+        build_config({}, [override])
+    assert f"'{key}'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_doc_stride_must_be_below_max_seq_length():
+    with pytest.raises(DeltatuneError, match=r"data.doc_stride 128 must be smaller than data.max_seq_length 128"):
+        build_config({"data": {"doc_stride": 128}})
+    assert build_config({"data": {"doc_stride": 64}}).data.doc_stride == 64
+
+
+def test_yaml_11_booleans_in_text_keys_are_the_words_written(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("eval:\n  eval_strategy: no\ntrain:\n  mixed_precision: NO\n  packing: yes\ndata:\n  text_column: On\n")
+    cfg = build_config(p)
+    assert cfg.eval.eval_strategy == "no" and cfg.train.mixed_precision == "no"
+    assert cfg.train.packing is True  # a boolean key still reads yes/no as a boolean
+    assert cfg.data.text_column == "On"  # a text key keeps the word as written
+
+
+def test_yaml_11_booleans_in_overrides():
+    cfg = build_config({}, ["eval.eval_strategy=no", "train.mixed_precision=Off", "train.group_by_length=off", "data.label_column=yes"])
+    assert cfg.eval.eval_strategy == "no" and cfg.train.group_by_length is False and cfg.data.label_column == "yes"
+    assert cfg.train.mixed_precision == "no"  # 'Off' is not a mixed_precision word: the Literal's 'no' is meant
+    # real booleans (dict API, YAML true/false) given to a text/Literal key become its word
+    assert build_config({"eval": {"eval_strategy": False}}).eval.eval_strategy == "no"
+    assert build_config({"data": {"text_column": True}}).data.text_column == "true"
+
+
+def test_resolved_config_with_no_roundtrips(tmp_path):
+    cfg = build_config({}, ["eval.eval_strategy=no"])
+    cfg.save(tmp_path / "config.yaml")
+    assert build_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "source, overrides, guess",
+    [
+        ({"train": {"lerning_rate": 1e-4}}, None, "train.learning_rate"),
+        ({}, ["train.learnin_rate=1e-4"], "train.learning_rate"),
+        ({"learning_rate": 1e-4}, None, "train.learning_rate"),  # right key, wrong section
+        ({}, ["data.learning_rate=1e-4"], "train.learning_rate"),
+        ({}, ["data.text_colum=review"], "data.text_column"),
+        ({"trian": {"learning_rate": 1e-4}}, None, "train"),
+        ({}, ["eval.eval_stratgy=no"], "eval.eval_strategy"),
+    ],
+)
+def test_unknown_key_gets_did_you_mean(source, overrides, guess):
+    with pytest.raises(DeltatuneError) as e:
+        build_config(source, overrides)
+    assert f"did you mean {guess}?" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_key_far_from_any_gets_no_guess():
+    with pytest.raises(DeltatuneError) as e:
+        build_config({}, ["train.zzzqqq=1"])
+    assert "did you mean" not in str(e.value) and "unknown key 'train.zzzqqq'" in str(e.value)

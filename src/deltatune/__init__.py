@@ -11,9 +11,35 @@ Python API::
 
 __version__ = "0.1.0"
 
-from deltatune.api import Run, evaluate, finetune, load  # noqa: E402
-from deltatune.auto import AutoResult, auto  # noqa: E402
+import importlib
+from typing import Any
+
+import deltatune.auto  # noqa: E402,F401  (torch-free package; the name is rebound to the function below)
 from deltatune.config import RunConfig, build_config  # noqa: E402
 from deltatune.errors import DeltatuneError  # noqa: E402
+
+# torch, transformers and datasets load on first use, so that `deltatune --help` and usage or
+# config errors from the CLI come back without importing them (PEP 562 module __getattr__)
+_LAZY = {"Run": "deltatune.api", "evaluate": "deltatune.api", "finetune": "deltatune.api", "load": "deltatune.api",
+         "AutoResult": "deltatune.auto.runner"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deltatune' has no attribute {name!r}")
+
+
+def auto(*args: Any, **kwargs: Any):
+    """Infer the task, choose the model and search hyperparameters: :func:`deltatune.auto.runner.auto`.
+
+    The subpackage :mod:`deltatune.auto` holds the parts; ``deltatune.auto(...)`` is this function.
+    """
+    from deltatune.auto.runner import auto as run_auto
+
+    return run_auto(*args, **kwargs)
+
 
 __all__ = ["AutoResult", "DeltatuneError", "Run", "RunConfig", "auto", "build_config", "evaluate", "finetune", "load", "__version__"]

@@ -6,6 +6,7 @@ The CLI is a thin layer over these functions.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -15,19 +16,21 @@ from accelerate.utils import set_seed
 
 from deltatune.config import RunConfig, build_config, flatten_dict
 from deltatune.data import load_table, train_validation_split
+from deltatune.data.coverage import check_coverage
 from deltatune.delta import apply_delta, parameter_summary, save_trained
 from deltatune.errors import DeltatuneError
 from deltatune.metrics import format_table
 from deltatune.models import resolve_model
 from deltatune.models.loading import dropout_overrides, load_tokenizer
 from deltatune.output_files import check_output, write_atomically
-from deltatune.rundir import RunDir
-from deltatune.serving.predictor import Predictor, load
+from deltatune.rundir import RunDir, write_failure
+from deltatune.serving.predictor import Predictor, check_batch_size, load
 from deltatune.tasks import Task, create_task
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
 from deltatune.training.checkpoint import replace_dir_atomically
 from deltatune.training.loop import check_launch, process_state
 from deltatune.training.memory import estimate_run_memory
+from deltatune.training.progress import format_rate
 from deltatune.training.packing import pack_training_features, packing_report
 
 datasets.disable_progress_bars()
@@ -50,8 +53,10 @@ class Run:
     result: Optional[TrainResult] = None
 
     def predictor(self) -> Predictor:
-        """A :class:`Predictor` over this run's model."""
-        return load(self.path)
+        """A :class:`Predictor` over this run's model, with the load permissions this run was trained with
+        (``config`` is the caller's own, not read back from the folder)."""
+        m = self.config.model
+        return load(self.path, trust_remote_code=m.trust_remote_code, allow_pickle_weights=m.allow_pickle_weights)
 
 
 def _read_split(ref: str, task: Task, cfg: RunConfig, with_labels: bool = True) -> datasets.Dataset:
@@ -65,7 +70,9 @@ def _read_split(ref: str, task: Task, cfg: RunConfig, with_labels: bool = True) 
 def _check_resume_config(cfg: RunConfig, run_dir: RunDir) -> None:
     saved = build_config(run_dir.config)
     a, b = flatten_dict(saved.to_dict()), flatten_dict(cfg.to_dict())
-    cosmetic = {"output_dir", "train.progress_bar"}
+    # load permissions come from the resuming caller, never from the folder (see finetune)
+    cosmetic = {"output_dir", "train.progress_bar", "model.trust_remote_code", "model.allow_pickle_weights"}
+    cosmetic |= {"train.micro_batch_size", "train.log_interval_seconds"}  # same steps and results
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in cosmetic)
     if diff:
         k = diff[0]
@@ -92,8 +99,12 @@ def finetune(
     *,
     overwrite: bool = False,
     resume: bool = False,
+    trust_remote_code: bool | None = None,
+    allow_pickle_weights: bool | None = None,
+    trust_checkpoint: bool = False,
     callbacks: tuple[Callable, ...] = (),
     verbose: bool = True,
+    strict: bool = False,
 ) -> Run:
     """Fine-tune a pretrained model as ``config`` says and evaluate it.
 
@@ -103,8 +114,19 @@ def finetune(
         overrides: dotted ``key=value`` strings or a dict (``{"train.learning_rate": 1e-4}``).
         overwrite: replace an existing run directory.
         resume: continue the run in ``output_dir`` from its newest checkpoint.
+        trust_remote_code: allow Python code shipped with the model (``auto_map``) to run; sets
+            ``model.trust_remote_code``. With ``resume`` only this argument counts (the run
+            folder's config.yaml value is ignored, as a folder may come from anyone); ``None``
+            means false there, and the config's own value for a new run.
+        allow_pickle_weights: accept pickle weights (``pytorch_model.bin``) when a model has no
+            safetensors; sets ``model.allow_pickle_weights``, with ``resume`` as above.
+        trust_checkpoint: with ``resume``, accept a checkpoint written by an older deltatune whose
+            RNG states must be unpickled (which can run code); only for folders you trust.
         callbacks: passed to :class:`deltatune.training.Trainer`.
         verbose: print the evaluation table.
+        strict: the data warnings (training tokens unknown to the model's vocabulary, examples
+            truncated at ``data.max_seq_length``; :mod:`deltatune.data.coverage`) are errors;
+            otherwise they are printed to stderr.
 
     Returns:
         :class:`Run` with the run directory, resolved config and final metrics. An interrupted
@@ -125,14 +147,19 @@ def finetune(
         # the run lives where the user points, even if it was moved since
         overrides = {**_flatten_overrides(overrides), "output_dir": str(run_root)}
         config = run_root / "config.yaml"
+    permissions = {
+        key: bool(value)
+        for key, value in (("model.trust_remote_code", trust_remote_code), ("model.allow_pickle_weights", allow_pickle_weights))
+        if resume or value is not None
+    }
+    if permissions:
+        overrides = {**_flatten_overrides(overrides), **permissions}
     cfg = build_config(config, overrides)
     resolve_mixed_precision(cfg.train.mixed_precision)  # fail before writing anything
     run_dir = RunDir(cfg.output_dir)
+    run_dir.check(overwrite=overwrite, resume=resume)  # refusals (a file in the way, not a run) before any work
     if resume:
-        run_dir.prepare(overwrite=False, resume=True)
         _check_resume_config(cfg, run_dir)
-    elif run_dir.exists() and not overwrite:
-        run_dir.prepare(overwrite=False, resume=False)  # raises with the remedy
 
     d = cfg.data
     if not d.train_file:
@@ -157,6 +184,7 @@ def finetune(
     model_path = resolve_model(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
+    check_coverage(task, train, tokenizer, d.train_file, strict=strict, warn=lambda line: print(line, file=sys.stderr, flush=True))
     train_f, val_f, test_f, data_report = _encode_splits(task, tokenizer, train, validation, test, cfg)
     if cfg.train.packing:  # decoder tasks: several examples per sequence, no attention between them
         train_f = pack_training_features(task, train_f, cfg.data.max_seq_length)
@@ -182,7 +210,10 @@ def finetune(
     if processes.is_main_process:
         run_dir.prepare(overwrite=overwrite, resume=resume)
         if not resume:
-            cfg.save(run_dir.config)
+            try:
+                write_atomically(run_dir.config, lambda f: f.write(cfg.to_yaml()))
+            except OSError as e:
+                raise write_failure(run_dir.config, e, "then start the run again") from None
     processes.wait_for_everyone()
 
     saved: dict[str, Any] = {}
@@ -200,7 +231,7 @@ def finetune(
     trainer = Trainer(model, task, train_f, val_f, cfg, run_dir, save_model, callbacks)
     if verbose and trainer.is_main:
         print(_summary(cfg, model, getattr(train_f, "num_examples", len(train_f)), len(val_f), trainer), flush=True)
-    result = trainer.train(resume=resume)
+    result = trainer.train(resume=resume, trust_checkpoint=trust_checkpoint)
     run = Run(run_dir.root, cfg, result=result)
     if result.interrupted:
         if verbose and trainer.is_main:
@@ -223,7 +254,9 @@ def finetune(
         "global_step": result.global_step,
         "best_step": result.best_step,
         "train_seconds": round(result.train_seconds, 2),
-        "examples_per_second": round(result.examples_per_second, 2),
+        "examples_per_second": round(result.examples_per_second, 4),
+        "tokens_per_second": round(result.tokens_per_second, 2),
+        **trainer.plan.as_dict(),
         "peak_rss_mib": round(result.peak_rss_mib, 1),
         "early_stopped": result.early_stopped,
         "trainable_parameters": summary["trainable"],
@@ -232,20 +265,24 @@ def finetune(
     }
     if "compression" in saved:
         # what was stored is lossy: report the reconstructed model's metrics next to the exact ones
-        compressed = load(run_dir.root)
+        compressed = load(run_dir.root, trust_remote_code=cfg.model.trust_remote_code, allow_pickle_weights=cfg.model.allow_pickle_weights)
         metrics["compressed_delta"] = {
             **saved["compression"],
             "validation": task.compute_metrics(*compressed.outputs(validation)),
         }
     if trainer.is_main:
-        run_dir.eval.write_text(json.dumps(metrics, indent=2))
+        try:  # written last and atomically: its presence marks a finished run
+            write_atomically(run_dir.eval, lambda f: f.write(json.dumps(metrics, indent=2)))
+        except OSError as e:
+            raise write_failure(run_dir.eval, e, f"then finish the run with: deltatune train --resume {run_dir.root}") from None
         if verbose:
             for split in ("validation", "test"):
                 if split in metrics:
                     print(format_table(metrics[split], f"{split} metrics"))
             t = metrics["train"]
             print(
-                f"trained {t['global_step']} steps in {t['train_seconds']:.1f} s ({t['examples_per_second']:.1f} examples/s), "
+                f"trained {t['global_step']} steps in {t['train_seconds']:.1f} s ({format_rate(t['examples_per_second'])} examples/s, "
+                f"micro-batch {t['micro_batch_size']} x {t['micro_batches_per_step']} per step), "
                 f"peak RSS {t['peak_rss_mib'] / 1024:.2f} GiB; saved {t['saved_bytes'] / 2**20:.1f} MiB in {run_dir.model}"
             )
     run.metrics = metrics
@@ -269,15 +306,18 @@ def _encode_splits(task: Task, tokenizer, train, validation, test, cfg: RunConfi
 
 def _summary(cfg: RunConfig, model, n_train: int, n_val: int, trainer: Trainer) -> str:
     ps = parameter_summary(model)
+    plan = trainer.plan
     return (
         f"deltatune: {cfg.task} | model {cfg.model.name_or_path} | delta {cfg.delta.method} | "
         f"{ps['trainable'] / 1e6:.2f}M of {ps['total'] / 1e6:.1f}M parameters trainable ({100 * ps['trainable_share']:.2f}%, "
         f"{ps['trainable_mib']:.1f} of {ps['total_mib']:.1f} MiB) | {n_train} train / {n_val} validation examples | "
         f"{trainer.total_steps} steps "
-        f"(batch {trainer.global_batch} x accumulation {cfg.train.gradient_accumulation_steps}) | "
+        f"(batch {trainer.global_batch} x accumulation {cfg.train.gradient_accumulation_steps}"
+        f"{'' if plan.micro_batch_size == plan.batch_size else f'; micro-batch {plan.micro_batch_size}'}) | "
         f"device {trainer.accelerator.device}, precision {trainer.mixed_precision} | run {cfg.output_dir}\n"
-        f"deltatune: {estimate_run_memory(model, trainer.task, cfg, trainer.mixed_precision).format()} "
-        f"(batch {cfg.train.per_device_train_batch_size} x {cfg.data.max_seq_length} tokens)"
+        f"deltatune: {estimate_run_memory(model, trainer.task, cfg, trainer.mixed_precision, plan.micro_batch_size, plan.seq_len).format()} "
+        f"(batch {plan.micro_batch_size} x {plan.seq_len} tokens per forward pass)"
+        + (f"\ndeltatune: {plan.message()}" if plan.message() else "")
     )
 
 
@@ -288,6 +328,12 @@ def evaluate(
     batch_size: int | None = None,
     *,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    num_beams: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a labelled data file with the task's metrics.
 
@@ -297,17 +343,31 @@ def evaluate(
         output: optional path of a JSON file to write the metrics to (written atomically).
         batch_size: examples per forward pass (default: the run's eval batch size).
         overwrite: replace an existing ``output`` file (never ``data`` itself).
+        trust_remote_code, allow_pickle_weights: load permissions, as in :func:`load` (never
+            taken from the run folder).
+        max_new_tokens, temperature, top_p, num_beams: generation options for the generation
+            metrics of generative runs, as in :func:`load`.
 
     Returns:
         The metrics dict (same keys as eval.json's splits).
 
     Raises:
         DeltatuneError: not a run directory, bad data, labels unknown to the model, ``output``
-            exists (without ``overwrite``) or is the ``data`` file; checked before evaluating.
+            exists (without ``overwrite``) or is the ``data`` file; checked before evaluating;
+            ``batch_size`` < 1; a refused or damaged model (see :func:`load`).
     """
     if output is not None:
         check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data")
-    predictor = load(run)
+    check_batch_size(batch_size)
+    predictor = load(
+        run,
+        trust_remote_code=trust_remote_code,
+        allow_pickle_weights=allow_pickle_weights,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        num_beams=num_beams,
+    )
     ds = load_table(data, split="test", config_name=predictor.config.data.dataset_config_name)
     predictor.task.check(ds, data, with_labels=True)
     metrics = predictor.metrics(ds, batch_size=batch_size)
@@ -359,6 +419,8 @@ def check(
     config: str | Path | dict[str, Any] | RunConfig | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
     examples: int = 3,
+    *,
+    strict: bool = False,
 ) -> str:
     """Pre-flight report of how the training data is encoded; writes nothing.
 
@@ -368,9 +430,12 @@ def check(
     ``data.test_file`` are read, checked and encoded as :func:`finetune` does, with a short
     section of counts each, so their errors surface here rather than in training.
 
+    The report also carries the data warnings of :mod:`deltatune.data.coverage` (training
+    tokens unknown to the model's vocabulary, examples truncated at ``data.max_seq_length``).
+
     Raises:
-        DeltatuneError: as :func:`finetune` for bad config/data/model, and when no training
-            example has a trained token.
+        DeltatuneError: as :func:`finetune` for bad config/data/model, when no training
+            example has a trained token, and with ``strict`` on a data warning.
     """
     cfg = build_config(config, overrides)
     d = cfg.data
@@ -386,6 +451,7 @@ def check(
     extra = [(name, ref, _read_split(ref, task, cfg)) for name, ref in splits if ref]
     tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
+    _, warnings = check_coverage(task, train, tokenizer, d.train_file, strict=strict)
 
     def encode(ds, ref):
         feats = task.encode(ds, tokenizer, source=ref) if hasattr(task, "stats") else task.encode(ds, tokenizer)
@@ -400,6 +466,7 @@ def check(
         lines.append(_mark_trained(tokenizer, row["input_ids"], row.get("labels")))
     if stats_line is not None:
         lines.append(stats_line)
+    lines += [f"warning: {w}" for w in warnings]
     for name, ref, ds in extra:
         split_feats, split_stats = encode(ds, ref)
         lines.append(f"=== {name}: {len(split_feats)} encoded examples from {ref} ({len(ds)} rows)")

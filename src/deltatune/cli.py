@@ -6,12 +6,15 @@ Every :class:`DeltatuneError` is printed as one line ``error: ...`` with exit st
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
 import sys
+import typing
 from typing import Any
 
+from deltatune.config import TASKS, DeltaConfig, TrainConfig
 from deltatune.errors import DeltatuneError
 
 # flag -> dotted config key, for the settings people change most
@@ -35,11 +38,32 @@ FLAG_KEYS: dict[str, tuple[str, Any]] = {
     "epochs": ("train.num_train_epochs", float),
     "max_steps": ("train.max_steps", int),
     "learning_rate": ("train.learning_rate", float),
-    "batch_size": ("train.per_device_train_batch_size", int),
+    "batch_size": ("train.per_device_train_batch_size", lambda v: _batch_size(v)),
     "gradient_accumulation_steps": ("train.gradient_accumulation_steps", int),
     "weight_decay": ("train.weight_decay", float),
     "mixed_precision": ("train.mixed_precision", str),
 }
+
+
+# the valid values of flags whose config key takes one of a fixed set (listed by --help, checked by argparse)
+FLAG_CHOICES: dict[str, tuple[str, ...]] = {
+    "task": TASKS,
+    "delta": typing.get_args(DeltaConfig.model_fields["method"].annotation),
+    "mixed_precision": typing.get_args(TrainConfig.model_fields["mixed_precision"].annotation),
+}
+
+
+def _batch_size(value: str) -> int | str:
+    """``--batch-size``: a positive integer, or ``auto`` (the largest micro-batch that fits in memory)."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {value!r}")
+    return n
 
 
 # a command-line token that is a ``key=value`` config override: a (dotted) key, then ``=``
@@ -50,7 +74,9 @@ def _add_config_args(p: argparse.ArgumentParser, config_help: str) -> None:
     p.add_argument("config", nargs="?", help=config_help)
     p.add_argument("overrides", nargs="*", help="dotted overrides such as train.learning_rate=1e-4 (anywhere on the line)")
     for flag, (key, typ) in FLAG_KEYS.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, default=None, help=f"sets {key}")
+        choices = FLAG_CHOICES.get(flag)
+        help_ = f"sets {key}" + (f": one of {', '.join(choices)}" if choices else "")
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, default=None, choices=choices, metavar=flag.upper(), help=help_)
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="any config key")
 
 
@@ -59,7 +85,20 @@ def _train_parser(sub) -> None:
     _add_config_args(p, "YAML config file (or, with --resume, the run directory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="with --resume: accept checkpoints of older deltatune versions, whose RNG files are pickles that can run "
+        "code when loaded (only for run folders you trust)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true",
+        help="no progress bar: a progress line every 5 minutes (train.log_interval_seconds, at least 300), the summary and results",
+    )
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    _add_load_permission_args(p)
+
+
+STRICT_HELP = "make the data warnings (tokens unknown to the model's vocabulary, truncated examples) errors (exit status 2)"
 
 
 def _auto_parser(sub) -> None:
@@ -82,6 +121,57 @@ def _auto_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the best run")
 
 
+def _number(kind: type, low: float, high: float | None = None, low_open: bool = False, what: str = ""):
+    """An argparse ``type``: a finite ``kind`` in [low, high] ((low, high] with ``low_open``); else a usage error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < low or (low_open and value == low) or (
+            high is not None and value > high
+        ):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return parse
+
+
+_COUNT = _number(int, 1, what="an integer >= 1")
+
+
+def _add_load_permission_args(p: argparse.ArgumentParser) -> None:
+    """``--trust-remote-code`` and ``--allow-pickle-weights``: never read from a run folder."""
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow Python code shipped with the model (config.json auto_map) to run; only for folders you trust "
+        "(a run folder's config.yaml cannot allow it)",
+    )
+    p.add_argument(
+        "--allow-pickle-weights", action="store_true",
+        help="accept pytorch_model.bin / adapter_model.bin pickle weights (which can run code) when there are no safetensors",
+    )
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    """Generation options of decoder / encoder-decoder runs (default: the run's eval settings)."""
+    p.add_argument("--max-new-tokens", type=_COUNT, default=None, help="generative runs: at most this many new tokens per answer")
+    p.add_argument(
+        "--temperature", type=_number(float, 0.0, what="a number >= 0"), default=None,
+        help="generative runs: sample at this temperature; 0 decodes greedily",
+    )
+    p.add_argument(
+        "--top-p", type=_number(float, 0.0, 1.0, low_open=True, what="a number in (0, 1]"), default=None,
+        help="generative runs, when sampling: nucleus probability mass",
+    )
+    p.add_argument("--num-beams", type=_COUNT, default=None, help="generative runs: beam search width (1: none)")
+
+
+def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "num_beams")}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltatune", description="Fine-tune pretrained transformers.")
     parser.add_argument("--version", action="store_true", help="print the version")
@@ -94,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="write metrics JSON here (an existing file is refused without --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    e.add_argument("--batch-size", type=int, default=None)
+    e.add_argument("--batch-size", type=_COUNT, default=None, help="examples per forward pass (default: the run's)")
+    _add_generation_args(e)
+    _add_load_permission_args(e)
     pr = sub.add_parser("predict", help="predict with a trained run")
     pr.add_argument("run", help="run directory")
     src = pr.add_mutually_exclusive_group(required=True)
@@ -105,10 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", help="CSV/TSV/JSONL file to write (default: print JSONL); an existing file is refused without --overwrite"
     )
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    pr.add_argument("--batch-size", type=int, default=None)
+    pr.add_argument("--batch-size", type=_COUNT, default=None, help="examples per forward pass (default: the run's)")
+    _add_generation_args(pr)
+    _add_load_permission_args(pr)
     c = sub.add_parser("check", help="pre-flight: show how training examples are encoded and masked")
     _add_config_args(c, "YAML config file")
     c.add_argument("--examples", type=int, default=3)
+    c.add_argument("--strict", action="store_true", help=STRICT_HELP)
     c.set_defaults(quiet=False)
     x = sub.add_parser("export", help="write a standalone model folder (adapters merged) or a PEFT adapter")
     x.add_argument("run", help="run directory")
@@ -116,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
     x.add_argument("--format", choices=("model", "adapter"), default="model")
     x.add_argument("--overwrite", action="store_true")
+    _add_load_permission_args(x)
     for sp in sub.choices.values():
         sp.set_defaults(_subparser=sp)  # parse_args reports leftovers with the command's own usage
     return parser
@@ -136,7 +232,7 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
     if extra:
         sp = getattr(args, "_subparser", None) or parser
         if not hasattr(args, "overrides"):
-            sp.error(f"unrecognized arguments: {' '.join(extra)}")
+            sp.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(sp, extra)}")
         bad = [t for t in extra if not _is_override(t)]
         if bad and not bad[0].startswith("-") and _config_source(args, consume=False) is None:
             extra.remove(bad[0])  # the config file, after a flag or an override
@@ -144,9 +240,20 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
             args.config = bad.pop(0)
         if bad:
             hint = "" if all(t.startswith("-") for t in bad) else " (config overrides are key=value, e.g. train.save_steps=100)"
-            sp.error(f"unrecognized arguments: {' '.join(bad)}{hint}")
+            sp.error(f"unrecognized arguments: {' '.join(bad)}{hint}{_did_you_mean(sp, bad)}")
         args.overrides = list(args.overrides) + [t for t in extra if _is_override(t)]
     return args
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, tokens: list[str]) -> str:
+    """``; did you mean --learning-rate?`` for the first unknown ``--flag`` close to one of ``parser``'s flags."""
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    for token in tokens:
+        if token.startswith("--"):
+            close = difflib.get_close_matches(token.split("=", 1)[0].replace("_", "-"), flags, n=1, cutoff=0.6)
+            if close:
+                return f"; did you mean {close[0]}?"
+    return ""
 
 
 def _is_override(token: str) -> bool:
@@ -181,14 +288,39 @@ def _config_source(args: argparse.Namespace, consume: bool = True) -> str | None
     return config
 
 
+def _validated_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The config source and overrides, with the config built and checked before torch is imported.
+
+    Raises:
+        DeltatuneError: unreadable config file, unknown key, bad value (one line naming the key).
+    """
+    from deltatune.config import build_config
+
+    source, overrides = _config_source(args), _overrides(args)
+    if not getattr(args, "resume", False):  # a resumed run's config is read from its folder by finetune
+        build_config(source, overrides)
+    return source, overrides
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.trust_checkpoint and not args.resume:
+        raise DeltatuneError("--trust-checkpoint only applies with --resume (it allows loading an older run's checkpoints)")
+    source, overrides = _validated_config(args)
     from deltatune.api import finetune
 
-    run = finetune(_config_source(args), _overrides(args), overwrite=args.overwrite, resume=args.resume)
+    run = finetune(source, overrides, overwrite=args.overwrite, resume=args.resume, strict=args.strict,
+                   trust_checkpoint=args.trust_checkpoint, trust_remote_code=args.trust_remote_code or None,
+                   allow_pickle_weights=args.allow_pickle_weights or None)
     return 130 if run.result and run.result.interrupted else 0
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
+    from deltatune.auto.budget import parse_duration, parse_memory
+
+    if args.time_budget is not None:  # a usage error comes back before torch loads
+        parse_duration(args.time_budget)
+    if args.max_memory is not None:
+        parse_memory(args.max_memory)
     from deltatune.auto import auto
 
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
@@ -209,7 +341,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from deltatune.api import evaluate
     from deltatune.metrics import format_table
 
-    metrics = evaluate(args.run, args.data, args.output, args.batch_size, overwrite=args.overwrite)
+    metrics = evaluate(
+        args.run, args.data, args.output, args.batch_size, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+        allow_pickle_weights=args.allow_pickle_weights, **_generation_kwargs(args),
+    )
     print(json.dumps(metrics, indent=2) if args.json else format_table(metrics, f"metrics on {args.data}"))
     return 0
 
@@ -224,7 +359,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise DeltatuneError("--text-pair goes with --text (one --text-pair per --text); for a file use --input")
     if args.output:  # before loading the model and predicting
         check_output(args.output, overwrite=args.overwrite, inputs=[args.input], suffixes=PREDICTION_SUFFIXES)
-    predictor = load(args.run)
+    predictor = load(
+        args.run, trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights, **_generation_kwargs(args)
+    )
     if args.input:
         ds = load_table(args.input)
         records = predictor.predict_rows(ds, args.input, batch_size=args.batch_size)
@@ -250,16 +387,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    source, overrides = _validated_config(args)
     from deltatune.api import check
 
-    print(check(_config_source(args), _overrides(args), examples=args.examples))
+    print(check(source, overrides, examples=args.examples, strict=args.strict))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from deltatune.delta.export import export_run
 
-    out = export_run(args.run, args.out, merge=args.merge or args.format == "model", fmt=args.format, overwrite=args.overwrite)
+    out = export_run(
+        args.run, args.out, merge=args.merge or args.format == "model", fmt=args.format, overwrite=args.overwrite,
+        trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights,
+    )
     print(f"exported {args.run} to {out} ({args.format})")
     return 0
 

@@ -5,6 +5,11 @@ command line with dotted keys (``train.learning_rate=1e-4``), validated (unknown
 wrong types are errors naming the key) and written back, resolved, to ``<run>/config.yaml`` so
 that the run can be reproduced from that file and its seed alone.
 
+Numbers are checked to be finite (no ``inf``/``nan``) and in range, naming the key. YAML is read
+with YAML 1.2 booleans (only ``true``/``false``): ``eval_strategy: no`` is the word ``no``, as in
+the README; ``yes``/``no``/``on``/``off`` still set boolean keys. An unknown key gets the closest
+known one (``did you mean train.learning_rate?``).
+
 Field names follow Hugging Face ``TrainingArguments`` where one exists (learning_rate,
 warmup_ratio, weight_decay, per_device_train_batch_size, gradient_accumulation_steps,
 max_grad_norm, metric_for_best_model, ...), so users can carry their settings over.
@@ -12,13 +17,20 @@ max_grad_norm, metric_for_best_model, ...), so users can carry their settings ov
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deltatune.errors import DeltatuneError
+
+# [CLS] x [SEP] (BERT) needs 3 positions; the tokenizer-aware check runs before encoding
+MIN_SEQ_LENGTH = 3
 
 TASKS = (
     "text-classification",
@@ -35,7 +47,94 @@ TASKS = (
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Base of every config section: unknown keys are errors, no ``inf``/``nan`` in any number,
+    and YAML 1.1 booleans given to a text key are read back as the word written."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _booleans_as_words(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in list(data.items()):
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if field is not None and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+                    choices = _text_choices(field.annotation)
+                    if choices is not None and not choices[0] and value not in choices[1]:
+                        value = value.lower() in _TRUE_WORDS  # "NO", "Off" for a Literal: its own word for no
+                if isinstance(value, bool) and field is not None:
+                    word = bool_as_word(value, field.annotation)
+                    if word is not None:
+                        data = {**data, key: word}
+        return data
+
+
+# YAML 1.1 reads these words as booleans; a text (or Literal) key gets them back as text
+_FALSE_WORDS = ("no", "off", "false", "n")
+_TRUE_WORDS = ("yes", "on", "true", "y")
+_BOOL_WORDS = ("yes", "no", "on", "off", "true", "false")  # YAML 1.1's, in any case
+
+
+def _text_choices(annotation: Any) -> tuple[bool, tuple[str, ...]] | None:
+    """(accepts any str, the Literal words) of a field type, or None when it accepts booleans or no text."""
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        return None
+    if annotation is str:
+        return True, ()
+    if origin is Literal:
+        return False, tuple(a for a in args if isinstance(a, str))
+    if origin in (Union, types.UnionType):
+        if bool in args:
+            return None
+        any_text, words = False, ()
+        for a in args:
+            got = _text_choices(a)
+            if got is not None:
+                any_text, words = any_text or got[0], words + got[1]
+        return (any_text, words) if any_text or words else None
+    return None
+
+
+def bool_as_word(value: bool, annotation: Any) -> str | None:
+    """The word a YAML 1.1 boolean stood for, when the field of type ``annotation`` takes text.
+
+    ``eval_strategy: no`` is read by YAML 1.1 as ``False``; for a Literal field the Literal's own
+    word (``"no"``, ``"off"``, ...) is returned, for a plain text field ``"true"``/``"false"``.
+    Returns None when the field takes booleans (or no text): the value is then left alone.
+    """
+    choices = _text_choices(annotation)
+    if choices is None:
+        return None
+    any_text, words = choices
+    for w in _TRUE_WORDS if value else _FALSE_WORDS:
+        match = next((x for x in words if x.lower() == w), None)
+        if match is not None:
+            return match
+    return ("true" if value else "false") if any_text else None
+
+
+class _YAML12Loader(yaml.SafeLoader):
+    """YAML loader whose booleans are only ``true``/``false`` (YAML 1.2): ``no``, ``on``, ``yes``
+    ... stay the text written (pydantic still reads them as booleans for boolean keys)."""
+
+
+_YAML12Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"] for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YAML12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with YAML 1.2 booleans (only true/false): see :class:`_YAML12Loader`.
+
+    Raises:
+        yaml.YAMLError: the text is not YAML.
+    """
+    return yaml.load(text, Loader=_YAML12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ModelConfig(_Section):
@@ -46,6 +145,12 @@ class ModelConfig(_Section):
     (``EncoderDecoderModel``) from the encoder ``name_or_path`` and this decoder (cross-attention
     initialised fresh), for summarization/translation/generative-qa. ``dropout`` overrides every dropout probability in the
     model config (hidden, attention, classifier) when set; ``None`` keeps the model's own.
+
+    ``trust_remote_code`` (run Python code shipped with the model, ``auto_map``) and
+    ``allow_pickle_weights`` (accept ``pytorch_model.bin`` pickles when there are no
+    safetensors) are load permissions: honoured for a fresh ``train``, where the config is the
+    user's own; when a run folder is loaded (predict, evaluate, export, ``train --resume``)
+    the values in its config.yaml are ignored and only the command line / Python call counts.
     """
 
     name_or_path: str = "minilm"
@@ -53,6 +158,7 @@ class ModelConfig(_Section):
     revision: Optional[str] = None
     dropout: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
 
 
 class DataConfig(_Section):
@@ -102,7 +208,7 @@ class DataConfig(_Section):
     validation_split: float = Field(default=0.1, gt=0.0, lt=1.0)
     max_train_samples: Optional[int] = Field(default=None, gt=0)
     max_eval_samples: Optional[int] = Field(default=None, gt=0)
-    max_seq_length: int = Field(default=128, gt=1)
+    max_seq_length: int = Field(default=128, ge=MIN_SEQ_LENGTH)
     # decoder tasks
     format: Literal["auto", "alpaca", "messages", "prompt_completion"] = "auto"
     chat_template: Optional[str] = None
@@ -113,7 +219,7 @@ class DataConfig(_Section):
     target_lang: str = "German"
     # encoder-decoder (seq2seq) tasks
     source_prefix: Optional[str] = None
-    max_target_length: int = Field(default=128, gt=1)
+    max_target_length: int = Field(default=128, ge=2)
     # token classification
     tokens_column: str = "tokens"
     tags_column: str = "tags"
@@ -132,6 +238,15 @@ class DataConfig(_Section):
     # masked-LM pretraining
     mlm_probability: float = Field(default=0.15, gt=0, lt=1)
     whole_word_masking: bool = False
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "DataConfig":
+        if self.doc_stride is not None and self.doc_stride >= self.max_seq_length:
+            raise ValueError(
+                f"data.doc_stride {self.doc_stride} must be smaller than data.max_seq_length {self.max_seq_length} "
+                "(windows overlap by doc_stride tokens); lower it or leave it unset"
+            )
+        return self
 
 
 class TrainConfig(_Section):
@@ -153,11 +268,23 @@ class TrainConfig(_Section):
     0 turns chunking off. ``torch_compile`` compiles each transformer block with
     ``torch.compile``; ``gradient_checkpointing`` recomputes block activations in the backward
     pass (less memory, ~30% more compute).
+
+    Memory (training/batch_plan.py): each batch of ``per_device_train_batch_size`` examples is
+    run in micro-batches of ``micro_batch_size`` examples per forward pass (unset: planned
+    from the memory estimate and the memory available, lowered only when the batch does not
+    fit); the gradient, loss and steps are the same for any micro-batch, which may change on
+    ``--resume``. ``per_device_train_batch_size: auto`` keeps the default batch of 32 and
+    chooses the largest micro-batch that fits (by the estimate on CPU, by trial steps on GPU).
+
+    Progress: a bar on a terminal; otherwise (output to a file or pipe) one plain line every
+    ``log_interval_seconds`` (0: every step); with ``progress_bar: false`` (``--quiet``) one
+    line every ``log_interval_seconds`` but at most one per 5 minutes.
     """
 
     num_train_epochs: float = Field(default=1.0, gt=0)
     max_steps: Optional[int] = Field(default=None, gt=0)
-    per_device_train_batch_size: int = Field(default=32, gt=0)
+    per_device_train_batch_size: Union[int, str] = 32  # a positive int or "auto" (validated below)
+    micro_batch_size: Optional[int] = Field(default=None, gt=0)
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     learning_rate: Optional[float] = Field(default=None, gt=0)
     optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
@@ -181,6 +308,18 @@ class TrainConfig(_Section):
     save_steps: Optional[int] = Field(default=None, gt=0)
     save_total_limit: int = Field(default=2, ge=1)
     progress_bar: bool = True
+    log_interval_seconds: float = Field(default=30.0, ge=0)
+
+    @field_validator("per_device_train_batch_size", mode="before")
+    @classmethod
+    def _batch_size_or_auto(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError("must be a positive integer or auto")
+        return v
 
 
 class EvalConfig(_Section):
@@ -257,18 +396,32 @@ DEFAULT_LEARNING_RATES = {"full": 1e-4, "freeze": 1e-4, "lora": 1e-3, "dora": 1e
 class RunConfig(_Section):
     """The whole run: task, model, data, training, evaluation, and where results go.
 
-    ``output_dir`` defaults to ``runs/<name>``; ``name`` defaults to the task name.
+    ``output_dir`` defaults to ``runs/<name>``; ``name`` defaults to the task name and is a
+    name, not a path (no ``/``, ``\\`` or ``:``, no leading ``.``, not empty): the folder is
+    chosen with ``output_dir``. ``seed`` is in [0, 2**32).
     """
 
     task: Literal[TASKS] = "text-classification"  # type: ignore[valid-type]
     name: Optional[str] = None
     output_dir: Optional[str] = None
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, lt=2**32)  # numpy's seed range
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     delta: DeltaConfig = Field(default_factory=DeltaConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_name(cls, name: Optional[str]) -> Optional[str]:
+        if name is None:
+            return name
+        if not name.strip() or name != name.strip() or name.startswith(".") or any(c in name for c in "/\\:\0"):
+            raise ValueError(
+                f"name {name!r} is not a run name: use letters, digits, '-' or '_' (no path separators, no leading '.', "
+                "not empty); to choose the folder set output_dir (--output-dir)"
+            )
+        return name
 
     @model_validator(mode="after")
     def _fill_names(self) -> "RunConfig":
@@ -284,9 +437,13 @@ class RunConfig(_Section):
         """Plain nested dict (JSON/YAML-safe) of every field, defaults included."""
         return self.model_dump(mode="json")
 
+    def to_yaml(self) -> str:
+        """The resolved config as YAML text (what ``<run>/config.yaml`` holds)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
         """Write the resolved config as YAML to ``path``."""
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(self.to_yaml())
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -295,13 +452,48 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         parent = _section_fields(first["loc"][:-1])
         known = f" (known keys: {', '.join(parent)})" if parent else ""
-        msg = f"unknown key '{key}'{known}"
+        guess = suggest_key(key)
+        hint = f"; did you mean {guess}?" if guess else ""
+        msg = f"unknown key '{key}'{hint}{known}"
     else:
         got = first.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        msg = f"'{key}': {first['msg']}{got_s}"
+        text = first["msg"].removeprefix("Value error, ")
+        msg = f"'{key}': {text}{got_s}"
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
     return f"config error in {source}: {msg}{more}"
+
+
+def config_keys() -> list[str]:
+    """Every dotted key of :class:`RunConfig` (``task``, ``train.learning_rate``, ...)."""
+    keys = []
+    for name, field in RunConfig.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys += [f"{name}.{k}" for k in sub.model_fields]
+        else:
+            keys.append(name)
+    return keys
+
+
+def suggest_key(key: str) -> str | None:
+    """The known dotted key closest to an unknown one, or None.
+
+    ``train.lerning_rate`` -> ``train.learning_rate`` (difflib similarity); a right key in the
+    wrong section (``data.learning_rate``, ``learning_rate``) -> ``train.learning_rate``.
+    """
+    sections = [n for n, f in RunConfig.model_fields.items() if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
+    keys = config_keys() + sections
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    if len(same_leaf) == 1:
+        return same_leaf[0]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
+    if close:
+        return close[0]
+    leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.8)
+    return leaves[close[0]] if close else None
 
 
 def _section_fields(loc: tuple) -> list[str]:
@@ -337,7 +529,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise DeltatuneError(f"override '{text}' has an empty key")
     stripped = value.strip()
     try:
-        parsed = yaml.safe_load(value) if stripped else None
+        parsed = load_yaml(value) if stripped else None
     except yaml.YAMLError:
         parsed = value
     # free text that YAML would read as a mapping/list ("Q: {q}", "- item") or as nothing ("#1") stays text
@@ -408,7 +600,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise DeltatuneError(f"config file not found: {p} (give a YAML file, or use flags such as --train)")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""

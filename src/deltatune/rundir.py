@@ -2,21 +2,49 @@
 
 Layout (see DESIGN.md)::
 
+    runs/<name>/.deltatune-run  marker written when the run directory is created (JSON: version, time)
     runs/<name>/config.yaml     resolved config
     runs/<name>/metrics.jsonl   one JSON object per log/eval event
     runs/<name>/checkpoints/    step-<N>/ folders, newest few
     runs/<name>/model/          best (or final) model in Hugging Face format
     runs/<name>/eval.json       final metrics per split
+
+Every refusal is checked before anything is touched (:meth:`RunDir.check`); ``--overwrite``
+replaces only a folder that is a run (:meth:`RunDir.is_run`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from deltatune.errors import DeltatuneError
+
+MARKER = ".deltatune-run"
+
+
+def write_failure(target: Path, error: BaseException, remedy: str) -> DeltatuneError:
+    """The one-line error for a failed write of ``target``: the cause in words, then ``remedy``.
+
+    Args:
+        error: the ``OSError`` (or a library error whose text says ``No space left``) raised.
+    """
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in str(error):
+        why = "no space left on the device; free disk space"
+    elif isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = f"the folder is not writable ({error.strerror}); make {target.parent} writable"
+    elif isinstance(error, OSError) and error.errno in (errno.ENOTDIR, errno.EEXIST):
+        why = f"a file stands where a folder is needed ({error.strerror}: {error.filename}); move that file away"
+    else:
+        text = str(error).strip()
+        why = f"{type(error).__name__}{': ' + text.splitlines()[0] if text else ''}; fix the cause"
+    return DeltatuneError(f"cannot write {target}: {why}, {remedy}")
 
 
 class RunDir:
@@ -36,17 +64,41 @@ class RunDir:
     eval = property(lambda self: self.root / "eval.json")
 
     def exists(self) -> bool:
-        return self.root.exists() and any(self.root.iterdir())
+        """Whether the run directory exists and holds anything (a file at the path counts)."""
+        if not self.root.is_dir():
+            return self.root.exists() or self.root.is_symlink()
+        return any(self.root.iterdir())
 
-    def prepare(self, overwrite: bool, resume: bool) -> None:
-        """Create the directory for a new run, or accept it for a resume.
+    def is_run(self) -> bool:
+        """Whether the folder is a deltatune run that ``--overwrite`` may replace.
+
+        True when it holds the ``.deltatune-run`` marker (written at creation since this version),
+        or, for runs made by older versions (no marker), when it holds ``config.yaml`` and at
+        least one of ``metrics.jsonl``, ``checkpoints/``, ``model/`` (a folder with merely a
+        config.yaml is someone's project, not a run).
+        """
+        if (self.root / MARKER).is_file():
+            return True
+        return self.config.is_file() and (self.metrics.is_file() or self.checkpoints.is_dir() or self.model.is_dir())
+
+    def check(self, overwrite: bool, resume: bool) -> None:
+        """Refuse what :meth:`prepare` would refuse, touching nothing.
 
         Raises:
-            DeltatuneError: the directory exists and neither ``overwrite`` nor ``resume`` is
-                set; ``overwrite`` on a non-empty folder that is not a run (or is the current
-                folder or one above it); or ``resume`` is set and there is nothing to resume
-                (no run, or a finished one: its ``eval.json`` is written last).
+            DeltatuneError: as :meth:`prepare`.
         """
+        for p in (self.root, *self.root.parents):  # the nearest existing path must be a folder
+            if p.exists() or p.is_symlink():
+                if p == self.root and not p.is_dir():
+                    raise DeltatuneError(
+                        f"the run directory {self.root} is an existing file, not a folder; choose another --output-dir "
+                        "(or move the file away)"
+                    )
+                if not p.is_dir():
+                    raise DeltatuneError(
+                        f"{p} is a file, so the run directory {self.root} cannot be made inside it; choose another --output-dir"
+                    )
+                break
         if resume:
             if not self.config.is_file():
                 raise DeltatuneError(f"cannot resume: {self.root} has no config.yaml (start a new run without --resume)")
@@ -56,34 +108,118 @@ class RunDir:
                     "train longer in a new run (another --output-dir) or replace it with --overwrite"
                 )
             return
-        if self.exists():
-            if not overwrite:
-                raise DeltatuneError(
-                    f"run directory {self.root} already exists; use --overwrite to replace it, --resume to continue it, "
-                    "or choose another --output-dir"
-                )
-            if not self.config.is_file() or self.root.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
-                raise DeltatuneError(
-                    f"{self.root} is not empty and is not a deltatune run directory (no config.yaml): --overwrite only "
-                    "replaces runs; choose another --output-dir"
-                )
-            shutil.rmtree(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.exists():
+            return
+        if not overwrite:
+            raise DeltatuneError(
+                f"run directory {self.root} already exists; use --overwrite to replace it, --resume to continue it, "
+                "or choose another --output-dir"
+            )
+        if self.root.is_symlink():
+            raise DeltatuneError(f"{self.root} is a symbolic link: --overwrite only replaces real run folders; choose another --output-dir")
+        if self.root.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+            raise DeltatuneError(
+                f"{self.root} is the current folder or one above it: --overwrite would delete it; choose another --output-dir"
+            )
+        if not self.is_run():
+            raise DeltatuneError(
+                f"{self.root} is not a deltatune run directory (no {MARKER} marker, and not config.yaml with "
+                "metrics.jsonl, checkpoints/ or model/): --overwrite only replaces runs; choose another --output-dir"
+            )
+
+    def prepare(self, overwrite: bool, resume: bool) -> None:
+        """Create the directory for a new run (with its marker), or accept it for a resume.
+
+        Every check (:meth:`check`) passes before anything is deleted or written.
+
+        Raises:
+            DeltatuneError: the path (or a folder above it) is a file; the directory exists and
+                neither ``overwrite`` nor ``resume`` is set; ``overwrite`` on a folder that is
+                not a run (:meth:`is_run`), a symbolic link, or the current folder or one above
+                it; ``resume`` is set and there is nothing to resume (no run, or a finished one:
+                its ``eval.json`` is written last); the folder cannot be written.
+        """
+        self.check(overwrite, resume)
+        if resume:
+            return
+        try:
+            if self.exists():
+                shutil.rmtree(self.root)
+            self.root.mkdir(parents=True, exist_ok=True)
+            from deltatune import __version__
+
+            marker = {"deltatune_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            (self.root / MARKER).write_text(json.dumps(marker) + "\n")
+        except OSError as e:
+            raise write_failure(self.root, e, "or choose another --output-dir") from e
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to metrics.jsonl."""
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append one JSON line to metrics.jsonl.
 
-    def truncate_log(self, after_step: int) -> None:
-        """Drop metrics.jsonl lines logged after ``after_step`` (they are redone on resume)."""
-        if not self.metrics.is_file():
-            return
-        keep = [ln for ln in self.metrics.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= after_step]
-        self.metrics.write_text("".join(ln + "\n" for ln in keep))
+        Raises:
+            DeltatuneError: it cannot be written (full disk, read-only folder).
+        """
+        try:
+            with self.metrics.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise write_failure(self.metrics, e, f"then continue with: deltatune train --resume {self.root}") from e
 
-    def read_log(self) -> list[dict[str, Any]]:
-        """All metrics.jsonl records."""
+    def _records(self, on_cut_line: str) -> list[dict[str, Any]]:
+        """metrics.jsonl as records; an unreadable *last* line (cut by a kill mid-write) is dropped.
+
+        ``on_cut_line``: ``"warn"`` prints a warning when a line is dropped, ``"quiet"`` does not.
+
+        Raises:
+            DeltatuneError: a line other than the last is not a JSON object (names file and line).
+        """
         if not self.metrics.is_file():
             return []
-        return [json.loads(ln) for ln in self.metrics.read_text().splitlines() if ln.strip()]
+        lines = self.metrics.read_bytes().decode("utf-8", errors="replace").split("\n")
+        numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+        records = []
+        for k, (i, ln) in enumerate(numbered):
+            try:
+                rec = json.loads(ln)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as e:
+                if k == len(numbered) - 1:
+                    if on_cut_line == "warn":
+                        print(
+                            f"warning: dropping the unreadable last line {i} of {self.metrics} (cut short when the run "
+                            "stopped); it is logged again", file=sys.stderr, flush=True,
+                        )
+                    continue
+                raise DeltatuneError(
+                    f"{self.metrics}, line {i}: not a JSON object ({str(e).splitlines()[0]}); delete or fix that line"
+                ) from e
+            records.append(rec)
+        return records
+
+    def truncate_log(self, after_step: int) -> None:
+        """Drop metrics.jsonl lines logged after ``after_step`` (they are redone on resume).
+
+        A cut last line is dropped with a warning; the file is replaced atomically.
+
+        Raises:
+            DeltatuneError: a damaged line before the last, or the file cannot be written.
+        """
+        if not self.metrics.is_file():
+            return
+        keep = [r for r in self._records("warn") if r.get("step", 0) <= after_step]
+        tmp = self.metrics.with_name(f".{self.metrics.name}.tmp")
+        try:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            os.replace(tmp, self.metrics)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise write_failure(self.metrics, e, f"then continue with: deltatune train --resume {self.root}") from e
+
+    def read_log(self) -> list[dict[str, Any]]:
+        """All metrics.jsonl records (a last line still being written, or cut, is left out).
+
+        Raises:
+            DeltatuneError: a damaged line before the last.
+        """
+        return self._records("quiet")

@@ -51,7 +51,9 @@ def test_memory_budget_restricts_methods_and_skips(tiny_model_dir):
 
 def test_time_budget_skips_hopeless_candidates(tiny_model_dir):
     # a corpus so large that one epoch cannot fit one second even at the matmul peak
-    kept, skipped = choose_candidates([tiny_model_dir], "text-classification", ["full"], None, 1.0, 10**12)
-    assert not kept and "time-budget" in skipped[0].notes[-1]
+    kept, skipped = choose_candidates(["minilm", tiny_model_dir], "text-classification", ["full"], None, 1.0, 10**12)
+    assert [c.ref for c in skipped] == ["minilm"] and "time-budget" in skipped[0].notes[-1]
+    # ... but the fastest is kept when all would be skipped: auto shortens its trials to the budget
+    assert [c.ref for c in kept] == [tiny_model_dir] and "kept all the same" in kept[0].notes[-1]
     kept, _ = choose_candidates([tiny_model_dir], "text-classification", ["full"], None, 3600.0, 10**4)
     assert kept

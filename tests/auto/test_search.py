@@ -88,7 +88,7 @@ def _trial_with_median(values):
 
 
 def _state(step, accuracy):
-    return SimpleNamespace(last_eval_step=step, global_step=step, last_eval_metrics={"accuracy": accuracy})
+    return SimpleNamespace(last_eval_step=step, global_step=step, last_eval_metrics={"accuracy": accuracy}, early_stopped=False)
 
 
 def test_reporter_prunes_below_the_median_and_spares_the_baseline():
@@ -99,9 +99,37 @@ def test_reporter_prunes_below_the_median_and_spares_the_baseline():
     with pytest.raises(optuna.TrialPruned):
         reporter(None, _state(4, 0.5))
     assert "below the median" in trial.user_attrs["note"]
-    protected = TrialReporter(_trial_with_median([0.9, 0.95]), "accuracy", deadline=time.monotonic() - 1, protected=True)
-    protected(None, _state(4, 0.5))  # reported, not stopped
+    protected = TrialReporter(_trial_with_median([0.9, 0.95]), "accuracy", protected=True)
+    protected(None, _state(4, 0.5))  # reported, not pruned
     assert protected.reports == 1
+
+
+def test_the_deadline_stops_every_trial_cleanly_once_it_has_evaluated():
+    trainer = SimpleNamespace(total_steps=40)
+    # the default trial too (it used to run on past the budget); its best evaluation counts
+    for protected in (True, False):
+        trial = _trial_with_median([0.0])
+        reporter = TrialReporter(trial, "accuracy", deadline=time.monotonic() - 1, protected=protected)
+        state = _state(4, 0.5)
+        reporter(trainer, state)  # reported first, then stopped: no exception, the trainer wraps up
+        assert reporter.reports == 1 and state.early_stopped is True
+        assert trial.user_attrs["note"] == "stopped by the time budget at step 4 of 40; the best of its 1 evaluations counts"
+    # at the last step there is nothing left to stop: the run ends as usual
+    trial = _trial_with_median([0.0])
+    last = SimpleNamespace(last_eval_step=-1, global_step=40, last_eval_metrics={}, early_stopped=False)
+    TrialReporter(trial, "accuracy", deadline=time.monotonic() - 1)(trainer, last)
+    assert last.early_stopped is False and "note" not in trial.user_attrs
+    # no evaluation yet: nothing to keep, the trial is incomplete
+    trial = _trial_with_median([0.0])
+    state = SimpleNamespace(last_eval_step=-1, global_step=3, last_eval_metrics={}, early_stopped=False)
+    with pytest.raises(optuna.TrialPruned, match="incomplete: stopped by the time budget at step 3 of 40"):
+        TrialReporter(trial, "accuracy", deadline=time.monotonic() - 1)(trainer, state)
+    assert state.early_stopped is False
+    # ... but the default trial, the one result the search must return, stops cleanly and is evaluated there
+    trial = _trial_with_median([0.0])
+    TrialReporter(trial, "accuracy", deadline=time.monotonic() - 1, protected=True)(trainer, state)
+    assert state.early_stopped is True
+    assert trial.user_attrs["note"] == "incomplete: stopped by the time budget at step 3 of 40, before its first evaluation; evaluated there"
 
 
 def test_pruning_leaves_the_training_loop_cleanly(tiny_model_dir, reviews_csv, tmp_path):
@@ -114,7 +142,7 @@ def test_pruning_leaves_the_training_loop_cleanly(tiny_model_dir, reviews_csv, t
     }
     with pytest.raises(optuna.TrialPruned):
         deltatune.finetune(None, cfg, callbacks=(reporter,), verbose=False)
-    assert "step 1: time budget" in trial.user_attrs["note"]
+    assert "incomplete: stopped by the time budget at step 1 of" in trial.user_attrs["note"]
     run = tmp_path / "run"
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1]  # nothing after the step that stopped it

@@ -117,3 +117,54 @@ def test_conll_and_squad_files_become_rows(tmp_path):
     ds = load_table(str(squad))
     assert ds["id"] == ["q1", "q2"] and ds[0]["answers"] == {"text": ["Paris"], "answer_start": [0]}
     assert ds[1]["answers"]["text"] == []
+
+
+CONLL_LINES = """EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+call NN I-NP O
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+
+BRUSSELS NNP B-NP B-LOC
+1996-08-22 CD I-NP O
+"""
+
+
+def test_conll_content_in_a_txt_file_is_read_as_conll(tmp_path):
+    p = tmp_path / "ner_train.txt"
+    p.write_text("-DOCSTART- -X- -X- O\n\n" + CONLL_LINES)
+    ds = load_table(str(p))
+    assert ds.column_names == ["tokens", "tags"] and len(ds) == 3
+    assert ds[0] == {"tokens": ["EU", "rejects", "German", "call"], "tags": ["B-ORG", "O", "B-MISC", "O"]}
+
+
+def test_prose_txt_stays_paragraphs(tmp_path):
+    p = tmp_path / "story.txt"
+    p.write_text("It was a dark night.\nThe wind blew.\n\nThen it was O\n")
+    assert load_table(str(p)).column_names == ["text"]
+
+
+def test_token_classification_trains_from_a_conll_txt(tmp_path):
+    from deltatune.config import build_config
+    from deltatune.tasks import create_task
+
+    p = tmp_path / "ner.txt"
+    p.write_text(CONLL_LINES)
+    task = create_task(build_config({"task": "token-classification"}))
+    task.fit(load_table(str(p)), str(p))
+    assert "B-PER" in task.labels and "B-LOC" in task.labels
+
+
+def test_token_task_on_a_plain_txt_says_how_to_name_a_token_file(tmp_path):
+    from deltatune.config import build_config
+    from deltatune.tasks import create_task
+
+    p = tmp_path / "ner.txt"
+    p.write_text("EU B-ORG\nrejects\n")  # a line without a tag: not CoNLL, so read as text
+    task = create_task(build_config({"task": "token-classification"}))
+    with pytest.raises(DeltatuneError) as e:
+        task.fit(load_table(str(p)), str(p))
+    msg = str(e.value)
+    assert "ner.txt: no column 'tokens'" in msg and "read as plain text" in msg and "CoNLL" in msg and "--text-column" not in msg

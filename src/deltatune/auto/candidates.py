@@ -141,12 +141,16 @@ def choose_candidates(
         train_chars: characters of training text in one epoch (for the time estimate).
 
     Returns:
-        (kept, skipped) candidates, each with its notes.
+        (kept, skipped) candidates, each with its notes. When every candidate that fits the task
+        and the memory was skipped for time only, the one with the shortest epoch is kept all
+        the same: ``deltatune auto`` shortens its default trial to the budget
+        (:mod:`deltatune.auto.timing`) rather than stopping with nothing.
     """
     from deltatune.models import resolve_model
     from deltatune.models.loading import load_config
 
     kept, skipped = [], []
+    too_slow: list[tuple[float, Candidate]] = []
     for ref in refs:
         cfg = load_config(resolve_model(ref), trust_remote_code)
         family = model_family(cfg)
@@ -180,7 +184,13 @@ def choose_candidates(
                     f"matmul speed) > --time-budget {format_seconds(time_budget)}"
                 )
                 skipped.append(c)
+                too_slow.append((est, c))
                 continue
             c.notes.append(f"{ref}: one epoch ~{format_seconds(est)} (rough estimate) fits the time budget")
+        kept.append(c)
+    if not kept and too_slow:
+        _, c = min(too_slow, key=lambda x: x[0])
+        c.notes.append(f"{c.ref}: kept all the same, the fastest candidate for this task and memory: its trials are shortened to the budget")
+        skipped.remove(c)
         kept.append(c)
     return kept, skipped

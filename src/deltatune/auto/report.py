@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deltatune.auto.budget import format_seconds
+from deltatune.config import read_yaml
+from deltatune.errors import DeltatuneError
 
 COLUMNS = (
     ("model", "model.name_or_path"),
@@ -40,11 +42,17 @@ def leaderboard(trials: list, metric: str, maximize: bool, pinned: dict[str, Any
 
     Returns:
         Rows with keys ``trial``, ``state``, ``metric`` (name), ``value``, the config keys of
-        :data:`COLUMNS`, ``seconds``, ``test`` (dict), ``note``, ``path``, ``baseline``.
+        :data:`COLUMNS`, ``seconds``, ``estimated_seconds`` (``None`` when not estimated),
+        ``test`` (dict), ``note``, ``path``, ``baseline``. ``model.name_or_path`` is the trial's
+        model even when it was not searched (one candidate): from its ``model`` attribute, else
+        its config.yaml.
     """
     rows = []
     for t in trials:
         settings = {**pinned, **t.user_attrs.get("settings", {})}
+        settings["model.name_or_path"] = (
+            settings.get("model.name_or_path") or t.user_attrs.get("model") or _config_model(t.user_attrs.get("path"))
+        )
         value = t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
         rows.append({
             "trial": t.number,
@@ -53,6 +61,7 @@ def leaderboard(trials: list, metric: str, maximize: bool, pinned: dict[str, Any
             "value": value,
             **{key: settings.get(key) for _, key in COLUMNS},
             "seconds": t.user_attrs.get("seconds"),
+            "estimated_seconds": t.user_attrs.get("estimated_seconds"),
             "test": t.user_attrs.get("test", {}),
             "note": t.user_attrs.get("note") or t.user_attrs.get("error") or ("did not finish" if t.state.name == "FAIL" else ""),
             "path": t.user_attrs.get("path"),
@@ -63,6 +72,17 @@ def leaderboard(trials: list, metric: str, maximize: bool, pinned: dict[str, Any
         return (_STATE_ORDER.get(r["state"], 9), v is None, 0.0 if v is None else (-v if maximize else v), r["trial"])
 
     return sorted(rows, key=key)
+
+
+def _config_model(path: Optional[str]) -> Optional[str]:
+    """``model.name_or_path`` in the config.yaml of the run directory ``path`` (``None`` if unreadable)."""
+    if not path:
+        return None
+    try:
+        model = read_yaml(Path(path) / "config.yaml").get("model")
+    except DeltatuneError:
+        return None
+    return model.get("name_or_path") if isinstance(model, dict) else None
 
 
 def _fmt(value: Any, key: str) -> str:
@@ -76,11 +96,13 @@ def _fmt(value: Any, key: str) -> str:
 
 
 def format_leaderboard(rows: list[dict[str, Any]], test_metric: Optional[str] = None) -> str:
-    """A fixed-width text table of :func:`leaderboard` rows (constant columns are left out)."""
+    """A fixed-width text table of :func:`leaderboard` rows (constant columns are left out, but for
+    the model, the method and the learning rate)."""
     if not rows:
         return "(no trials)"
     metric = rows[0]["metric"]
-    shown = [(h, k) for h, k in COLUMNS if len({str(r[k]) for r in rows}) > 1 or k in ("delta.method", "train.learning_rate")]
+    always = ("model.name_or_path", "delta.method", "train.learning_rate")
+    shown = [(h, k) for h, k in COLUMNS if len({str(r[k]) for r in rows}) > 1 or k in always]
     header = ["trial", "state", metric] + ([f"test {test_metric}"] if test_metric else []) + [h for h, _ in shown] + ["time", "note"]
     table = []
     for r in rows:

@@ -26,6 +26,10 @@ A key the user set (``--batch-size 16``, ``--set train.warmup_ratio=0``) is pinn
 searched. Every trial evaluates ``evals_per_epoch`` times per epoch (``eval.eval_strategy:
 steps``, written into its config.yaml so that the run reproduces) and reports each evaluation
 to optuna; the ``k``-th report of every trial is at the same fraction of an epoch.
+
+Time budget (:mod:`deltatune.auto.timing`): every trial is timed; a trial is estimated before it
+starts and not started when it cannot fit the time left; the default trial is shortened
+(``train.max_steps``) when it cannot fit; :class:`TrialReporter` stops any trial at the deadline.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from deltatune.auto.budget import format_seconds
 from deltatune.auto.candidates import Candidate
+from deltatune.auto.timing import DefaultTrialPlanner, ShortenTrial, StepClock, TimeBudget
 from deltatune.config import DEFAULT_LEARNING_RATES, DeltaConfig, TrainConfig
 from deltatune.errors import DeltatuneError
 
@@ -165,51 +171,103 @@ class SearchSpace:
 
     def eval_steps(self, settings: dict[str, Any]) -> int:
         """Optimizer steps between evaluations: ``evals_per_epoch`` per epoch."""
-        batch = settings.get("train.per_device_train_batch_size", self.pinned.get("train.per_device_train_batch_size", TrainConfig().per_device_train_batch_size))
+        batch = self._batch(settings)
         steps = math.ceil(math.ceil(max(self.n_train, 1) / batch) / self.accumulation)
         return max(1, steps // self.evals_per_epoch)
 
+    def planned_steps(self, settings: dict[str, Any]) -> tuple[int, int]:
+        """(optimizer steps, examples per step) of a trial with ``settings`` (dotted keys).
+
+        ``train.max_steps`` when set, else epochs × steps per epoch, as the Trainer counts them.
+        """
+        t = TrainConfig()
+        batch = self._batch(settings)
+        per_epoch = math.ceil(math.ceil(max(self.n_train, 1) / batch) / self.accumulation)
+        max_steps = settings.get("train.max_steps", self.pinned.get("train.max_steps"))
+        epochs = settings.get("train.num_train_epochs", self.pinned.get("train.num_train_epochs", t.num_train_epochs))
+        steps = int(max_steps) if max_steps else max(1, math.ceil(float(epochs) * per_epoch))
+        return steps, batch * self.accumulation
+
+    def _batch(self, settings: dict[str, Any]) -> int:
+        """The per-device batch of ``settings`` (``auto`` and unset: the default, 32)."""
+        batch = settings.get("train.per_device_train_batch_size", self.pinned.get("train.per_device_train_batch_size"))
+        if isinstance(batch, str) and batch.strip().isdigit():
+            batch = int(batch)
+        return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else int(TrainConfig().per_device_train_batch_size)
+
+    def non_embedding(self, ref: str) -> int:
+        """Non-embedding parameters of candidate ``ref`` (0 when it is not a candidate)."""
+        return next((c.non_embedding for c in self.candidates if c.ref == ref), 0)
+
 
 class TrialReporter:
-    """Trainer callback: report each evaluation to the optuna trial; prune or stop at the deadline.
+    """Trainer callback: report each evaluation to the optuna trial; prune; stop at the deadline.
 
     Called as ``reporter(trainer, state)`` after every optimizer step (see
     :class:`deltatune.training.Trainer`). Right after an evaluation
-    (``state.last_eval_step == state.global_step``) it reports the metric and asks the pruner;
-    at every step it checks ``deadline`` (``time.monotonic()`` seconds). It raises
-    :class:`optuna.TrialPruned`, which leaves the training loop like any exception (the progress
-    bar is closed; the run directory keeps config.yaml and metrics.jsonl up to that point, and
-    no model/eval.json), when the pruner says so or the deadline has passed. A ``protected``
-    trial (the baseline) is reported but never stopped.
+    (``state.last_eval_step == state.global_step``) it reports the metric and asks the pruner,
+    which stops the trial by raising :class:`optuna.TrialPruned` (that leaves the training loop
+    like any exception: the run directory keeps config.yaml and metrics.jsonl up to that step,
+    and no model/eval.json). A ``protected`` trial (the default one) is reported but never pruned.
+
+    Then, at every step, it checks ``deadline`` (``time.monotonic()`` seconds), for every trial:
+    past it, a trial that has evaluated is stopped cleanly (``state.early_stopped``): the
+    trainer restores its best evaluated weights, saves them, and the run's final evaluation is
+    the trial's value (its note says it was stopped by the time budget); a trial that has not
+    evaluated yet is incomplete and raises :class:`optuna.TrialPruned`, except a ``protected``
+    one (the default trial, the one result a search must return): it is stopped cleanly too and
+    evaluated there, its note saying it is incomplete.
 
     Args:
         trial: the optuna trial.
         metric: the metric name in the evaluation dict (e.g. ``accuracy``).
+        deadline: ``time.monotonic()`` seconds, or ``None``.
+        protected: never pruned by the median rule (the default trial).
+        first_report: reports already made for this trial (a restarted run numbers on).
     """
 
-    def __init__(self, trial, metric: str, deadline: Optional[float] = None, protected: bool = False):
+    def __init__(self, trial, metric: str, deadline: Optional[float] = None, protected: bool = False, first_report: int = 0):
         self.trial = trial
         self.metric = metric
         self.deadline = deadline
         self.protected = protected
-        self.reports = 0
+        self.reports = first_report
+        self.evaluations = 0  # of this run
 
     def __call__(self, trainer, state) -> None:
         import optuna
 
-        if self.deadline is not None and not self.protected and time.monotonic() > self.deadline:
-            note = f"stopped at step {state.global_step}: time budget used up"
-            self.trial.set_user_attr("note", note)
-            raise optuna.TrialPruned(note)
-        if state.last_eval_step != state.global_step or self.metric not in state.last_eval_metrics:
+        if state.last_eval_step == state.global_step and self.metric in state.last_eval_metrics:
+            self.reports += 1
+            self.evaluations += 1
+            value = float(state.last_eval_metrics[self.metric])
+            self.trial.report(value, self.reports)
+            if not self.protected and self.trial.should_prune():
+                note = f"pruned at evaluation {self.reports} (step {state.global_step}): {self.metric} {value:.4f} below the median"
+                add_note(self.trial, note)
+                raise optuna.TrialPruned(note)
+        if self.deadline is None or time.monotonic() <= self.deadline or state.global_step >= trainer.total_steps:
+            return  # (after the last step the run ends anyway, with its usual final evaluation)
+        where = f"step {state.global_step} of {trainer.total_steps}"
+        if self.evaluations:
+            add_note(self.trial, f"stopped by the time budget at {where}; the best of its {self.evaluations} evaluations counts")
+            self.trial.set_user_attr("budget_stopped", True)
+            state.early_stopped = True
             return
-        self.reports += 1
-        value = float(state.last_eval_metrics[self.metric])
-        self.trial.report(value, self.reports)
-        if not self.protected and self.trial.should_prune():
-            note = f"pruned at evaluation {self.reports} (step {state.global_step}): {self.metric} {value:.4f} below the median"
-            self.trial.set_user_attr("note", note)
-            raise optuna.TrialPruned(note)
+        note = f"incomplete: stopped by the time budget at {where}, before its first evaluation"
+        self.trial.set_user_attr("budget_stopped", True)
+        if self.protected:
+            add_note(self.trial, f"{note}; evaluated there")
+            state.early_stopped = True
+            return
+        add_note(self.trial, note)
+        raise optuna.TrialPruned(note)
+
+
+def add_note(trial, note: str) -> None:
+    """Append ``note`` to the trial's ``note`` user attribute (``; ``-separated)."""
+    old = trial.user_attrs.get("note")
+    trial.set_user_attr("note", f"{old}; {note}" if old else note)
 
 
 def make_objective(
@@ -217,41 +275,81 @@ def make_objective(
     base: dict[str, Any],
     out: Path,
     metric: str,
-    deadline: Optional[float],
+    budget: TimeBudget,
     train: Callable[..., Any],
+    train_rows: int = 0,
 ) -> Callable[[Any], float]:
     """The optuna objective: one ``deltatune.finetune`` run per trial in ``out/trials/trial-NNN``.
 
+    With a deadline in ``budget``, a trial other than the default one is estimated before it
+    starts (:meth:`TimeBudget.estimate`, from the trials timed so far) and not started when the
+    estimate does not fit the time left (pruned, ``note`` "not started: ..."); the default trial
+    is timed on its first steps and restarted shortened when it cannot fit
+    (:class:`deltatune.auto.timing.DefaultTrialPlanner`; ``train.max_steps`` in its config.yaml,
+    user attribute ``shortened``); every trial is stopped at the deadline (:class:`TrialReporter`).
+
     Args:
         base: the flattened base config (dotted keys) shared by all trials.
+        budget: the search's :class:`TimeBudget`; each trial's timing is recorded into it.
         train: :func:`deltatune.finetune` (a parameter so tests can wrap it).
+        train_rows: rows of training data (for the hint when the default trial does not fit).
 
     Returns:
         ``objective(trial) -> float``: the run's final validation ``metric`` (the best evaluated
         weights are the run's model). Each trial gets user attributes ``path``, ``settings``,
-        ``seconds``, ``test`` (test-split metrics) and, when stopped early, ``note``/``error``.
+        ``model``, ``seconds``, ``timing``, ``estimated_seconds`` (when estimated), ``test``
+        (test-split metrics) and, when stopped early or shortened, ``note``/``error``.
     """
 
     def objective(trial) -> float:
         settings = space.suggest(trial)
         path = out / "trials" / f"trial-{trial.number:03d}"
+        merged = {**base, **settings}
         run_settings = {
-            **base,
-            **settings,
+            **merged,
             "output_dir": str(path),
             "name": path.name,
             "eval.eval_strategy": "steps",
-            "eval.eval_steps": space.eval_steps({**base, **settings}),
+            "eval.eval_steps": space.eval_steps(merged),
         }
         if "train.save_steps" not in base:  # no resumable checkpoints in trials: they cost time and disk
             run_settings["train.save_steps"] = NO_CHECKPOINTS
+        model, method = run_settings["model.name_or_path"], run_settings["delta.method"]
         trial.set_user_attr("path", str(path))
         trial.set_user_attr("settings", settings)
+        trial.set_user_attr("model", model)
         baseline = bool(trial.user_attrs.get("baseline"))
-        reporter = TrialReporter(trial, metric, deadline, protected=baseline)
-        start = time.monotonic()
+        steps, per_step = space.planned_steps(merged)
+        size = space.non_embedding(model)
+        if budget.left() <= 0:  # optuna starts one trial even when its timeout has passed
+            _not_started(trial, "not started: the time budget was used up before it")
+        if not baseline and budget.deadline is not None:
+            estimate = budget.estimate(steps, per_step, steps // run_settings["eval.eval_steps"], method, size)
+            if estimate is not None:
+                trial.set_user_attr("estimated_seconds", round(estimate, 1))
+                if not budget.fits(estimate):
+                    left = format_seconds(max(budget.left(), 0.0))
+                    _not_started(trial, f"not started: needs ~{format_seconds(estimate)}, {left} of the budget left")
+        clock = StepClock(size, method)
+        reporter = TrialReporter(trial, metric, budget.deadline, protected=baseline)
+        callbacks: tuple = (clock, reporter)
+        if baseline and budget.deadline is not None:
+            planner = DefaultTrialPlanner(clock, budget, run_settings["eval.eval_steps"], space.evals_per_epoch, train_rows)
+            callbacks = (clock, planner, reporter)
+        start = clock.started
         try:
-            run = train(None, run_settings, overwrite=True, callbacks=(reporter,), verbose=False)
+            try:
+                run = train(None, run_settings, overwrite=True, callbacks=callbacks, verbose=False)
+            except ShortenTrial as short:
+                budget.record(clock.timing())
+                run_settings["train.max_steps"] = short.steps
+                run_settings["eval.eval_steps"] = max(1, short.steps // space.evals_per_epoch)
+                trial.set_user_attr("shortened", {"steps": short.steps, "planned": short.planned})
+                add_note(trial, f"shortened to {short.steps} of {short.planned} steps to fit the time budget")
+                clock = StepClock(size, method)
+                reporter = TrialReporter(trial, metric, budget.deadline, protected=baseline, first_report=reporter.reports)
+                run = train(None, run_settings, overwrite=True, callbacks=(clock, reporter), verbose=False)
+            clock.stop()
         except Exception as e:
             if type(e).__name__ != "TrialPruned":
                 trial.set_user_attr("error", str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -259,6 +357,10 @@ def make_objective(
             raise
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - start, 2))
+            timing = clock.timing()
+            budget.record(timing)
+            if timing is not None:
+                trial.set_user_attr("timing", timing.as_dict())
         if run.result is not None and run.result.interrupted:
             raise KeyboardInterrupt
         if "test" in run.metrics:
@@ -267,6 +369,31 @@ def make_objective(
         return float(run.metrics["validation"][metric])
 
     return objective
+
+
+def _not_started(trial, note: str) -> None:
+    """Record why the trial was not started and raise :class:`optuna.TrialPruned` (state ``PRUNED``)."""
+    import optuna
+
+    add_note(trial, note)
+    trial.set_user_attr("skipped", True)
+    trial.set_user_attr("seconds", 0.0)
+    raise optuna.TrialPruned(note)
+
+
+def shortest_trial_seconds(space: SearchSpace, budget: TimeBudget) -> Optional[float]:
+    """Estimated seconds of the cheapest trial the space holds (fewest epochs, largest batch, any
+    method and candidate), ``None`` before any trial was timed."""
+    settings: dict[str, Any] = {"train.per_device_train_batch_size": max(space.batch_sizes), "train.num_train_epochs": EPOCHS[0]}
+    settings = {**settings, **space.pinned}
+    steps, per_step = space.planned_steps(settings)
+    evaluations = steps // space.eval_steps(settings)
+    estimates = [
+        budget.estimate(steps, per_step, evaluations, m, c.non_embedding)
+        for c in space.candidates for m in space.methods if m in c.methods
+    ]
+    known = [e for e in estimates if e is not None]
+    return min(known) if known else None
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

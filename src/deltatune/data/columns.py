@@ -17,6 +17,13 @@ def require_columns(ds: datasets.Dataset, columns: Iterable[str | None], source:
         DeltatuneError: naming the missing column, the file, and the columns that exist.
     """
     for col in columns:
+        if col is not None and col not in ds.column_names and ds.column_names == ["text"] and str(source).lower().endswith(".txt"):
+            # a .txt file read as paragraphs: the user meant a table or a token file
+            raise DeltatuneError(
+                f"{source}: no column '{col}': the file was read as plain text (one 'text' row per paragraph); "
+                "give a CSV/JSONL file with that column, or for tokens and tags a CoNLL file ('word ... TAG' "
+                "on every line, blank line between sentences; e.g. named .conll)"
+            )
         if col is not None and col not in ds.column_names:
             raise DeltatuneError(
                 f"{source}: no column '{col}'; columns are {', '.join(map(repr, ds.column_names))} "

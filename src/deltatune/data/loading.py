@@ -2,7 +2,8 @@
 
 Formats by extension: ``.csv``, ``.tsv``/``.tab`` (tab separated, no quoting, as GLUE ships
 them), ``.json``/``.jsonl``/``.ndjson`` (JSON Lines or one JSON array), ``.parquet``/``.pq``.
-``.txt`` gives one row per blank-line separated paragraph in a column ``text``. SQuAD-style
+``.txt`` gives one row per blank-line separated paragraph in a column ``text``, unless its
+lines are CoNLL (``word ... TAG``, read as below). SQuAD-style
 nested JSON gives one row per question (:mod:`deltatune.data.squad`); CoNLL token files
 (``.conll``/``.iob``/``.bio``, or any other extension whose lines look like ``word ... TAG``,
 e.g. CoNLL-2003's ``eng.train``) give one row per sentence with ``tokens`` and ``tags``
@@ -80,7 +81,8 @@ def load_table(ref: str, split: str = "train", config_name: str | None = None) -
 def _load_file(path: Path) -> datasets.Dataset:
     ext = path.suffix.lower()
     fmt = _TEXT_FORMATS.get(ext) or _BINARY_FORMATS.get(ext)
-    if ext in CONLL_SUFFIXES or (fmt is None and path.stat().st_size and looks_like_conll(path)):
+    # CoNLL by content: no known extension, or a .txt whose lines are all "word ... TAG"
+    if ext in CONLL_SUFFIXES or ((fmt is None or fmt == "text") and path.stat().st_size and looks_like_conll(path)):
         fmt = "conll"
     if fmt is None:
         raise DeltatuneError(f"{path}: unsupported file type '{ext or '(none)'}'; use one of {SUPPORTED}")

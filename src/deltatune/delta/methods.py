@@ -12,7 +12,9 @@ Methods (config ``delta.method``):
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import warnings
+from typing import Any, Iterator
 
 import torch
 
@@ -102,6 +104,17 @@ def peft_config(cfg: DeltaConfig, task_type: str | None, model: torch.nn.Module,
     raise ValueError(cfg.method)
 
 
+@contextlib.contextmanager
+def peft_checkpointing_probe_quiet() -> Iterator[None]:
+    """Inside the block, ignore the one ``FutureWarning`` transformers 5 raises when peft's
+    ``PeftModel`` constructor reads the deprecated ``model.is_gradient_checkpointing`` (peft has
+    no argument to avoid it; deltatune itself calls ``activation_checkpointing_enable``). Other
+    warnings are untouched."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_delta(
     model: torch.nn.Module, cfg: DeltaConfig, task_type: str | None, modules_to_save: list[str] | None = None
 ) -> torch.nn.Module:
@@ -132,7 +145,8 @@ def apply_delta(
                 "'cache'); use lora, dora or ia3"
             )
     try:
-        return peft.get_peft_model(model, peft_config(cfg, task_type, model, modules_to_save))
+        with peft_checkpointing_probe_quiet():
+            return peft.get_peft_model(model, peft_config(cfg, task_type, model, modules_to_save))
     except DeltatuneError:
         raise
     except (ValueError, TypeError) as e:

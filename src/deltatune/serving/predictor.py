@@ -39,12 +39,17 @@ class Predictor:
         self, ds: datasets.Dataset, with_labels: bool = True, batch_size: int | None = None
     ) -> tuple[dict[str, np.ndarray], Features]:
         """Raw :meth:`Task.eval_step` outputs for every feature of ``ds`` in feature order, and the features."""
+        check_batch_size(batch_size)
         features = self.task.encode(ds, self.tokenizer, with_labels=with_labels)
         bs = batch_size or self.config.eval.per_device_eval_batch_size
         return merge_outputs(batched_outputs(self.model, self.task, features, bs, self.device), len(features)), features
 
     def metrics(self, ds: datasets.Dataset, batch_size: int | None = None) -> dict[str, Any]:
-        """The task's metrics on labelled rows ``ds`` (generation metrics too for generative tasks)."""
+        """The task's metrics on labelled rows ``ds`` (generation metrics too for generative tasks).
+
+        Raises:
+            DeltatuneError: ``batch_size`` is not an integer >= 1.
+        """
         metrics = self.task.compute_metrics(*self.outputs(ds, with_labels=True, batch_size=batch_size))
         if hasattr(self.task, "final_metrics"):
             metrics.update(self.task.final_metrics(self.model, self.tokenizer, ds, self.device))
@@ -53,9 +58,14 @@ class Predictor:
     def predict_rows(self, ds: datasets.Dataset, source: str = "input", batch_size: int | None = None) -> list[dict[str, Any]]:
         """One prediction record per row (``label`` and ``probabilities`` for classification).
 
+        ``batch_size`` is the number of rows per forward pass; generative runs generate
+        ``eval.generation_batch_size`` rows at a time.
+
         Raises:
-            DeltatuneError: missing text column or empty texts, naming ``source`` and the row.
+            DeltatuneError: missing text column or empty texts, naming ``source`` and the row;
+                ``batch_size`` not an integer >= 1.
         """
+        check_batch_size(batch_size)
         self.task.check(ds, source, with_labels=False)
         if hasattr(self.task, "generate_rows"):  # decoder tasks answer by generating
             texts, ended = self.task.generate_rows(self.model, self.tokenizer, ds, self.device, source)
@@ -81,18 +91,111 @@ class Predictor:
         return self.predict_rows(ds, "input")
 
 
-def load(run: str | Path, device: str | None = None) -> Predictor:
-    """Load a run directory (or its model/ folder's parent) for prediction.
+def check_batch_size(batch_size: int | None) -> None:
+    """Accept ``None`` (the run's default) or an integer >= 1.
 
     Raises:
-        DeltatuneError: not a deltatune run directory, or the model is missing.
+        DeltatuneError: anything else, naming ``--batch-size``.
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise DeltatuneError(f"--batch-size (batch_size) must be an integer >= 1, got {batch_size!r}")
+
+
+# peft task types of the tasks that answer by generating text (decoder and encoder-decoder tasks)
+GENERATIVE_TASK_TYPES = ("CAUSAL_LM", "SEQ_2_SEQ_LM")
+
+
+def generation_overrides(
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    num_beams: int | None = None,
+) -> dict[str, Any]:
+    """The run-config ``eval.*`` overrides for generation options given by the user (``None`` = the run's own).
+
+    ``max_new_tokens`` (tokens, >= 1) caps each answer; ``temperature`` > 0 samples at that
+    temperature, 0 decodes greedily; ``top_p`` (0 < p <= 1) is the nucleus of sampling (needs
+    sampling); ``num_beams`` >= 1 (1: no beam search).
+
+    Raises:
+        DeltatuneError: a value out of range or not finite, naming the option.
+    """
+    import math
+
+    def bad(flag: str, value: Any, want: str) -> DeltatuneError:
+        return DeltatuneError(f"--{flag.replace('_', '-')} ({flag}) must be {want}, got {value!r}")
+
+    out: dict[str, Any] = {}
+    for name, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, value, "an integer >= 1")
+            out[f"eval.{name}"] = value
+    if temperature is not None:
+        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if not number or not math.isfinite(temperature) or temperature < 0:
+            raise bad("temperature", temperature, "a finite number >= 0 (0: greedy)")
+        out["eval.temperature"] = float(temperature)
+        out["eval.do_sample"] = temperature > 0
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise bad("top_p", top_p, "a number in (0, 1]")
+        out["eval.top_p"] = float(top_p)
+    return out
+
+
+def load(
+    run: str | Path,
+    device: str | None = None,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    num_beams: int | None = None,
+) -> Predictor:
+    """Load a run directory (or its model/ folder's parent) for prediction.
+
+    The load permissions come from the caller only; the run's config.yaml values of
+    ``model.trust_remote_code`` and ``model.allow_pickle_weights`` are ignored, so a run folder
+    received from someone else cannot make its own code run.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ...; default: CUDA when available.
+        trust_remote_code: allow Python code shipped with the model (``auto_map``) to run.
+        allow_pickle_weights: accept pickle weights (``pytorch_model.bin``, ``adapter_model.bin``)
+            when there are no safetensors.
+        max_new_tokens, temperature, top_p, num_beams: generation options of generative runs
+            (decoder and encoder-decoder tasks), see :func:`generation_overrides`; ``None``
+            keeps the run's ``eval`` settings.
+
+    Raises:
+        DeltatuneError: not a deltatune run directory, or the model is missing; a model that
+            needs custom code without ``trust_remote_code`` or has only pickle weights without
+            ``allow_pickle_weights``; a damaged model/adapter file (names it); generation options
+            for a run that does not generate, out of range, or ``top_p`` without sampling.
     """
     rd = RunDir(run)
     if not rd.config.is_file():
         raise DeltatuneError(f"{rd.root} is not a deltatune run directory (no config.yaml); give the folder made by deltatune train")
     if not rd.model.is_dir():
         raise DeltatuneError(f"{rd.root} has no model/ folder: the run did not finish (resume it with deltatune train --resume {rd.root})")
-    cfg = build_config(rd.config)
+    generation = generation_overrides(max_new_tokens, temperature, top_p, num_beams)
+    permissions = {"model.trust_remote_code": bool(trust_remote_code), "model.allow_pickle_weights": bool(allow_pickle_weights)}
+    cfg = build_config(rd.config, permissions)
+    if generation:
+        given = ", ".join(f"--{k[5:].replace('_', '-')}" for k in generation if k != "eval.do_sample")
+        if get_task_class(cfg.task).peft_task_type not in GENERATIVE_TASK_TYPES:
+            raise DeltatuneError(
+                f"{given}: run {rd.root} ({cfg.task}) does not generate text; these options are for decoder and encoder-decoder runs"
+            )
+        if top_p is not None and not generation.get("eval.do_sample", cfg.eval.do_sample):
+            raise DeltatuneError(
+                f"--top-p (top_p) applies to sampling, and run {rd.root} decodes greedily"
+                f"{' with --temperature 0' if temperature is not None else ''}; add --temperature T with T > 0 to sample"
+            )
+        cfg = build_config(cfg, generation)
     task, model = load_task_model(cfg, rd.model)
     tokenizer = load_tokenizer(str(rd.model), cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
@@ -103,14 +206,18 @@ def load(run: str | Path, device: str | None = None) -> Predictor:
 def load_task_model(cfg: RunConfig, model_dir: Path) -> tuple[Task, torch.nn.Module]:
     """The fitted task and the trained model of a run's ``model/`` folder (full model or Δθ + base).
 
+    ``cfg.model.trust_remote_code`` / ``allow_pickle_weights`` are the load permissions (set by
+    :func:`load` from the caller, not from the run folder).
+
     Raises:
-        DeltatuneError: a Δθ whose base model is missing or differs from training time.
+        DeltatuneError: a Δθ whose base model is missing or differs from training time; a
+            damaged file (names it); a permission missing (see :func:`load`).
     """
     if is_delta_folder(model_dir):
         model_cfg = PretrainedConfig.from_dict(read_meta(model_dir)["model_config"])
         task_cls = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg))
         task = task_cls.from_pretrained_config(cfg, model_cfg)
-        return task, load_trained(model_dir, lambda base: task.build_model(base, {}))
+        return task, load_trained(model_dir, lambda base: task.build_model(base, {}), cfg.model.allow_pickle_weights)
     model_cfg = load_config(str(model_dir), cfg.model.trust_remote_code)
     task_cls = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg))
     task = task_cls.from_pretrained_config(cfg, model_cfg)

@@ -96,6 +96,18 @@ class Task(ABC):
         """Per-row keys to stratify the validation split by, or ``None``."""
         return None
 
+    # ---- language / vocabulary check (deltatune.data.coverage) ----------------------------
+    # False where a long input is windowed or packed into blocks, so that nothing is cut off
+    long_inputs_truncated: bool = True
+
+    def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
+        """The texts the tokenizer encodes as model input: one tuple per input (two texts: a pair).
+
+        Read by the vocabulary and truncation check (:func:`deltatune.data.coverage.check_coverage`)
+        on rows that :meth:`fit` or :meth:`check` accepted. Default: ``data.text_column``.
+        """
+        return [(str(v),) for v in ds[self.config.data.text_column]]
+
     # ---- model ----------------------------------------------------------------------------
     auto_model_class: Any = None  # the transformers Auto* class of this task's head
     peft_task_type: str = ""  # peft's TaskType name (SEQ_CLS, TOKEN_CLS, CAUSAL_LM, ...)
@@ -105,7 +117,10 @@ class Task(ABC):
         """Load a model this task trained and saved (``save_pretrained`` folder)."""
         from deltatune.models.loading import load_pretrained
 
-        return load_pretrained(self.auto_model_class, model_dir, trust_remote_code=self.config.model.trust_remote_code)
+        m = self.config.model
+        return load_pretrained(
+            self.auto_model_class, model_dir, trust_remote_code=m.trust_remote_code, allow_pickle_weights=m.allow_pickle_weights
+        )
 
     @abstractmethod
     def build_model(self, model_path: str, config_overrides: dict[str, Any]) -> torch.nn.Module:

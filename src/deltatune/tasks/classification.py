@@ -146,6 +146,14 @@ class ClassificationTask(Task):
                             f"data does not have (known: {', '.join(self.labels[:20])}); fix the label or add it to training"
                         )
 
+    def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
+        """``(text,)`` per row, or ``(text, text_pair)`` for sentence pairs (see :meth:`Task.input_texts`)."""
+        d = self.config.data
+        texts = [str(t) for t in ds[d.text_column]]
+        if not d.text_pair_column:
+            return [(t,) for t in texts]
+        return list(zip(texts, (str(t) for t in ds[d.text_pair_column])))
+
     def stratify_keys(self, ds: datasets.Dataset) -> list | None:
         if self.multi_label:
             return None
@@ -195,6 +203,7 @@ class ClassificationTask(Task):
             AutoModelForSequenceClassification,
             model_path,
             trust_remote_code=self.config.model.trust_remote_code,
+            allow_pickle_weights=self.config.model.allow_pickle_weights,
             num_labels=len(self.labels),
             id2label=dict(enumerate(self.labels)),
             label2id=self.label2id,

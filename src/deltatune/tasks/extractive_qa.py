@@ -350,6 +350,13 @@ class ExtractiveQATask(Task):
         if with_labels:
             self._gold_answers(ds, source)
 
+    long_inputs_truncated = False  # long contexts are split into overlapping windows
+
+    def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
+        """``(question, context)`` per row (see :meth:`Task.input_texts`)."""
+        d = self.config.data
+        return [(str(q), str(c)) for q, c in zip(ds[d.question_column], ds[d.context_column])]
+
     def rows_from_texts(self, texts: Sequence[Any]) -> datasets.Dataset:
         """Rows from ``(question, context)`` pairs, for ``Predictor.predict``.
 
@@ -451,6 +458,7 @@ class ExtractiveQATask(Task):
             AutoModelForQuestionAnswering,
             model_path,
             trust_remote_code=self.config.model.trust_remote_code,
+            allow_pickle_weights=self.config.model.allow_pickle_weights,
             **config_overrides,
         )
         setattr(model.config, V2_ATTRIBUTE, bool(self.version_2_with_negative))

@@ -138,6 +138,11 @@ class ExtractiveSummarizationTask(ClassificationTask):
     def stratify_keys(self, ds: datasets.Dataset) -> list | None:
         return None
 
+    def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
+        """``(sentence,)`` per sentence: the document paired with each is cut by design (see :meth:`encode`)."""
+        docs = [self.sentences(v, i, source) for i, v in enumerate(ds[self.config.data.text_column], start=1)]
+        return [(s,) for sents in docs for s in sents if s]
+
     def rows_from_texts(self, texts: list[str]) -> datasets.Dataset:
         """Rows for prediction from raw document strings (split into sentences when encoded)."""
         return datasets.Dataset.from_dict({self.config.data.text_column: [str(t) for t in texts]})

@@ -59,6 +59,7 @@ class LanguageModelTask(Task):
             AutoModelForCausalLM,
             model_path,
             trust_remote_code=self.config.model.trust_remote_code,
+            allow_pickle_weights=self.config.model.allow_pickle_weights,
             dtype=torch.float32,
             **config_overrides,
         )
@@ -133,6 +134,7 @@ class CausalLMTask(LanguageModelTask):
 
     name = "causal-lm"
     contiguous_split = True
+    long_inputs_truncated = False  # documents are packed into blocks: nothing is cut off
 
     def fit_columns(self, ds, source, with_labels=True):
         require_columns(ds, [self.config.data.text_column], source)
@@ -221,6 +223,12 @@ class InstructionTask(GenerationMetrics, LanguageModelTask):
                 "raise max_seq_length or shorten the prompts"
             )
         return Features(rows, [len(r["input_ids"]) for r in rows])
+
+    def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
+        """The contents of each row's conversation, joined by newlines (the chat template's own
+        tokens not counted), one input per row (see :meth:`Task.input_texts`)."""
+        self.fit_columns(ds, source)
+        return [("\n".join(m["content"] for m in self.messages(row, i, source)),) for i, row in enumerate(ds, start=1)]
 
     # ---- generation ------------------------------------------------------------------------
     def rows_from_texts(self, texts):

@@ -190,6 +190,7 @@ class MaskedLMTask(Task):
     default_metric = "loss"
     greater_is_better = False
     contiguous_split = True
+    long_inputs_truncated = False  # documents are packed into blocks: nothing is cut off
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -305,6 +306,7 @@ class MaskedLMTask(Task):
             AutoModelForMaskedLM,
             model_path,
             trust_remote_code=self.config.model.trust_remote_code,
+            allow_pickle_weights=self.config.model.allow_pickle_weights,
             output_loading_info=True,
             **config_overrides,
         )

@@ -158,6 +158,10 @@ class Seq2SeqTask(GenerationMetrics, PromptedColumns, Task):
         prefix = self.config.data.source_prefix or ""
         return [prefix + self.fill_template(row, source, i) for i, row in enumerate(ds, start=1)]
 
+    def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
+        """``(encoder input,)`` per row: :meth:`source_texts` (see :meth:`Task.input_texts`)."""
+        return [(t,) for t in self.source_texts(ds, source)]
+
     @staticmethod
     def tokenize(tokenizer, texts: list[str], max_length: int, target: bool = False) -> tuple[list[list[int]], int]:
         """Token ids of ``texts`` with special tokens, cut to ``max_length`` by the tokenizer.
@@ -225,6 +229,7 @@ class Seq2SeqTask(GenerationMetrics, PromptedColumns, Task):
                 AutoModelForSeq2SeqLM,
                 model_path,
                 trust_remote_code=self.config.model.trust_remote_code,
+                allow_pickle_weights=self.config.model.allow_pickle_weights,
                 dtype=torch.float32,
                 output_loading_info=True,
                 **config_overrides,
@@ -252,12 +257,14 @@ class Seq2SeqTask(GenerationMetrics, PromptedColumns, Task):
             )
         trust = m.trust_remote_code
         encoder, enc_info = load_pretrained(
-            AutoModel, encoder_path, trust_remote_code=trust, dtype=torch.float32, output_loading_info=True, **config_overrides
+            AutoModel, encoder_path, trust_remote_code=trust, allow_pickle_weights=m.allow_pickle_weights, dtype=torch.float32,
+            output_loading_info=True, **config_overrides,
         )
         decoder, dec_info = load_pretrained(
             AutoModelForCausalLM,
             decoder_path,
             trust_remote_code=trust,
+            allow_pickle_weights=m.allow_pickle_weights,
             dtype=torch.float32,
             output_loading_info=True,
             is_decoder=True,

@@ -202,6 +202,10 @@ class TokenClassificationTask(Task):
             out.append({"words": words, "starts": join_offsets(words), "text": " ".join(words), "tags": tags})
         return out
 
+    def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
+        """``(words joined by spaces,)`` per row (see :meth:`Task.input_texts`)."""
+        return [(ex["text"],) for ex in self._examples(ds, source, with_labels=False)]
+
     def rows_from_texts(self, texts: list[str]) -> datasets.Dataset:
         """Rows for raw texts (``Predictor.predict``): one ``data.text_column`` value each, split on whitespace at encoding."""
         return datasets.Dataset.from_dict({self.config.data.text_column: [str(t) for t in texts]})
@@ -273,6 +277,7 @@ class TokenClassificationTask(Task):
             AutoModelForTokenClassification,
             model_path,
             trust_remote_code=self.config.model.trust_remote_code,
+            allow_pickle_weights=self.config.model.allow_pickle_weights,
             num_labels=len(self.labels),
             id2label=dict(enumerate(self.labels)),
             label2id=self.label2id,

@@ -59,6 +59,11 @@ def shard_batch(batch: list[int], num_replicas: int, rank: int) -> list[int]:
     return batch[rank::num_replicas]
 
 
+def split_batch(batch: list[int], size: int) -> list[list[int]]:
+    """``batch`` cut into consecutive micro-batches of at most ``size`` indices, in order."""
+    return [batch[i : i + size] for i in range(0, len(batch), size)]
+
+
 def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches in descending length order (least padding); covers every index once."""
     order = sorted(range(len(lengths)), key=lambda j: -lengths[j])

@@ -1,45 +1,153 @@
-"""Atomic training checkpoints: each is complete or absent.
+"""Atomic training checkpoints: each is complete or absent, and none needs pickle to load.
 
 A checkpoint is a folder ``checkpoints/step-<N>/`` holding
 - ``trainable.safetensors``: every trainable parameter (frozen ones equal the base model);
-- ``optimizer.pt``, ``scheduler.pt``: their ``state_dict``s;
-- ``rng.pt``: python, numpy and torch (CPU and CUDA) generator states;
-- ``trainer_state.json``: step, epoch, position in the epoch, best metric, early-stopping state.
-It is written to a hidden temporary folder next to it and renamed into place, so an
-interrupted save leaves no half-written checkpoint. Only the newest ``keep`` survive.
+- ``optimizer.pt``, ``scheduler.pt``: their ``state_dict``s (tensors, numbers, lists, dicts);
+- ``rng.pt``: python, numpy and torch (CPU and CUDA) generator states as tensors and plain
+  values (see :func:`capture_rng_state`);
+- ``trainer_state.json``: step, epoch, position in the epoch, best metric, early-stopping state,
+  and ``checkpoint_format`` (:data:`CHECKPOINT_FORMAT`).
+The ``.pt`` files are read with ``torch.load(weights_only=True)``: a file that needs any other
+Python object (a crafted pickle) is refused before it can run code. Checkpoints of format 1
+(older deltatune, no ``checkpoint_format``) kept python/numpy RNG states as pickled objects;
+they are refused (:class:`UntrustedCheckpointError`) unless the caller trusts the folder
+(``deltatune train --resume RUN --trust-checkpoint``).
+
+A checkpoint is written to a hidden temporary folder next to it and renamed into place, so an
+interrupted save (Ctrl-C, ``kill -9``, a full disk) leaves no half-written checkpoint and never
+touches the older ones; only after the new one is complete are all but the newest ``keep``
+removed. A failed write ends in a one-line :class:`DeltatuneError` naming the folder.
+
+Test hook (tests only): with ``DELTATUNE_TEST_CHECKPOINT_PAUSE="<step>:<seconds>"`` in the
+environment, the save of step ``<step>`` sleeps ``<seconds>`` after writing its first file into
+the temporary folder, so a test can kill the process in the middle of a checkpoint write.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import random
 import re
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from deltatune.errors import DeltatuneError
+from deltatune.rundir import write_failure
+
+CHECKPOINT_FORMAT = 2
+"""Version of the checkpoint layout written by :func:`save_checkpoint` (1: pickled RNG states)."""
+
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
+TRAINER_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch", "examples_seen", "total_steps")
+PAUSE_ENV = "DELTATUNE_TEST_CHECKPOINT_PAUSE"
+
 _STEP_RE = re.compile(r"^step-(\d+)$")
+_LEFTOVER_RE = re.compile(r"^\.(tmp|old|del)-step-(\d+)$")
+
+
+class CheckpointError(DeltatuneError):
+    """A checkpoint that cannot be used: a file missing, truncated, invalid, or not tensors-only.
+
+    Resume warns and falls back to the previous checkpoint on this error.
+    """
+
+
+class UntrustedCheckpointError(DeltatuneError):
+    """A format-1 checkpoint (older deltatune) whose RNG file loads only by unpickling, which can run code."""
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Snapshot of every random generator the loop uses."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Snapshot of every random generator the loop uses, as tensors and plain values.
+
+    Returns:
+        ``{"python": {"version": int, "state": int64 tensor [625], "gauss": float | None},
+        "numpy": {"bit_generator": str, "key": int64 tensor [624], "pos": int, "has_gauss": int,
+        "cached_gaussian": float}, "torch": uint8 tensor, "cuda": [uint8 tensor per device]}``
+        (``cuda`` only where CUDA is available). ``torch.save`` of it loads back with
+        ``torch.load(weights_only=True)``.
+    """
+    state = _rng_as_tensors(random.getstate(), np.random.get_state(legacy=True), torch.get_rng_state())
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _rng_as_tensors(python_state: tuple, numpy_state: tuple, torch_state: torch.Tensor) -> dict[str, Any]:
+    """``random.getstate()`` and legacy ``np.random.get_state()`` tuples as tensors and plain values."""
+    version, internal, gauss = python_state
+    name, key, pos, has_gauss, cached = numpy_state
+    return {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "bit_generator": str(name),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch_state,
+    }
+
+
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put generators back to a :func:`capture_rng_state` snapshot."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Put generators back to a :func:`capture_rng_state` snapshot.
+
+    Raises:
+        ValueError: ``state`` is not such a snapshot (see :func:`check_rng_state`).
+    """
+    check_rng_state(state)
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    key = npy["key"].numpy().astype(np.uint32)
+    np.random.set_state((npy["bit_generator"], key, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_rng_state(state: Any) -> None:
+    """Check the structure of a :func:`capture_rng_state` snapshot.
+
+    Raises:
+        ValueError: a key is missing or has the wrong type or shape (the message names it).
+    """
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"RNG state: {what}")
+
+    need(isinstance(state, dict), "not a dict")
+    py, npy = state.get("python"), state.get("numpy")
+    need(isinstance(py, dict) and isinstance(py.get("version"), int), "python.version missing")
+    need(isinstance(py.get("state"), torch.Tensor) and py["state"].shape == (625,), "python.state is not 625 integers")
+    need(py.get("gauss") is None or isinstance(py["gauss"], float), "python.gauss is not a float")
+    need(isinstance(npy, dict) and isinstance(npy.get("bit_generator"), str), "numpy.bit_generator missing")
+    need(isinstance(npy.get("key"), torch.Tensor) and npy["key"].shape == (624,), "numpy.key is not 624 integers")
+    need(all(isinstance(npy.get(k), int) for k in ("pos", "has_gauss")), "numpy.pos/has_gauss missing")
+    need(isinstance(npy.get("cached_gaussian"), float), "numpy.cached_gaussian missing")
+    need(isinstance(state.get("torch"), torch.Tensor) and state["torch"].dtype == torch.uint8, "torch state missing")
+    need(all(isinstance(t, torch.Tensor) for t in state.get("cuda", [])), "cuda states are not tensors")
+
+
+def _rng_from_format1(state: Any) -> dict[str, Any]:
+    """Convert a format-1 snapshot (pickled ``random.getstate()`` / ``np.random.get_state()`` tuples)."""
+    if isinstance(state, dict) and "per_process" in state:
+        return {"per_process": [_rng_from_format1(s) for s in state["per_process"]]}
+    if not isinstance(state, dict):
+        raise ValueError("RNG state: not a dict")
+    out = _rng_as_tensors(state["python"], state["numpy"], state["torch"])
+    if "cuda" in state:
+        out["cuda"] = list(state["cuda"])
+    return out
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -62,6 +170,48 @@ def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor
             params[name].copy_(t.to(params[name].device, params[name].dtype))
 
 
+def write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write ``tensors`` to the safetensors file ``path`` (the one place checkpoints write tensors).
+
+    Raises:
+        OSError, SafetensorError: the file cannot be written (read-only folder, full disk).
+    """
+    save_file(tensors, str(path))
+
+
+def write_state(obj: Any, path: Path) -> None:
+    """``torch.save`` ``obj`` (tensors and plain values) to ``path`` through a Python file.
+
+    ``torch.save`` to a path reports a full disk as a ``RuntimeError`` from its zip writer;
+    through a file object it is the ``OSError`` (``ENOSPC``) that the caller can explain.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _pause_for_tests(step: int) -> None:
+    spec = os.environ.get(PAUSE_ENV, "")
+    if spec.partition(":")[0] == str(step):
+        time.sleep(float(spec.partition(":")[2] or 60))
+
+
+def _clean_leftovers(folder: Path) -> None:
+    """Remove what an interrupted save or prune left (``.tmp-``/``.del-step-*``); put back an ``.old-step-*``
+    whose replacement never arrived."""
+    for p in folder.iterdir():
+        m = _LEFTOVER_RE.match(p.name)
+        if not m:
+            continue
+        final = folder / f"step-{m.group(2)}"
+        if m.group(1) == "old" and not final.exists():
+            p.rename(final)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(
     folder: Path,
     step: int,
@@ -74,71 +224,252 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``folder/step-<step>`` atomically and prune to the newest ``keep``.
 
+    Args:
+        folder: the run's ``checkpoints/`` folder (made if missing).
+        rng_state: a :func:`capture_rng_state` snapshot, or ``{"per_process": [snapshot, ...]}``.
+        keep: how many complete checkpoints to keep (>= 1); older ones are removed only after
+            the new one is in place.
+
     Returns:
         The checkpoint's path.
+
+    Raises:
+        DeltatuneError: the checkpoint cannot be written (read-only folder, full disk, a file in
+            the way); the temporary folder is removed and the older checkpoints are untouched.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:08d}"
     tmp = folder / f".tmp-step-{step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state, tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _clean_leftovers(folder)
+        tmp.mkdir()
+        write_tensors(trainable_state(model), tmp / "trainable.safetensors")
+        _pause_for_tests(step)
+        write_state(optimizer.state_dict(), tmp / "optimizer.pt")
+        write_state(scheduler.state_dict(), tmp / "scheduler.pt")
+        write_state(rng_state, tmp / "rng.pt")
+        state = {**trainer_state, "checkpoint_format": CHECKPOINT_FORMAT}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        if final.exists():  # the same step saved again (an interrupt right after a periodic save)
+            old = folder / f".old-step-{step:08d}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(
+            final, e, f"then continue from the last complete checkpoint with: deltatune train --resume {folder.parent}"
+        ) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in list_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        gone = folder / f".del-{old.name}"
+        try:
+            old.rename(gone)  # never a half-deleted folder under a checkpoint's name
+        except OSError:
+            continue
+        shutil.rmtree(gone, ignore_errors=True)
     return final
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints in ``folder``, oldest first."""
+    """Checkpoint folders ``step-<N>`` in ``folder``, oldest first (temporary folders excluded)."""
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore model/optimizer/scheduler from ``path``; return (trainer_state, rng_state)."""
-    load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    state = json.loads((path / "trainer_state.json").read_text())
-    return state, rng
+@dataclass
+class CheckpointContents:
+    """Everything read from one checkpoint, checked, before any of it is applied.
+
+    Attributes:
+        path: the checkpoint folder.
+        trainable: trainable parameters by name (CPU tensors, saved dtype).
+        optimizer, scheduler: ``state_dict``s.
+        trainer_state: trainer_state.json (``global_step``, ``epoch``, ``batch_in_epoch``,
+            ``examples_seen``, ``total_steps``, ``early_stopping``, ...).
+        rng: a :func:`capture_rng_state` snapshot or ``{"per_process": [snapshot, ...]}``.
+    """
+
+    path: Path
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    trainer_state: dict[str, Any]
+    rng: dict[str, Any]
 
 
-def replace_dir_atomically(write: Any, target: Path) -> None:
+def _load_tensors_file(path: Path, allow_pickle: bool) -> Any:
+    """``torch.load`` with ``weights_only=True``; with ``allow_pickle`` a file that needs more is unpickled."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
+            raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)})") from e
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{path} holds Python objects beyond tensors, which would run code when loaded: refused "
+                "(a deltatune checkpoint holds tensors only)"
+            ) from e
+    except Exception as e:  # truncated zip, empty file, unreadable
+        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)})") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # format 1, trusted by the user
+    except Exception as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
+    """Read and check every file of checkpoint ``path``; nothing is changed.
+
+    Args:
+        trust: the user trusts this folder (``--trust-checkpoint``): a format-1 checkpoint's RNG
+            file is unpickled (which can run code). Format-2 files never need it.
+
+    Raises:
+        CheckpointError: a file is missing, truncated or invalid, or holds more than tensors
+            and plain values (a crafted pickle is refused without being run).
+        UntrustedCheckpointError: a format-1 checkpoint and ``trust`` is false.
+    """
+    missing = [n for n in CHECKPOINT_FILES if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: {', '.join(missing)} missing")
+    state_file = path / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{state_file} is not valid JSON ({_first_line(e)})") from e
+    if (
+        not isinstance(state, dict)
+        or any(not isinstance(state.get(k), int) for k in TRAINER_STATE_KEYS)
+        or not isinstance(state.get("early_stopping"), dict)
+    ):
+        raise CheckpointError(
+            f"{state_file} lacks {', '.join(TRAINER_STATE_KEYS)} or early_stopping (not a deltatune trainer state)"
+        )
+    version = state.get("checkpoint_format", 1)
+    if version not in (1, CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{path} has checkpoint_format {version!r}, unknown to this deltatune (made by a newer one?)")
+    legacy = version == 1
+    if legacy and not trust:
+        raise UntrustedCheckpointError(
+            f"{path} was written by an older deltatune whose checkpoints store RNG states as pickles, which can run "
+            f"code when loaded; if you trust {path.parent.parent}, resume with --trust-checkpoint "
+            "(Python: trust_checkpoint=True), else start a new run"
+        )
+    try:
+        trainable = load_file(str(path / "trainable.safetensors"))
+    except Exception as e:  # SafetensorError, OSError
+        raise CheckpointError(f"{path / 'trainable.safetensors'} is truncated or corrupt ({_first_line(e)})") from e
+    optimizer = _load_tensors_file(path / "optimizer.pt", allow_pickle=legacy)
+    scheduler = _load_tensors_file(path / "scheduler.pt", allow_pickle=legacy)
+    rng = _load_tensors_file(path / "rng.pt", allow_pickle=legacy)
+    try:
+        if legacy:
+            rng = _rng_from_format1(rng)
+        for snapshot in rng["per_process"] if isinstance(rng, dict) and "per_process" in rng else [rng]:
+            check_rng_state(snapshot)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / 'rng.pt'} is not a generator-state file ({_first_line(e)})") from e
+    for name, value in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{path / name} is not a state_dict")
+    return CheckpointContents(path, trainable, optimizer, scheduler, state, rng)
+
+
+def apply_checkpoint(contents: CheckpointContents, model: torch.nn.Module, optimizer, scheduler) -> None:
+    """Load ``contents`` into the model's trainable parameters, the optimizer and the scheduler.
+
+    Every trainable parameter, the whole optimizer state and the scheduler state are replaced, so
+    applying another checkpoint after a failed apply leaves nothing of the failed one.
+
+    Raises:
+        CheckpointError: the saved tensors or states do not fit this model/optimizer.
+    """
+    try:
+        load_trainable_state(model, contents.trainable)
+        optimizer.load_state_dict(contents.optimizer)
+        scheduler.load_state_dict(contents.scheduler)
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{contents.path} does not fit this model ({_first_line(e)})") from e
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer, scheduler, trust: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore model/optimizer/scheduler from ``path``; return (trainer_state, rng_state).
+
+    Raises:
+        CheckpointError, UntrustedCheckpointError: as :func:`read_checkpoint` and :func:`apply_checkpoint`.
+    """
+    contents = read_checkpoint(path, trust=trust)
+    apply_checkpoint(contents, model, optimizer, scheduler)
+    return contents.trainer_state, contents.rng
+
+
+def replace_dir_atomically(write: Callable[[Path], Any], target: Path) -> None:
     """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target`` (old one removed after).
 
-    At every moment ``target`` is either the old complete folder or the new complete one.
+    At every moment ``target`` is either the old complete folder or the new complete one (a
+    crash between the two renames leaves the old one as ``.old-<name>``, put back by the next
+    call). A failed ``write`` removes ``tmp_dir`` and leaves ``target`` as it was.
+
+    Raises:
+        DeltatuneError: ``target`` cannot be written (read-only folder, full disk).
     """
     tmp = target.with_name(f".tmp-{target.name}")
     old = target.with_name(f".old-{target.name}")
-    for p in (tmp, old):
-        if p.exists():
-            shutil.rmtree(p)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
+    try:
+        if old.exists() and not target.exists():
+            old.rename(target)  # an earlier swap stopped half-way: the old folder is the complete one
+        for p in (tmp, old):
+            if p.exists():
+                shutil.rmtree(p)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(target, e, "then run again (--resume continues a run from its last checkpoint)") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_best_state(folder: Path, model: torch.nn.Module) -> None:
-    """Keep an exact copy of the trainable parameters of the best evaluation (``folder/best/``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    replace_dir_atomically(lambda d: save_file(trainable_state(model), str(d / "trainable.safetensors")), folder / "best")
+    """Keep an exact copy of the trainable parameters of the best evaluation (``folder/best/``).
+
+    Raises:
+        DeltatuneError: it cannot be written (see :func:`replace_dir_atomically`).
+    """
+    replace_dir_atomically(lambda d: write_tensors(trainable_state(model), d / "trainable.safetensors"), folder / "best")
 
 
 def load_best_state(folder: Path, model: torch.nn.Module) -> None:
-    """Load what :func:`save_best_state` kept back into ``model``."""
-    load_trainable_state(model, load_file(str(folder / "best" / "trainable.safetensors")))
+    """Load what :func:`save_best_state` kept back into ``model``.
+
+    Raises:
+        CheckpointError: ``folder/best/trainable.safetensors`` is missing or corrupt.
+    """
+    path = folder / "best" / "trainable.safetensors"
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} (the best evaluation's weights) is missing or corrupt ({_first_line(e)}); "
+            "the last checkpoints are intact: resume from them or train again"
+        ) from e
+    load_trainable_state(model, tensors)

@@ -13,9 +13,11 @@ mean loss over all targets of the step, whatever the split into micro-batches or
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,19 +26,22 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import gather_object, parse_flag_from_env, set_seed
-from tqdm.auto import tqdm
+from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env, set_seed
 
 from deltatune.config import RunConfig
 from deltatune.errors import DeltatuneError
 from deltatune.rundir import RunDir
 from deltatune.tasks.base import Features, Task
-from deltatune.training.batching import epoch_batches, shard_batch, steps_per_epoch
+from deltatune.training import batch_plan as planning
+from deltatune.training.batch_plan import BatchPlan, activation_factor, is_out_of_memory, needed_bytes, plan_by_trial, plan_batch
+from deltatune.training.batching import epoch_batches, shard_batch, split_batch, steps_per_epoch
 from deltatune.training.checkpoint import (
+    CheckpointError,
+    apply_checkpoint,
     capture_rng_state,
     list_checkpoints,
     load_best_state,
-    load_checkpoint,
+    read_checkpoint,
     restore_rng_state,
     save_best_state,
     save_checkpoint,
@@ -44,7 +49,12 @@ from deltatune.training.checkpoint import (
 from deltatune.training.compute import apply_compute_options
 from deltatune.training.early_stopping import EarlyStopping
 from deltatune.training.inference import batched_outputs, merge_outputs
+from deltatune.training.memory import estimate_run_memory
 from deltatune.training.optim import add_l1_gradient, build_optimizer, build_scheduler, regularized_parameters
+from deltatune.training.progress import Progress
+
+# the batch of ``train.per_device_train_batch_size: auto`` (its micro-batch is planned)
+AUTO_BATCH_SIZE = 32
 
 
 def resolve_mixed_precision(requested: str) -> str:
@@ -132,6 +142,7 @@ class TrainResult:
     peak_rss_mib: float
     interrupted: bool
     early_stopped: bool
+    tokens_per_second: float = 0.0
 
 
 class Trainer:
@@ -175,10 +186,14 @@ class Trainer:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         tc = config.train
-        self.global_batch = tc.per_device_train_batch_size * self.world
+        # the batch (examples per optimizer step) is the config's; the micro-batch (examples per
+        # forward pass) is planned for the memory available and changes neither steps nor results
+        self.batch_size = tc.per_device_train_batch_size if isinstance(tc.per_device_train_batch_size, int) else AUTO_BATCH_SIZE
+        self.global_batch = self.batch_size * self.world
         self.steps_per_epoch = steps_per_epoch(len(train_features), self.global_batch, tc.gradient_accumulation_steps)
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * self.steps_per_epoch))
         model = apply_compute_options(model.to(self.accelerator.device), tc)  # checkpointing, torch.compile
+        self.plan: BatchPlan = self._plan_batch(model)
         optimizer = build_optimizer(model, tc)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = build_scheduler(self.optimizer, tc, self.total_steps)
@@ -204,6 +219,49 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
+
+    def _plan_batch(self, model: torch.nn.Module) -> BatchPlan:
+        """The micro-batch for this machine (:mod:`deltatune.training.batch_plan`), the same on every process.
+
+        Raises:
+            DeltatuneError: not even one example per forward pass fits.
+        """
+        tc = self.cfg.train
+        lengths = self.train_features.lengths
+        seq_len = min(self.cfg.data.max_seq_length, max(lengths)) if len(lengths) else self.cfg.data.max_seq_length
+        device = self.accelerator.device
+        if tc.micro_batch_size is None and tc.per_device_train_batch_size == "auto" and device.type == "cuda":
+            plan = plan_by_trial(
+                self.batch_size, tc.gradient_accumulation_steps, seq_len,
+                lambda m: self._trial_step(model, m), torch.cuda.empty_cache,
+            )
+        else:
+            factor = activation_factor(self.cfg.delta.method)
+
+            def need_of(m: int) -> int:
+                return needed_bytes(estimate_run_memory(model, self.task, self.cfg, self.mixed_precision, m, seq_len), factor)
+
+            available = planning.available_memory_bytes(device)
+            if self.world > 1:  # every process runs the same micro-batches: plan for the tightest
+                available = min(gather_object([available]))
+            plan = plan_batch(self.batch_size, tc.gradient_accumulation_steps, seq_len, need_of, available, tc.micro_batch_size)
+        if self.world > 1 and plan.source == "trial":
+            smallest = min(gather_object([plan.micro_batch_size]))
+            plan = BatchPlan(self.batch_size, smallest, plan.accumulation, seq_len, source="trial")
+        return plan
+
+    def _trial_step(self, model: torch.nn.Module, m: int) -> None:
+        """A forward and backward pass of the ``m`` longest training examples (gradients dropped after)."""
+        lengths = self.train_features.lengths
+        longest = sorted(range(len(lengths)), key=lambda i: -lengths[i])[:m]
+        batch = self._to_device(self.task.collate([self.train_features[i] for i in longest]))
+        try:
+            with self.autocast():
+                loss_sum, _ = self.task.loss(model, batch)
+            loss_sum.backward()
+        finally:
+            for p in model.parameters():
+                p.grad = None
 
     def _eval_due(self, end_of_epoch: bool) -> bool:
         ec = self.cfg.eval
@@ -231,27 +289,75 @@ class Trainer:
         }
 
     def _checkpoint(self, rng_state: dict[str, Any]) -> None:
+        """Save a checkpoint of the current step (main process), ``rng_state`` being its generators.
+
+        Raises:
+            DeltatuneError: on every process, when the main one could not write it (the older
+                checkpoints are intact).
+        """
         if self.world > 1:  # each process's generators (dropout draws differ between processes)
             rng_state = {"per_process": gather_object([rng_state])}
+        failure = None
         if self.is_main:
-            save_checkpoint(
-                self.run_dir.checkpoints,
-                self.state.global_step,
-                self.accelerator.unwrap_model(self.model),
-                self.optimizer,
-                self.scheduler,
-                self._trainer_state(),
-                rng_state,
-                self.cfg.train.save_total_limit,
-            )
-        self.accelerator.wait_for_everyone()
+            try:
+                save_checkpoint(
+                    self.run_dir.checkpoints,
+                    self.state.global_step,
+                    self.accelerator.unwrap_model(self.model),
+                    self.optimizer,
+                    self.scheduler,
+                    self._trainer_state(),
+                    rng_state,
+                    self.cfg.train.save_total_limit,
+                )
+            except DeltatuneError as e:
+                failure = str(e)
+        if self.world > 1:  # the others would wait for the main process forever
+            failure = broadcast_object_list([failure])[0]
+        if failure:
+            raise DeltatuneError(failure)
 
-    def _resume(self) -> None:
+    def _resume(self, trust_checkpoint: bool = False) -> None:
+        """Continue from the newest usable checkpoint; a damaged one is skipped with a warning.
+
+        Raises:
+            DeltatuneError: no usable checkpoint; a format-1 checkpoint without ``trust_checkpoint``;
+                one made by another number of processes or for another number of steps.
+        """
         ckpts = list_checkpoints(self.run_dir.checkpoints)
         if not ckpts:
             raise DeltatuneError(f"cannot resume: {self.run_dir.checkpoints} holds no complete checkpoint; start again with --overwrite")
-        path = ckpts[-1]
-        state, rng = load_checkpoint(path, self.accelerator.unwrap_model(self.model), self.optimizer, self.scheduler)
+        model = self.accelerator.unwrap_model(self.model)
+        problems: list[str] = []
+        for path in reversed(ckpts):
+            try:  # every file is read and checked before anything is applied
+                contents = read_checkpoint(path, trust=trust_checkpoint)
+                state, rng = contents.trainer_state, contents.rng
+                self._check_resumable(path, state)
+                apply_checkpoint(contents, model, self.optimizer, self.scheduler)
+                break
+            except CheckpointError as e:
+                problems.append(str(e))
+                if self.is_main:
+                    print(f"warning: skipping checkpoint {path.name}: {e}", file=sys.stderr, flush=True)
+        else:
+            raise DeltatuneError(
+                f"cannot resume: no usable checkpoint in {self.run_dir.checkpoints} (newest: {problems[0]}); "
+                f"start again with --overwrite"
+            )
+        if problems and self.is_main:
+            print(f"warning: resuming from {path.name}, an older checkpoint: the steps after it are trained again", file=sys.stderr, flush=True)
+        self.state.global_step = state["global_step"]
+        self.state.epoch = state["epoch"]
+        self.state.batch_in_epoch = state["batch_in_epoch"]
+        self.state.examples_seen = state["examples_seen"]
+        self.stopper.load_state_dict(state["early_stopping"])
+        restore_rng_state(rng["per_process"][self.rank] if "per_process" in rng else rng)
+        if self.is_main:
+            self.run_dir.truncate_log(self.state.global_step)
+
+    def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint made by another launch size or for another schedule length."""
         if state.get("processes", 1) != self.world:
             raise DeltatuneError(
                 f"cannot resume from {path}: it was made by {state.get('processes', 1)} process(es), this launch has "
@@ -262,14 +368,6 @@ class Trainer:
                 f"cannot resume from {path}: it was made for {state['total_steps']} steps, this config gives "
                 f"{self.total_steps}; resume with the run's own config.yaml"
             )
-        self.state.global_step = state["global_step"]
-        self.state.epoch = state["epoch"]
-        self.state.batch_in_epoch = state["batch_in_epoch"]
-        self.state.examples_seen = state["examples_seen"]
-        self.stopper.load_state_dict(state["early_stopping"])
-        restore_rng_state(rng["per_process"][self.rank] if "per_process" in rng else rng)
-        if self.is_main:
-            self.run_dir.truncate_log(self.state.global_step)
 
     # ---- evaluation ---------------------------------------------------------------------
     def evaluate(self, features: Features) -> dict[str, Any]:
@@ -301,32 +399,39 @@ class Trainer:
         return merge_outputs(parts, len(features))
 
     # ---- training -----------------------------------------------------------------------
-    def train(self, resume: bool = False) -> TrainResult:
+    def train(self, resume: bool = False, trust_checkpoint: bool = False) -> TrainResult:
         """Train until ``total_steps``, early stopping, or an interrupt (Ctrl-C saves a checkpoint).
+
+        ``trust_checkpoint``: with ``resume``, accept a format-1 checkpoint (older deltatune) whose
+        RNG file must be unpickled (see :mod:`deltatune.training.checkpoint`).
+
+        Each batch runs in micro-batches of ``self.plan.micro_batch_size`` examples (the loss is
+        normalized over the targets of the whole optimizer step, so the gradient is the same).
 
         Returns:
             :class:`TrainResult`; ``interrupted`` is True when stopped by KeyboardInterrupt.
+
+        Raises:
+            DeltatuneError: out of memory during training (one line naming the settings to change
+                and the ``--resume`` command), after a checkpoint of the last completed step.
         """
         tc = self.cfg.train
         set_seed(self.cfg.seed)
         if resume:
-            self._resume()
+            self._resume(trust_checkpoint)
         accum = tc.gradient_accumulation_steps
         model = self.model
         model.train()
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.state.global_step,
-            disable=not (tc.progress_bar and self.is_main),
-            desc="train",
-            dynamic_ncols=True,
-        )
+        progress = Progress(self.total_steps, self.state.global_step, self.is_main, tc.progress_bar, tc.log_interval_seconds)
         start = time.perf_counter()
         examples_at_start = self.state.examples_seen
+        tokens_seen = 0
+        micro_size = self.plan.micro_batch_size * self.world  # a micro-batch across processes
+        mid_step = False  # between the start of a step and its counters' update
+        out_of_memory: Optional[str] = None
         window_loss = torch.zeros((), device=self.accelerator.device)
         window_targets = 0
         last_loss: Optional[float] = None
-        latest_metric = ""
         # generator states matching self.state (the last completed step), for an interrupt checkpoint
         rng_for_state = capture_rng_state()
         try:
@@ -335,12 +440,14 @@ class Trainer:
                     self.train_features.lengths, self.global_batch, self.cfg.seed, self.state.epoch, tc.group_by_length
                 )
                 while self.state.batch_in_epoch < len(batches) and self.state.global_step < self.total_steps:
+                    mid_step = True
                     window = batches[self.state.batch_in_epoch : self.state.batch_in_epoch + accum]
-                    shards = [shard_batch(b, self.world, self.rank) for b in window]
+                    pieces = [piece for b in window for piece in split_batch(b, micro_size)]
+                    shards = [shard_batch(piece, self.world, self.rank) for piece in pieces]
                     # a global batch smaller than the world leaves some processes nothing: they run one
                     # example with weight 0, as DDP needs every process in every backward pass
                     weights = [1.0 if part else 0.0 for part in shards]
-                    micro = [self.task.collate([self.train_features[i] for i in (part or b[:1])]) for part, b in zip(shards, window)]
+                    micro = [self.task.collate([self.train_features[i] for i in (part or b[:1])]) for part, b in zip(shards, pieces)]
                     local_targets = sum(self.task.num_targets(m) for m, w in zip(micro, weights) if w)
                     total_targets = local_targets
                     if self.world > 1:
@@ -369,6 +476,8 @@ class Trainer:
                     self.state.batch_in_epoch += len(window)
                     count = getattr(self.train_features, "examples_in", len)  # packs hold several examples
                     self.state.examples_seen += sum(count(b) for b in window)
+                    tokens_seen += sum(self.train_features.lengths[i] for b in window for i in b)
+                    mid_step = False
                     end_of_epoch = self.state.batch_in_epoch >= len(batches)
                     step = self.state.global_step
 
@@ -376,18 +485,21 @@ class Trainer:
                         last_loss = self._log_train(window_loss, window_targets, start, examples_at_start)
                         window_loss.zero_()
                         window_targets = 0
-                        rate = (self.state.examples_seen - examples_at_start) / max(time.perf_counter() - start, 1e-9)
-                        bar.set_postfix_str(f"loss={last_loss:.4f} {rate:.1f} ex/s {latest_metric}".strip())
                     evaluated = False
                     if self._eval_due(end_of_epoch):
                         metrics = self.evaluate(self.eval_features)
                         evaluated = True
-                        latest_metric = self._record_eval(metrics)
-                        bar.set_postfix_str(f"loss={last_loss if last_loss is not None else float('nan'):.4f} {latest_metric}")
-                        bar.refresh()
+                        progress.set_metric(self._record_eval(metrics))
                     if self._save_due(end_of_epoch, evaluated) and step < self.total_steps and not self.state.early_stopped:
                         self._checkpoint(capture_rng_state())
-                    bar.update(1)
+                    progress.update(
+                        step,
+                        self.state.examples_seen - examples_at_start,
+                        tokens_seen,
+                        loss=last_loss,
+                        # the local mean since the last logged loss (no sync unless a line is printed)
+                        recent_loss=lambda: float(window_loss) / window_targets if window_targets else last_loss,
+                    )
                     rng_for_state = capture_rng_state()
                     for cb in self.callbacks:
                         cb(self, self.state)
@@ -400,8 +512,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.state.interrupted = True
             self._checkpoint(rng_for_state)
+        except (MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            # only the message is kept: the traceback holds the failed step's tensors
+            out_of_memory = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         finally:
-            bar.close()
+            progress.close()
+        if out_of_memory is not None:
+            self._out_of_memory(out_of_memory, rng_for_state if mid_step else capture_rng_state())
         elapsed = time.perf_counter() - start
         if not self.state.interrupted:
             evaluating = self.eval_features is not None and self.cfg.eval.eval_strategy != "no"
@@ -420,6 +539,33 @@ class Trainer:
             peak_rss_mib=peak_rss_mib(),
             interrupted=self.state.interrupted,
             early_stopped=self.state.early_stopped,
+            tokens_per_second=tokens_seen / elapsed if elapsed > 0 else 0.0,
+        )
+
+    def _out_of_memory(self, what: str, rng_state: dict[str, Any]) -> None:
+        """After an out-of-memory error: keep a checkpoint of the last completed step, then raise.
+
+        Raises:
+            DeltatuneError: always; one line naming the settings to change and how to resume.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        step = self.state.global_step
+        m = self.plan.micro_batch_size
+        seq = self.plan.seq_len
+        if step > 0:
+            self._checkpoint(rng_state)
+            kept = f"kept a checkpoint of step {step} in {self.run_dir.checkpoints}"
+            again = f"continue with: deltatune train --resume {self.run_dir.root} train.micro_batch_size={max(1, m // 2)}"
+        else:
+            kept = "no step was completed"
+            again = f"start again with --overwrite and train.micro_batch_size={max(1, m // 2)}"
+        raise DeltatuneError(
+            f"out of memory at step {step + 1} of {self.total_steps} (micro-batch {m} x up to {seq} tokens: {what}); {kept}; "
+            f"lower train.micro_batch_size (same results) or train.per_device_train_batch_size, lower data.max_seq_length, "
+            f"or set train.gradient_checkpointing true; {again}"
         )
 
     def _log_train(self, window_loss: torch.Tensor, window_targets: int, start: float, examples_at_start: int) -> float:

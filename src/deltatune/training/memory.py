@@ -178,9 +178,21 @@ def estimate_memory(
     )
 
 
-def estimate_run_memory(model: torch.nn.Module, task, cfg, mixed_precision: str) -> MemoryEstimate:
+def estimate_run_memory(
+    model: torch.nn.Module,
+    task,
+    cfg,
+    mixed_precision: str,
+    batch_size: Optional[int] = None,
+    seq_len: Optional[int] = None,
+) -> MemoryEstimate:
     """:func:`estimate_memory` for a run: batch and length from ``cfg`` (a :class:`RunConfig`),
-    logits counted for causal and masked language models, chunked as the loss will be."""
+    logits counted for causal and masked language models, chunked as the loss will be.
+
+    ``batch_size`` (examples per forward pass) and ``seq_len`` (tokens) override the config's
+    ``train.per_device_train_batch_size`` and ``data.max_seq_length`` (the micro-batch planner
+    asks for several sizes); ``per_device_train_batch_size: auto`` counts as the default 32.
+    """
     from deltatune.tasks.token_loss import output_head, resolve_chunk_size
 
     tc = cfg.train
@@ -192,8 +204,8 @@ def estimate_run_memory(model: torch.nn.Module, task, cfg, mixed_precision: str)
     return estimate_memory(
         model,
         tc.optimizer,
-        tc.per_device_train_batch_size,
-        cfg.data.max_seq_length,
+        batch_size or (tc.per_device_train_batch_size if isinstance(tc.per_device_train_batch_size, int) else 32),
+        seq_len or cfg.data.max_seq_length,
         bits16=mixed_precision in ("bf16", "fp16"),
         momentum=tc.momentum,
         checkpointing=tc.gradient_checkpointing,
