@@ -169,7 +169,7 @@ def _resolved(argv):
 def test_overrides_after_flags_with_a_config_file(base_yaml, tmp_path):
     cfg = _resolved(["train", str(base_yaml), "--output-dir", str(tmp_path / "x"), "--max-steps", "3", "train.save_steps=1"])
     assert cfg.train.save_steps == 1 and cfg.train.max_steps == 3 and cfg.output_dir == str(tmp_path / "x")
-    cfg = _resolved(["check", str(base_yaml), "--max-seq-length", "64", "data.format=alpaca", "seed=5"])
+    cfg = _resolved(["check", str(base_yaml), "--max-seq-length", "64", "task=instruction", "data.format=alpaca", "seed=5"])
     assert cfg.data.format == "alpaca" and cfg.data.max_seq_length == 64 and cfg.seed == 5
     # in command-line order, the config file anywhere among them
     cfg = _resolved(["train", "seed=1", "--quiet", str(base_yaml), "seed=2", "--max-steps", "3", "train.save_steps=4"])
@@ -182,17 +182,17 @@ def test_check_takes_overrides_after_flags(base_yaml, capsys):
 
 
 def test_auto_takes_overrides_after_flags(base_yaml, monkeypatch):
-    import importlib
     from types import SimpleNamespace
 
-    auto_pkg = importlib.import_module("deltatune.auto")  # the package (deltatune.auto is also the function)
+    import deltatune.api
+
     seen = {}
 
     def fake_auto(config, overrides, **kw):
         seen.update(config=config, overrides=overrides)
         return SimpleNamespace(best_path=None)
 
-    monkeypatch.setattr(auto_pkg, "auto", fake_auto)
+    monkeypatch.setattr(deltatune.api, "auto", fake_auto)  # the CLI calls the API
     assert main(["auto", str(base_yaml), "--n-trials", "1", "train.save_steps=1", "--quiet"]) == 1
     assert seen == {"config": str(base_yaml), "overrides": ["train.save_steps=1"]}
     # a leading override is kept, not dropped, and the config file may follow flags
@@ -210,7 +210,7 @@ def test_leftover_that_is_not_an_override_is_still_an_argparse_error(base_yaml, 
 
 
 def test_prompt_template_override_with_braces_and_colon(base_yaml):
-    cfg = _resolved(["check", str(base_yaml), "--max-seq-length", "64", "data.prompt_template=Translate: {en}"])
+    cfg = _resolved(["check", str(base_yaml), "--task", "translation", "data.prompt_template=Translate: {en}"])
     assert cfg.data.prompt_template == "Translate: {en}"
 
 
@@ -260,6 +260,14 @@ def test_predict_and_evaluate_refuse_to_overwrite(tiny_run, sentiment_csv, capsy
         _fails(capsys, ["predict", str(tiny_run), "--input", str(val), "--output", str(val), *extra], "validation.csv", "--input")
         _fails(capsys, ["evaluate", str(tiny_run), "--data", str(val), "--output", str(val), *extra], "validation.csv", "--data")
     assert val.read_text() == val_text
+    # nor one of the run's own files, --overwrite or not
+    config_text = (tiny_run / "config.yaml").read_text()
+    for extra in ([], ["--overwrite"]):
+        _fails(capsys, ["evaluate", str(tiny_run), "--data", str(val), "--output", str(tiny_run / "config.yaml"), *extra],
+               "config.yaml", "a file of the run being read")
+        _fails(capsys, ["predict", str(tiny_run), "--input", str(val), "--output", str(tiny_run / "model" / "p.csv"), *extra],
+               "model", "a file of the run being read")
+    assert (tiny_run / "config.yaml").read_text() == config_text
     # with --overwrite: replaced, atomically (no temporary file left)
     assert main(["predict", str(tiny_run), "--input", str(val), "--output", str(pred), "--overwrite"]) == 0
     assert main(["evaluate", str(tiny_run), "--data", str(val), "--output", str(metrics), "--overwrite", "--json"]) == 0
@@ -349,9 +357,20 @@ def test_eval_strategy_no_from_the_command_line_and_a_file(tmp_path):
         ["train", "--train", "x.csv", "--learnin-rate", "3"],  # usage error
         ["check", "--train", "x.csv", "train.no_such_key=1"],
         ["predict", "runs/x", "--text", "a", "--batch-size", "0"],
+        ["predict", "runs/x", "--text", "a"],  # no such run
+        ["evaluate", "copied", "--data", "d.csv"],  # a copied config, never trained
+        ["evaluate", "run", "--data", "missing.csv"],
+        ["predict", "run", "--input", "missing.csv"],
+        ["evaluate", "run", "--data", "d.csv", "--output", "run/config.yaml", "--overwrite"],  # the run's own file
+        ["predict", "run", "--input", "d.csv", "--output", "d.csv", "--overwrite"],
     ],
 )
 def test_usage_and_config_errors_come_before_torch_is_imported(argv, tmp_path):
+    (tmp_path / "run" / "model").mkdir(parents=True)  # looks like a finished run: checks pass up to the data
+    (tmp_path / "run" / "config.yaml").write_text("task: text-classification\n")
+    (tmp_path / "copied").mkdir()
+    (tmp_path / "copied" / "config.yaml").write_text("task: text-classification\n")
+    (tmp_path / "d.csv").write_text("text,label\na,b\n")
     code = (
         "import sys\nfrom deltatune.cli import main\n"
         "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
@@ -360,6 +379,51 @@ def test_usage_and_config_errors_come_before_torch_is_imported(argv, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
     assert "error" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, missing",
+    [
+        (["train", "--train", "missing.csv", "--task", "text-classification"], "missing.csv"),
+        (["train", "--train", "here.csv", "--validation", "data/dev.jsonl"], "data/dev.jsonl"),
+        (["check", "--train", "here.csv", "--test", "./held-out"], "held-out"),
+    ],
+)
+def test_a_missing_data_file_is_reported_before_torch_is_imported(argv, missing, tmp_path):
+    (tmp_path / "here.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    code = (
+        "import sys\nfrom deltatune.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print(','.join(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules) or 'none', rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.split() == ["none", "2"], out.stdout + out.stderr
+    assert out.stderr.startswith(f"error: data file not found: {missing} (check the path; relative paths start from ")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "files, argv, message",
+    [
+        ({"bad.csv": "review,label\ngood,pos\nbad,neg\n"}, ["train", "--train", "bad.csv"],
+         "error: bad.csv: no column 'text'; columns are 'review', 'label' (set the column name in data.*_column, e.g. --text-column)"),
+        ({"ok.csv": "text,label\ngood,pos\nbad,neg\n", "dev.tsv": "text\tstars\ngood\t5\n"},
+         ["check", "--train", "ok.csv", "--validation", "dev.tsv"], "error: dev.tsv: no column 'label'; columns are 'text', 'stars' "),
+        ({"qa.jsonl": '{"question": "q?", "passage": "p", "answers": "p"}\n'}, ["train", "--task", "question-answering", "--train", "qa.jsonl"],
+         "error: qa.jsonl: no column 'context'; columns are 'question', 'passage', 'answers' "),
+    ],
+)
+def test_a_missing_column_is_reported_before_torch_is_imported(files, argv, message, tmp_path):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    code = (
+        "import sys\nfrom deltatune.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print(','.join(m for m in ('torch', 'transformers', 'datasets', 'pandas') if m in sys.modules) or 'none', rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.split() == ["none", "2"], out.stdout + out.stderr
+    assert out.stderr.startswith(message) and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_batch_size_flag_takes_auto_or_a_positive_integer(capsys):
@@ -372,3 +436,21 @@ def test_batch_size_flag_takes_auto_or_a_positive_integer(capsys):
     with pytest.raises(SystemExit):
         parse_args(["train", "--batch-size", "0"])
     assert "positive integer or auto" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["trian"], "did you mean train?"),
+        (["train", "--task", "text-clasification"], "did you mean text-classification?"),
+        (["train", "--batch-size", "0"], "--batch-size"),
+        (["predict", "r", "--text", "a", "--top-p", "2"], "--top-p"),
+    ],
+)
+def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: deltatune"), err
+    assert needle in lines[0] and "--help)" in lines[0]

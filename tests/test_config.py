@@ -83,7 +83,7 @@ def test_override_text_that_yaml_would_turn_into_a_mapping_stays_text():
     assert parse_override("data.prompt_template=Q: {q} A:")[1] == "Q: {q} A:"
     assert parse_override("data.prompt_template={en}")[1] == "{en}"  # a template, not the mapping {en: null}
     assert parse_override("data.prompt_template={en!r}")[1] == "{en!r}"
-    cfg = build_config({}, ["data.prompt_template=Translate: {en}"])
+    cfg = build_config({"task": "translation"}, ["data.prompt_template=Translate: {en}"])
     assert cfg.data.prompt_template == "Translate: {en}"
     # values that are meant as YAML still are
     assert parse_override("train.learning_rate=5e-5")[1] == 5e-5
@@ -156,7 +156,7 @@ def test_numbers_out_of_range_name_the_key(override, key):
 def test_doc_stride_must_be_below_max_seq_length():
     with pytest.raises(DeltatuneError, match=r"data.doc_stride 128 must be smaller than data.max_seq_length 128"):
         build_config({"data": {"doc_stride": 128}})
-    assert build_config({"data": {"doc_stride": 64}}).data.doc_stride == 64
+    assert build_config({"task": "question-answering", "data": {"doc_stride": 64}}).data.doc_stride == 64
 
 
 def test_yaml_11_booleans_in_text_keys_are_the_words_written(tmp_path):
@@ -205,3 +205,79 @@ def test_unknown_key_far_from_any_gets_no_guess():
     with pytest.raises(DeltatuneError) as e:
         build_config({}, ["train.zzzqqq=1"])
     assert "did you mean" not in str(e.value) and "unknown key 'train.zzzqqq'" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "source, overrides, message",
+    [
+        ({}, ["data.doc_stride=64"], "data.doc_stride applies to question-answering, not text-classification"),
+        ({"task": "masked-lm", "data": {"label_column": "y"}}, None, "data.label_column applies to text-classification, not masked-lm"),
+        ({"task": "causal-lm"}, ["data.target_column=out"],
+         "data.target_column applies to extractive-summarization, summarization, translation, generative-qa, not causal-lm"),
+        ({"task": "instruction"}, ["data.source_prefix=summarize: "], "data.source_prefix applies to summarization, translation, generative-qa, not instruction"),
+    ],
+)
+def test_an_option_of_another_task_is_an_error_naming_the_key_and_its_tasks(source, overrides, message):
+    with pytest.raises(DeltatuneError) as e:
+        build_config(source, overrides)
+    assert message in str(e.value) and "\n" not in str(e.value) and "(top level)" not in str(e.value)
+
+
+def test_options_of_the_task_stay_flat_in_yaml_and_are_read_as_before(tmp_path):
+    p = tmp_path / "qa.yaml"
+    p.write_text("task: question-answering\ndata:\n  doc_stride: 64\n  question_column: q\n  max_seq_length: 256\n")
+    cfg = build_config(p)
+    assert cfg.data.doc_stride == 64 and cfg.data.question_column == "q" and cfg.data.max_seq_length == 256
+    tok = build_config({"task": "token-classification"}, ["data.tokens_column=words", "data.label_all_subwords=true"])
+    assert tok.data.tokens_column == "words" and tok.data.label_all_subwords is True
+    # another task's key at its default value is accepted (a hand-copied resolved config)
+    assert build_config({"data": {"doc_stride": None, "tokens_column": "tokens"}}).task == "text-classification"
+
+
+def test_saved_run_configs_still_load(tmp_path):
+    """A resolved config.yaml holds every data key: other tasks' defaults, and (runs saved before
+    the check) another task's value that was ignored; both load as before."""
+    cfg = build_config({}, ["data.text_column=review"])
+    cfg.save(tmp_path / "config.yaml")
+    assert build_config(tmp_path / "config.yaml") == cfg
+    old = cfg.to_dict()
+    old["data"]["doc_stride"] = 64  # set by hand in an older run, never read by text-classification
+    (tmp_path / "old.yaml").write_text(__import__("yaml").safe_dump(old))
+    assert build_config(tmp_path / "old.yaml").data.doc_stride == 64
+
+
+def test_every_data_key_is_common_or_declared_by_a_task_with_a_description():
+    from deltatune.config import DataConfig, DataFiles
+    from deltatune.tasks.options import OPTION_MODELS
+    from deltatune.tasks.registry import TASK_SPECS
+
+    declared = {f for m in OPTION_MODELS for f in m.model_fields}
+    assert set(DataConfig.model_fields) == declared | set(DataFiles.model_fields)
+    assert not declared & set(DataFiles.model_fields)
+    assert all(any(m in s.options for s in TASK_SPECS) for m in OPTION_MODELS)
+    undocumented = [k for k, f in DataConfig.model_fields.items() if not f.description]
+    assert not undocumented, undocumented
+
+
+def test_the_readme_config_section_lists_every_task_option():
+    from pathlib import Path
+
+    from deltatune.tasks.options import OPTION_MODELS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Config"):readme.index("### The run directory")]
+    missing = [k for m in OPTION_MODELS for k in m.model_fields if f"`{k}`" not in section]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("key", ["train.learning_rate", "train.num_train_epochs", "seed", "train.per_device_train_batch_size"])
+def test_a_boolean_is_not_a_number(key):
+    with pytest.raises(DeltatuneError, match=key.replace(".", r"\.")):
+        build_config(None, [f"{key}=true"])
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  learning_rate: 1.0e-4\ntrain:\n  max_steps: 3\n")
+    with pytest.raises(DeltatuneError, match="line 3.*'train' is given twice"):
+        build_config(str(path))

@@ -124,3 +124,14 @@ def test_read_only_parent_is_one_line(tmp_path):
     finally:
         parent.chmod(0o755)
     assert "\n" not in str(e.value)
+
+
+def test_overwrite_refuses_an_unmarked_folder_holding_files_no_run_writes(tmp_path):
+    folder = tmp_path / "project"  # looks like an old run, but also holds the user's own work
+    (folder / "model").mkdir(parents=True)
+    (folder / "config.yaml").write_text("task: text-classification\n")
+    (folder / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (folder / "thesis.tex").write_text("my thesis")
+    with pytest.raises(DeltatuneError, match="thesis.tex"):
+        RunDir(folder).prepare(overwrite=True, resume=False)
+    assert (folder / "thesis.tex").read_text() == "my thesis"

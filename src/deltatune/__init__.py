@@ -9,14 +9,13 @@ Python API::
     deltatune.evaluate(run.path, "test.csv")
 """
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import Any
 
 import deltatune.auto  # noqa: E402,F401  (torch-free package; the name is rebound to the function below)
 from deltatune.config import RunConfig, build_config  # noqa: E402
 from deltatune.errors import DeltatuneError  # noqa: E402
+from deltatune.version import __version__  # noqa: E402
 
 # torch, transformers and datasets load on first use, so that `deltatune --help` and usage or
 # config errors from the CLI come back without importing them (PEP 562 module __getattr__)
@@ -37,9 +36,9 @@ def auto(*args: Any, **kwargs: Any):
 
     The subpackage :mod:`deltatune.auto` holds the parts; ``deltatune.auto(...)`` is this function.
     """
-    from deltatune.auto.runner import auto as run_auto
+    from deltatune.api import auto as api_auto
 
-    return run_auto(*args, **kwargs)
+    return api_auto(*args, **kwargs)
 
 
 __all__ = ["AutoResult", "DeltatuneError", "Run", "RunConfig", "auto", "build_config", "evaluate", "finetune", "load", "__version__"]

@@ -25,7 +25,8 @@ from deltatune.models.loading import dropout_overrides, load_tokenizer
 from deltatune.output_files import check_output, write_atomically
 from deltatune.rundir import RunDir, write_failure
 from deltatune.serving.predictor import Predictor, check_batch_size, load
-from deltatune.tasks import Task, create_task
+from deltatune.tasks import GenerativeTask, Task, create_task
+from deltatune.tasks.base import Features
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
 from deltatune.training.checkpoint import replace_dir_atomically
 from deltatune.training.loop import check_launch, process_state
@@ -136,6 +137,67 @@ def finetune(
         DeltatuneError: any input problem (config, data, model, run directory), before anything
             is written.
     """
+    cfg = _build_run_config(config, overrides, resume, trust_remote_code, allow_pickle_weights)
+    run_dir = _check_run_dir(cfg, overwrite, resume)
+    task, splits = _load_splits(cfg)
+    model_path = resolve_model(cfg.model.name_or_path)
+    tokenizer, encoded = _encode(cfg, task, splits, model_path, strict)
+    model = _build_model(cfg, task, model_path)
+    _prepare_run_dir(cfg, run_dir, overwrite, resume)
+    trainer, result, saved = _train(cfg, task, model, encoded, run_dir, tokenizer, model_path, callbacks, verbose, resume, trust_checkpoint)
+    run = Run(run_dir.root, cfg, result=result)
+    if result.interrupted:
+        if verbose and trainer.is_main:
+            print(f"interrupted at step {result.global_step}; continue with: deltatune train --resume {run_dir.root}")
+        return run
+    metrics = _final_metrics(trainer, task, tokenizer, splits, encoded)
+    if encoded.report:
+        metrics["data"] = encoded.report
+    metrics["train"] = _train_summary(result, trainer, model, saved)
+    if "compression" in saved:
+        metrics["compressed_delta"] = _compressed_metrics(cfg, run_dir, task, splits.validation, saved)
+    if trainer.is_main:
+        _write_eval(run_dir, metrics)
+        if verbose:
+            _print_results(metrics, run_dir)
+    run.metrics = metrics
+    return run
+
+
+@dataclass
+class _Splits:
+    """The raw splits of a run, read and checked (``datasets.Dataset``; ``test`` may be ``None``)."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    test: Optional[datasets.Dataset]
+
+
+@dataclass
+class _Encoded:
+    """The encoded splits (:class:`deltatune.tasks.base.Features`) and the pre-flight counts per split
+    (decoder tasks; ``"packing"`` when packed) for eval.json's ``data``."""
+
+    train: Features
+    validation: Features
+    test: Optional[Features]
+    report: dict[str, Any]
+
+
+def _build_run_config(
+    config: str | Path | dict[str, Any] | RunConfig | None,
+    overrides: list[str] | dict[str, Any] | None,
+    resume: bool,
+    trust_remote_code: bool | None,
+    allow_pickle_weights: bool | None,
+) -> RunConfig:
+    """Step 1 of :func:`finetune`: the resolved config (a run directory to resume stands for its
+    config.yaml; load permissions from the arguments, as :func:`finetune` documents).
+
+    Raises:
+        DeltatuneError: a run directory to resume that does not exist or has no config.yaml; a bad
+            config; a mixed precision the device lacks.
+    """
     if resume and isinstance(config, (str, Path)) and not Path(config).exists():
         raise DeltatuneError(
             f"cannot resume: {config} does not exist; give the run directory made by deltatune train"
@@ -156,11 +218,31 @@ def finetune(
         overrides = {**_flatten_overrides(overrides), **permissions}
     cfg = build_config(config, overrides)
     resolve_mixed_precision(cfg.train.mixed_precision)  # fail before writing anything
+    return cfg
+
+
+def _check_run_dir(cfg: RunConfig, overwrite: bool, resume: bool) -> RunDir:
+    """Step 2 of :func:`finetune`: the run directory, checked (nothing written yet).
+
+    Raises:
+        DeltatuneError: a file in the way, not a run, a run there without ``overwrite``/``resume``,
+            or (``resume``) a config that differs from the run's config.yaml.
+    """
     run_dir = RunDir(cfg.output_dir)
     run_dir.check(overwrite=overwrite, resume=resume)  # refusals (a file in the way, not a run) before any work
     if resume:
         _check_resume_config(cfg, run_dir)
+    return run_dir
 
+
+def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
+    """Step 3 of :func:`finetune`: read the training data, fit the task on it, and read (or carve
+    out of the training data) the validation split and read the test split.
+
+    Raises:
+        DeltatuneError: no ``data.train_file``; unreadable or wrong data; fewer than 2 training
+            rows to carve a validation split from.
+    """
     d = cfg.data
     if not d.train_file:
         raise DeltatuneError("no training data: set data.train_file in the config or pass --train FILE")
@@ -175,25 +257,48 @@ def finetune(
         if len(train) < 2:
             raise DeltatuneError(f"{d.train_file}: needs at least 2 rows to carve out a validation split")
         train, validation = train_validation_split(
-            train, d.validation_split, cfg.seed, task.stratify_keys(train), contiguous=getattr(task, "contiguous_split", False)
+            train, d.validation_split, cfg.seed, task.stratify_keys(train), contiguous=task.contiguous_split
         )
         if cfg.data.max_eval_samples:
             validation = validation.select(range(min(cfg.data.max_eval_samples, len(validation))))
     test = _read_split(d.test_file, task, cfg) if d.test_file else None
+    return task, _Splits(train, validation, test)
 
-    model_path = resolve_model(cfg.model.name_or_path)
+
+def _encode(cfg: RunConfig, task: Task, splits: _Splits, model_path: str | Path, strict: bool) -> tuple[Any, _Encoded]:
+    """Step 4 of :func:`finetune`: load the tokenizer, check the training data's coverage (warnings to
+    stderr), encode the splits and pack the training split when ``train.packing``.
+
+    Returns:
+        ``(tokenizer, encoded)``.
+
+    Raises:
+        DeltatuneError: a tokenizer that cannot be loaded; data that cannot be encoded; with
+            ``strict``, a data warning.
+    """
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
-    check_coverage(task, train, tokenizer, d.train_file, strict=strict, warn=lambda line: print(line, file=sys.stderr, flush=True))
-    train_f, val_f, test_f, data_report = _encode_splits(task, tokenizer, train, validation, test, cfg)
+    check_coverage(
+        task, splits.train, tokenizer, cfg.data.train_file, strict=strict, warn=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    train_f, val_f, test_f, data_report = _encode_splits(task, tokenizer, splits.train, splits.validation, splits.test, cfg)
     if cfg.train.packing:  # decoder tasks: several examples per sequence, no attention between them
         train_f = pack_training_features(task, train_f, cfg.data.max_seq_length)
         data_report["packing"] = packing_report(train_f, cfg.data.max_seq_length)
-    extra = dropout_overrides(model_path, cfg.model.dropout, cfg.model.trust_remote_code)
+    return tokenizer, _Encoded(train_f, val_f, test_f, data_report)
 
+
+def _build_model(cfg: RunConfig, task: Task, model_path: str | Path):
+    """Step 5 of :func:`finetune`: the task's model with the Δθ method applied (seeded by ``cfg.seed``).
+
+    Raises:
+        DeltatuneError: a model that cannot be loaded; ``data.max_seq_length`` beyond the model's
+            positions.
+    """
+    extra = dropout_overrides(model_path, cfg.model.dropout, cfg.model.trust_remote_code)
     set_seed(cfg.seed)
     model = apply_delta(
-        task.build_model(model_path, extra), cfg.delta, task.peft_task_type, getattr(task, "peft_modules_to_save", None)
+        task.build_model(model_path, extra), cfg.delta, task.peft_task_type, task.modules_to_save
     )
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions and cfg.data.max_seq_length > positions:
@@ -201,9 +306,17 @@ def finetune(
             f"data.max_seq_length {cfg.data.max_seq_length} exceeds the {positions} positions of model "
             f"'{cfg.model.name_or_path}'; set data.max_seq_length to at most {positions}"
         )
+    return model
 
-    # everything the user gave has been read and checked: only now touch the run directory,
-    # from the main process alone, once every process has checked it (several processes: DDP)
+
+def _prepare_run_dir(cfg: RunConfig, run_dir: RunDir, overwrite: bool, resume: bool) -> None:
+    """Step 6 of :func:`finetune`: everything the user gave has been read and checked: only now touch
+    the run directory (and write config.yaml for a new run), from the main process alone, once
+    every process has checked it (several processes: DDP).
+
+    Raises:
+        DeltatuneError: an unsupported launch (FSDP, DeepSpeed); config.yaml cannot be written.
+    """
     check_launch()
     processes = process_state()
     processes.wait_for_everyone()
@@ -216,6 +329,30 @@ def finetune(
                 raise write_failure(run_dir.config, e, "then start the run again") from None
     processes.wait_for_everyone()
 
+
+def _train(
+    cfg: RunConfig,
+    task: Task,
+    model,
+    encoded: _Encoded,
+    run_dir: RunDir,
+    tokenizer,
+    model_path: str | Path,
+    callbacks: tuple[Callable, ...],
+    verbose: bool,
+    resume: bool,
+    trust_checkpoint: bool,
+) -> tuple[Trainer, TrainResult, dict[str, Any]]:
+    """Step 7 of :func:`finetune`: print the run's summary and train; the trainer saves the model
+    (:func:`deltatune.delta.save_trained`) into the run's model/ at the end.
+
+    Returns:
+        ``(trainer, result, saved)``: ``saved`` is what saving the model reported
+        (``saved_bytes``, ``compression``); empty when interrupted.
+
+    Raises:
+        DeltatuneError: as :meth:`deltatune.training.Trainer.train`; the model cannot be written.
+    """
     saved: dict[str, Any] = {}
 
     def base_state() -> dict:
@@ -228,29 +365,33 @@ def finetune(
             lambda tmp: saved.update(save_trained(unwrapped, tmp, tokenizer, cfg, model_path, base_state)), folder
         )
 
-    trainer = Trainer(model, task, train_f, val_f, cfg, run_dir, save_model, callbacks)
+    trainer = Trainer(model, task, encoded.train, encoded.validation, cfg, run_dir, save_model, callbacks)
     if verbose and trainer.is_main:
-        print(_summary(cfg, model, getattr(train_f, "num_examples", len(train_f)), len(val_f), trainer), flush=True)
+        print(_summary(cfg, model, encoded.train.num_examples, len(encoded.validation), trainer), flush=True)
     result = trainer.train(resume=resume, trust_checkpoint=trust_checkpoint)
-    run = Run(run_dir.root, cfg, result=result)
-    if result.interrupted:
-        if verbose and trainer.is_main:
-            print(f"interrupted at step {result.global_step}; continue with: deltatune train --resume {run_dir.root}")
-        return run
+    return trainer, result, saved
 
-    metrics: dict[str, Any] = {"validation": trainer.evaluate(val_f)}
-    if test_f is not None:
-        metrics["test"] = trainer.evaluate(test_f)
-    if hasattr(task, "final_metrics"):  # decoder tasks: generate and score
+
+def _final_metrics(trainer: Trainer, task: Task, tokenizer, splits: _Splits, encoded: _Encoded) -> dict[str, Any]:
+    """Step 8 of :func:`finetune`: the final model's metrics per split (``{"validation": ..., "test": ...}``),
+    with the generation metrics of decoder tasks."""
+    metrics: dict[str, Any] = {"validation": trainer.evaluate(encoded.validation)}
+    if encoded.test is not None:
+        metrics["test"] = trainer.evaluate(encoded.test)
+    if isinstance(task, GenerativeTask):  # decoder tasks: generate and score
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         with trainer.autocast():
-            metrics["validation"].update(task.final_metrics(unwrapped, tokenizer, validation, trainer.accelerator.device))
-            if test is not None:
-                metrics["test"].update(task.final_metrics(unwrapped, tokenizer, test, trainer.accelerator.device))
-    if data_report:
-        metrics["data"] = data_report
+            metrics["validation"].update(task.final_metrics(unwrapped, tokenizer, splits.validation, trainer.accelerator.device))
+            if splits.test is not None:
+                metrics["test"].update(task.final_metrics(unwrapped, tokenizer, splits.test, trainer.accelerator.device))
+    return metrics
+
+
+def _train_summary(result: TrainResult, trainer: Trainer, model, saved: dict[str, Any]) -> dict[str, Any]:
+    """eval.json's ``train`` section: steps, time (s), throughput, batch plan, peak RSS (MiB),
+    parameter counts and the saved model's size (bytes)."""
     summary = parameter_summary(model)
-    metrics["train"] = {
+    return {
         "global_step": result.global_step,
         "best_step": result.best_step,
         "train_seconds": round(result.train_seconds, 2),
@@ -263,30 +404,41 @@ def finetune(
         "total_parameters": summary["total"],
         "saved_bytes": saved.get("saved_bytes"),
     }
-    if "compression" in saved:
-        # what was stored is lossy: report the reconstructed model's metrics next to the exact ones
-        compressed = load(run_dir.root, trust_remote_code=cfg.model.trust_remote_code, allow_pickle_weights=cfg.model.allow_pickle_weights)
-        metrics["compressed_delta"] = {
-            **saved["compression"],
-            "validation": task.compute_metrics(*compressed.outputs(validation)),
-        }
-    if trainer.is_main:
-        try:  # written last and atomically: its presence marks a finished run
-            write_atomically(run_dir.eval, lambda f: f.write(json.dumps(metrics, indent=2)))
-        except OSError as e:
-            raise write_failure(run_dir.eval, e, f"then finish the run with: deltatune train --resume {run_dir.root}") from None
-        if verbose:
-            for split in ("validation", "test"):
-                if split in metrics:
-                    print(format_table(metrics[split], f"{split} metrics"))
-            t = metrics["train"]
-            print(
-                f"trained {t['global_step']} steps in {t['train_seconds']:.1f} s ({format_rate(t['examples_per_second'])} examples/s, "
-                f"micro-batch {t['micro_batch_size']} x {t['micro_batches_per_step']} per step), "
-                f"peak RSS {t['peak_rss_mib'] / 1024:.2f} GiB; saved {t['saved_bytes'] / 2**20:.1f} MiB in {run_dir.model}"
-            )
-    run.metrics = metrics
-    return run
+
+
+def _compressed_metrics(cfg: RunConfig, run_dir: RunDir, task: Task, validation: datasets.Dataset, saved: dict[str, Any]) -> dict[str, Any]:
+    """eval.json's ``compressed_delta``: what was stored is lossy, so the reconstructed model's
+    validation metrics are reported next to the exact ones, with the compression settings."""
+    compressed = load(run_dir.root, trust_remote_code=cfg.model.trust_remote_code, allow_pickle_weights=cfg.model.allow_pickle_weights)
+    return {
+        **saved["compression"],
+        "validation": task.compute_metrics(*compressed.outputs(validation)),
+    }
+
+
+def _write_eval(run_dir: RunDir, metrics: dict[str, Any]) -> None:
+    """Step 9 of :func:`finetune`: write eval.json, last and atomically: its presence marks a finished run.
+
+    Raises:
+        DeltatuneError: it cannot be written (one line with the ``--resume`` command that finishes the run).
+    """
+    try:
+        write_atomically(run_dir.eval, lambda f: f.write(json.dumps(metrics, indent=2)))
+    except OSError as e:
+        raise write_failure(run_dir.eval, e, f"then finish the run with: deltatune train --resume {run_dir.root}") from None
+
+
+def _print_results(metrics: dict[str, Any], run_dir: RunDir) -> None:
+    """Step 10 of :func:`finetune`: print the metric tables and a line on training time, speed and size."""
+    for split in ("validation", "test"):
+        if split in metrics:
+            print(format_table(metrics[split], f"{split} metrics"))
+    t = metrics["train"]
+    print(
+        f"trained {t['global_step']} steps in {t['train_seconds']:.1f} s ({format_rate(t['examples_per_second'])} examples/s, "
+        f"micro-batch {t['micro_batch_size']} x {t['micro_batches_per_step']} per step), "
+        f"peak RSS {t['peak_rss_mib'] / 1024:.2f} GiB; saved {t['saved_bytes'] / 2**20:.1f} MiB in {run_dir.model}"
+    )
 
 
 def _encode_splits(task: Task, tokenizer, train, validation, test, cfg: RunConfig):
@@ -297,10 +449,10 @@ def _encode_splits(task: Task, tokenizer, train, validation, test, cfg: RunConfi
         if ds is None:
             out.append(None)
             continue
-        out.append(task.encode(ds, tokenizer, source=src) if hasattr(task, "stats") else task.encode(ds, tokenizer))
-        stats = getattr(task, "stats", {}).get("last")
-        if stats is not None:
-            report[name] = stats.as_dict()
+        features = task.encode(ds, tokenizer, source=src)
+        out.append(features)
+        if features.stats is not None:
+            report[name] = features.stats.as_dict()
     return out[0], out[1], out[2], report
 
 
@@ -357,7 +509,7 @@ def evaluate(
             ``batch_size`` < 1; a refused or damaged model (see :func:`load`).
     """
     if output is not None:
-        check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data")
+        check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data", keep=RunDir(run).own_paths())
     check_batch_size(batch_size)
     predictor = load(
         run,
@@ -372,7 +524,7 @@ def evaluate(
     predictor.task.check(ds, data, with_labels=True)
     metrics = predictor.metrics(ds, batch_size=batch_size)
     if output is not None:
-        check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data")  # made while evaluating?
+        check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data", keep=RunDir(run).own_paths())  # made meanwhile?
         write_atomically(output, lambda f: f.write(json.dumps(metrics, indent=2)))
     return metrics
 
@@ -410,7 +562,7 @@ def evaluate_pretrained(
     model = task.build_model(model_path, {}).to(device).eval()
     parts = batched_outputs(model, task, features, cfg.eval.per_device_eval_batch_size, device)
     metrics = task.compute_metrics(merge_outputs(parts, len(features)), features)
-    if hasattr(task, "final_metrics"):
+    if isinstance(task, GenerativeTask):
         metrics.update(task.final_metrics(model, tokenizer, ds, device))
     return metrics
 
@@ -454,9 +606,8 @@ def check(
     _, warnings = check_coverage(task, train, tokenizer, d.train_file, strict=strict)
 
     def encode(ds, ref):
-        feats = task.encode(ds, tokenizer, source=ref) if hasattr(task, "stats") else task.encode(ds, tokenizer)
-        stats = getattr(task, "stats", {}).get("last")
-        return feats, (_stats_line(stats.as_dict()) if stats is not None else None)
+        feats = task.encode(ds, tokenizer, source=ref)
+        return feats, (_stats_line(feats.stats.as_dict()) if feats.stats is not None else None)
 
     feats, stats_line = encode(train, d.train_file)
     lines = [f"{cfg.task}: {len(feats)} encoded training examples from {d.train_file} (max_seq_length {d.max_seq_length})"]
@@ -503,4 +654,98 @@ def _mark_trained(tokenizer, ids: list[int], labels: Any) -> str:
     return "".join(out)
 
 
-__all__ = ["Predictor", "Run", "check", "evaluate", "evaluate_pretrained", "finetune", "load"]
+def predict(
+    run: str | Path,
+    *,
+    input: str | None = None,
+    texts: list[str] | None = None,
+    text_pairs: list[str] | None = None,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    batch_size: int | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    num_beams: int | None = None,
+) -> list[dict[str, Any]]:
+    """Predict with a trained run on a data file or on texts; optionally write the rows to a file.
+
+    Args:
+        run: the run directory.
+        input: a data file with the run's text column(s) (exclusive with ``texts``).
+        texts: texts to predict on; with ``text_pairs`` (sentence-pair runs) one pair per text.
+        output: a CSV/TSV/JSONL/JSON file to write the rows to (atomically); checked before the
+            model is loaded.
+        overwrite: replace an existing ``output`` (never ``input`` itself).
+        batch_size: examples per forward pass (default: the run's).
+        trust_remote_code, allow_pickle_weights, max_new_tokens, temperature, top_p, num_beams:
+            as in :func:`load`.
+
+    Returns:
+        One dict per input row: the input's fields and the prediction's
+        (:func:`deltatune.serving.predictor.merge_record`), in input order.
+
+    Raises:
+        DeltatuneError: ``output`` exists (without ``overwrite``), is ``input`` or has another
+            suffix; ``text_pairs`` on a run that is not sentence-pair, or not one per text; bad
+            data; a refused or damaged model (see :func:`load`).
+    """
+    from deltatune.serving.predictor import PREDICTION_SUFFIXES, merge_record, write_predictions
+
+    if output is not None:  # before loading the model and predicting
+        check_output(output, overwrite=overwrite, inputs=[input], suffixes=PREDICTION_SUFFIXES, keep=RunDir(run).own_paths())
+    predictor = load(
+        run, trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, num_beams=num_beams,
+    )
+    texts = list(texts or [])
+    if input is not None:
+        ds = load_table(input)
+        records = predictor.predict_rows(ds, input, batch_size=batch_size)
+        inputs = ds.to_list()
+    elif text_pairs:
+        if not predictor.config.data.text_pair_column:
+            raise DeltatuneError(f"--text-pair: {run} is not a sentence-pair run (its config has no data.text_pair_column)")
+        if len(text_pairs) != len(texts):
+            raise DeltatuneError(f"--text-pair: got {len(text_pairs)} for {len(texts)} --text; give one --text-pair per --text")
+        records = predictor.predict(list(zip(texts, text_pairs)))
+        inputs = [{"text": t, "text_pair": u} for t, u in zip(texts, text_pairs)]
+    else:
+        records = predictor.predict(texts)
+        inputs = [{"text": t} for t in texts]
+    if output is not None:
+        write_predictions(records, inputs, output, overwrite=overwrite, inputs_path=input)
+    return [merge_record(inp, rec) for inp, rec in zip(inputs, records)]
+
+
+def export(
+    run: str | Path,
+    out: str | Path,
+    merge: bool = True,
+    fmt: str = "model",
+    overwrite: bool = False,
+    *,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
+) -> Path:
+    """Write a run's model as a standalone folder: :func:`deltatune.serving.export.export_run`."""
+    from deltatune.serving.export import export_run
+
+    return export_run(
+        run, out, merge, fmt, overwrite, trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights
+    )
+
+
+def auto(*args: Any, **kwargs: Any):
+    """Infer the task, choose the model and search hyperparameters: :func:`deltatune.auto.runner.auto`
+    with :func:`finetune` running each trial (unless ``train=`` is given)."""
+    from deltatune.auto.runner import auto as run_auto
+
+    if kwargs.get("train") is None:
+        kwargs["train"] = finetune
+    return run_auto(*args, **kwargs)
+
+
+__all__ = ["Predictor", "Run", "auto", "check", "evaluate", "evaluate_pretrained", "export", "finetune", "format_table", "load", "predict"]

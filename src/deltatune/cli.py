@@ -14,8 +14,12 @@ import sys
 import typing
 from typing import Any
 
-from deltatune.config import TASKS, DeltaConfig, TrainConfig
+from deltatune.config import TASKS, TrainConfig
+from deltatune.delta.registry import METHOD_NAMES, METHODS, searched_methods
+from deltatune.data.paths import check_columns, check_data_file
 from deltatune.errors import DeltatuneError
+from deltatune.rundir import RunDir
+from deltatune.tasks.registry import REGISTRY
 
 # flag -> dotted config key, for the settings people change most
 FLAG_KEYS: dict[str, tuple[str, Any]] = {
@@ -48,7 +52,7 @@ FLAG_KEYS: dict[str, tuple[str, Any]] = {
 # the valid values of flags whose config key takes one of a fixed set (listed by --help, checked by argparse)
 FLAG_CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
-    "delta": typing.get_args(DeltaConfig.model_fields["method"].annotation),
+    "delta": METHOD_NAMES,
     "mixed_precision": typing.get_args(TrainConfig.model_fields["mixed_precision"].annotation),
 }
 
@@ -76,6 +80,8 @@ def _add_config_args(p: argparse.ArgumentParser, config_help: str) -> None:
     for flag, (key, typ) in FLAG_KEYS.items():
         choices = FLAG_CHOICES.get(flag)
         help_ = f"sets {key}" + (f": one of {', '.join(choices)}" if choices else "")
+        if flag == "delta":  # each method with its one-line description from the registry
+            help_ = f"sets {key}: " + "; ".join(f"{name} ({m.description})" for name, m in METHODS.items())
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, default=None, choices=choices, metavar=flag.upper(), help=help_)
     p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="any config key")
 
@@ -109,7 +115,11 @@ def _auto_parser(sub) -> None:
     )
     _add_config_args(p, "optional YAML base config (keys set there or by flags are not searched)")
     p.add_argument("--models", help="comma-separated candidate models (names, folders, hub ids)")
-    p.add_argument("--methods", help="comma-separated delta methods to search (full,lora)")
+    p.add_argument(
+        "--methods",
+        help=f"comma-separated delta methods to search, among {', '.join(METHOD_NAMES)} (default: "
+        f"{','.join(searched_methods('encoder'))} for encoder tasks, {','.join(searched_methods('decoder'))} for decoder tasks)",
+    )
     p.add_argument("--max-memory", help="memory for model states, e.g. 8GB; candidates that need more are skipped")
     p.add_argument("--time-budget", help="wall-clock budget for the whole search, e.g. 90s, 20m, 1h")
     p.add_argument("--n-trials", type=int, default=None, help="trials in this session (default 10 without --time-budget)")
@@ -172,8 +182,27 @@ def _generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_p", "num_beams")}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with deltatune's error form: one line ``error: ...`` on stderr, exit status 2.
+
+    argparse prints the whole usage block before its message; here the line names the command
+    and points at its ``--help`` instead, and a mistyped choice (a command, ``--task``) gets a
+    ``did you mean`` from :mod:`difflib`. Subparsers use this class too (argparse makes them
+    with the parent's class).
+    """
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = [c.strip(" '") for c in choice.group(2).split(",")]
+            close = difflib.get_close_matches(choice.group(1), options, n=1)
+            if close:
+                message += f"; did you mean {close[0]}?"
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deltatune", description="Fine-tune pretrained transformers.")
+    parser = _Parser(prog="deltatune", description="Fine-tune pretrained transformers.")
     parser.add_argument("--version", action="store_true", help="print the version")
     sub = parser.add_subparsers(dest="command")
     _train_parser(sub)
@@ -288,24 +317,39 @@ def _config_source(args: argparse.Namespace, consume: bool = True) -> str | None
     return config
 
 
-def _validated_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[str | None, list[str]]:
     """The config source and overrides, with the config built and checked before torch is imported.
 
     Raises:
-        DeltatuneError: unreadable config file, unknown key, bad value (one line naming the key).
+        DeltatuneError: unreadable config file, unknown key, bad value (one line naming the key);
+            a train/validation/test file that looks like a path and does not exist
+            (:func:`deltatune.data.paths.check_data_file`, the check ``load_table`` makes), or a
+            local CSV/TSV/JSONL one whose header lacks a column the task reads (the registry's
+            ``columns``, :func:`deltatune.data.paths.check_columns`); with
+            ``run_dir``, first the refusals of the run folder (:meth:`deltatune.rundir.RunDir.check`),
+            in the order :func:`deltatune.api.finetune` makes these checks.
     """
     from deltatune.config import build_config
 
     source, overrides = _config_source(args), _overrides(args)
     if not getattr(args, "resume", False):  # a resumed run's config is read from its folder by finetune
-        build_config(source, overrides)
+        cfg = build_config(source, overrides)
+        if run_dir:
+            RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
+        d = cfg.data
+        columns = REGISTRY[cfg.task].columns
+        for ref in (d.train_file, d.validation_file, d.test_file):  # in finetune's order (all with labels)
+            if ref:
+                check_data_file(ref)
+                if columns is not None:
+                    check_columns(ref, columns(d, True))
     return source, overrides
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.trust_checkpoint and not args.resume:
         raise DeltatuneError("--trust-checkpoint only applies with --resume (it allows loading an older run's checkpoints)")
-    source, overrides = _validated_config(args)
+    source, overrides = _validated_config(args, run_dir=True)
     from deltatune.api import finetune
 
     run = finetune(source, overrides, overwrite=args.overwrite, resume=args.resume, strict=args.strict,
@@ -321,7 +365,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
         parse_duration(args.time_budget)
     if args.max_memory is not None:
         parse_memory(args.max_memory)
-    from deltatune.auto import auto
+    from deltatune.api import auto
 
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     config = _config_source(args)  # first: a leading key=value positional is an override
@@ -337,9 +381,28 @@ def cmd_auto(args: argparse.Namespace) -> int:
     return 0 if result.best_path is not None else 1
 
 
+def _check_run_inputs(args: argparse.Namespace, data: str | None, data_flag: str, suffixes: tuple[str, ...] | None) -> None:
+    """The run folder, the data file and ``--output`` of evaluate/predict, checked before torch loads.
+
+    Raises:
+        DeltatuneError: as :meth:`RunDir.check_loadable`, :func:`check_data_file` and :func:`check_output`.
+    """
+    from deltatune.data.paths import check_data_file
+    from deltatune.output_files import check_output
+    from deltatune.rundir import RunDir
+
+    run = RunDir(args.run)
+    run.check_loadable()
+    if data is not None:
+        check_data_file(data)
+    if args.output:
+        check_output(args.output, overwrite=args.overwrite, inputs=[data], input_flag=data_flag, suffixes=suffixes,
+                     keep=run.own_paths())
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from deltatune.api import evaluate
-    from deltatune.metrics import format_table
+    _check_run_inputs(args, args.data, "--data", None)
+    from deltatune.api import evaluate, format_table
 
     metrics = evaluate(
         args.run, args.data, args.output, args.batch_size, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
@@ -350,39 +413,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from deltatune.data import load_table
-    from deltatune.output_files import check_output
-    from deltatune.serving import load, write_predictions
-    from deltatune.serving.predictor import PREDICTION_SUFFIXES, merge_record
-
     if args.text_pair and not args.text:
         raise DeltatuneError("--text-pair goes with --text (one --text-pair per --text); for a file use --input")
-    if args.output:  # before loading the model and predicting
-        check_output(args.output, overwrite=args.overwrite, inputs=[args.input], suffixes=PREDICTION_SUFFIXES)
-    predictor = load(
-        args.run, trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights, **_generation_kwargs(args)
+    from deltatune.output_files import PREDICTION_SUFFIXES
+
+    _check_run_inputs(args, args.input, "--input", PREDICTION_SUFFIXES)
+    from deltatune.api import predict
+
+    rows = predict(
+        args.run, input=args.input, texts=args.text, text_pairs=args.text_pair, output=args.output, overwrite=args.overwrite,
+        batch_size=args.batch_size, trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights,
+        **_generation_kwargs(args),
     )
-    if args.input:
-        ds = load_table(args.input)
-        records = predictor.predict_rows(ds, args.input, batch_size=args.batch_size)
-        inputs = ds.to_list()
-    elif args.text_pair:
-        pair_column = predictor.config.data.text_pair_column
-        if not pair_column:
-            raise DeltatuneError(f"--text-pair: {args.run} is not a sentence-pair run (its config has no data.text_pair_column)")
-        if len(args.text_pair) != len(args.text):
-            raise DeltatuneError(f"--text-pair: got {len(args.text_pair)} for {len(args.text)} --text; give one --text-pair per --text")
-        records = predictor.predict(list(zip(args.text, args.text_pair)))
-        inputs = [{"text": t, "text_pair": u} for t, u in zip(args.text, args.text_pair)]
-    else:
-        records = predictor.predict(args.text)
-        inputs = [{"text": t} for t in args.text]
     if args.output:
-        write_predictions(records, inputs, args.output, overwrite=args.overwrite, inputs_path=args.input)
-        print(f"wrote {len(records)} predictions to {args.output}")
+        print(f"wrote {len(rows)} predictions to {args.output}")
     else:
-        for inp, rec in zip(inputs, records):
-            print(json.dumps(merge_record(inp, rec), ensure_ascii=False, default=str))
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False, default=str))
     return 0
 
 
@@ -395,9 +442,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from deltatune.delta.export import export_run
+    from deltatune.api import export
 
-    out = export_run(
+    out = export(
         args.run, args.out, merge=args.merge or args.format == "model", fmt=args.format, overwrite=args.overwrite,
         trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights,
     )

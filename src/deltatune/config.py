@@ -27,23 +27,26 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from deltatune.delta.registry import METHOD_NAMES, default_learning_rates
 from deltatune.errors import DeltatuneError
+from deltatune.tasks.options import (
+    OPTION_MODELS,
+    ChatOptions,
+    ClassificationOptions,
+    ExtractiveSummarizationOptions,
+    MaskedLMOptions,
+    QuestionAnsweringOptions,
+    TargetOptions,
+    TextToTextOptions,
+    TokenClassificationOptions,
+)
+from deltatune.tasks.registry import REGISTRY, option_fields, task_names, tasks_reading
 
 # [CLS] x [SEP] (BERT) needs 3 positions; the tokenizer-aware check runs before encoding
 MIN_SEQ_LENGTH = 3
 
-TASKS = (
-    "text-classification",
-    "token-classification",
-    "question-answering",
-    "extractive-summarization",
-    "masked-lm",
-    "causal-lm",
-    "instruction",
-    "summarization",
-    "translation",
-    "generative-qa",
-)
+# the task names, from the one task registry (deltatune.tasks.registry; torch-free)
+TASKS = task_names()
 
 
 class _Section(BaseModel):
@@ -64,9 +67,17 @@ class _Section(BaseModel):
                         value = value.lower() in _TRUE_WORDS  # "NO", "Off" for a Literal: its own word for no
                 if isinstance(value, bool) and field is not None:
                     word = bool_as_word(value, field.annotation)
+                    if word is None and _takes_numbers(field.annotation):
+                        word = str(value).lower()  # pydantic would read true as 1: refused as "not a number"
                     if word is not None:
                         data = {**data, key: word}
         return data
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a field type accepts int or float (and not bool): ``float``, ``Optional[int]``, ..."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    return bool.__name__ not in {getattr(a, "__name__", "") for a in args} and any(a in (int, float) for a in args)
 
 
 # YAML 1.1 reads these words as booleans; a text (or Literal) key gets them back as text
@@ -117,7 +128,19 @@ def bool_as_word(value: bool, annotation: Any) -> str | None:
 
 class _YAML12Loader(yaml.SafeLoader):
     """YAML loader whose booleans are only ``true``/``false`` (YAML 1.2): ``no``, ``on``, ``yes``
-    ... stay the text written (pydantic still reads them as booleans for boolean keys)."""
+    ... stay the text written (pydantic still reads them as booleans for boolean keys). A key
+    given twice in one mapping is an error (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice in one mapping; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YAML12Loader.yaml_implicit_resolvers = {
@@ -161,83 +184,48 @@ class ModelConfig(_Section):
     allow_pickle_weights: bool = False
 
 
-class DataConfig(_Section):
-    """Where the rows come from and which columns hold what.
+class DataFiles(BaseModel):
+    """The ``data.*`` keys every task reads: where the rows come from, the text column and sizes."""
 
+    train_file: Optional[str] = Field(default=None, description="training rows: a data file or a hub dataset name")
+    validation_file: Optional[str] = Field(
+        default=None, description="validation rows; unset: data.validation_split of the training rows are carved out"
+    )
+    test_file: Optional[str] = Field(default=None, description="test rows, evaluated once after training")
+    dataset_config_name: Optional[str] = Field(default=None, description="the hub dataset's configuration, if it has several")
+    text_column: str = Field(default="text", description="column holding the input text (the document for summarization)")
+    validation_split: float = Field(
+        default=0.1, gt=0.0, lt=1.0,
+        description="fraction of the training rows carved out for validation when no validation_file is given "
+        "(stratified by label, seeded)",
+    )
+    max_train_samples: Optional[int] = Field(default=None, gt=0, description="use only the first N training rows")
+    max_eval_samples: Optional[int] = Field(default=None, gt=0, description="use only the first N validation/test rows")
+    max_seq_length: int = Field(default=128, ge=MIN_SEQ_LENGTH, description="longest input, in tokens (longer inputs are truncated or windowed)")
+
+
+class DataConfig(
+    _Section,
+    MaskedLMOptions,
+    ExtractiveSummarizationOptions,
+    QuestionAnsweringOptions,
+    TokenClassificationOptions,
+    TextToTextOptions,
+    TargetOptions,
+    ChatOptions,
+    ClassificationOptions,
+    DataFiles,
+):
+    """Where the rows come from and which columns hold what: the keys every task reads
+    (:class:`DataFiles`), plus (inherited) the options of each task, declared and documented
+    field by field in :mod:`deltatune.tasks.options` (``data.doc_stride`` in
+    ``QuestionAnsweringOptions``). Fields come in the reverse order of the bases (common keys first).
+
+    The YAML stays flat (``data.doc_stride``) and code reads ``cfg.data.doc_stride``; which
+    options a task reads is in its registry entry (:mod:`deltatune.tasks.registry`), and
+    :class:`RunConfig` refuses another task's option given a value other than its default.
     Files may be CSV, TSV, JSON, JSONL or Parquet (by extension) or a hub dataset name.
-    ``validation_split`` is the fraction carved out of the training rows (stratified by label,
-    seeded) when no ``validation_file`` is given. ``label_separator`` splits a string label
-    into several labels for multi-label data stored in CSV (``"sports;politics"``).
-
-    Decoder tasks: ``format`` of instruction data (detected from the columns when ``auto``);
-    ``chat_template`` (``None``: the model's own, else ChatML; or ``chatml``, ``alpaca``, or a
-    Jinja template); ``system_prompt`` prepended as a system turn; ``prompt_template`` for
-    summarization/translation/generative-qa, with ``{column}`` placeholders (and
-    ``{source_lang}``/``{target_lang}``); ``target_column`` holds the reference output.
-
-    Encoder-decoder tasks: ``source_prefix`` is prepended to each source (T5's
-    ``"summarize: "``); targets are truncated to ``max_target_length`` tokens.
-
-    Token classification: ``tokens_column`` (list of words) and ``tags_column`` (one BIO/IOB2
-    tag per word; CoNLL files give both); only the first subword of a word is labelled unless
-    ``label_all_subwords``.
-
-    Extractive QA (SQuAD v1.1/v2.0 JSON or flat ``question``/``context``/``answers``
-    columns): contexts longer than ``max_seq_length`` are split into windows overlapping by
-    ``doc_stride`` tokens (unset: a third of ``max_seq_length``, as 128 of
-    384 in BERT's SQuAD setup, and at most half the room left by the question); answers are chosen among the ``n_best_size`` best starts and ends,
-    at most ``max_answer_length`` tokens long; with ``version_2_with_negative`` (detected from
-    empty answers when ``None``) the empty answer wins when its score exceeds the best span's
-    by more than ``null_score_diff_threshold``.
-
-    Extractive summarization: ``text_column`` holds the document (a list of sentences or a
-    text to split), ``target_column`` the reference summary; ``summary_sentences`` sentences
-    are extracted. Masked-LM: ``mlm_probability`` of the tokens are masked (80% [MASK], 10%
-    random, 10% kept), whole words together with ``whole_word_masking``.
     """
-
-    train_file: Optional[str] = None
-    validation_file: Optional[str] = None
-    test_file: Optional[str] = None
-    dataset_config_name: Optional[str] = None
-    text_column: str = "text"
-    text_pair_column: Optional[str] = None
-    label_column: str = "label"
-    multi_label: Optional[bool] = None
-    label_separator: Optional[str] = None
-    validation_split: float = Field(default=0.1, gt=0.0, lt=1.0)
-    max_train_samples: Optional[int] = Field(default=None, gt=0)
-    max_eval_samples: Optional[int] = Field(default=None, gt=0)
-    max_seq_length: int = Field(default=128, ge=MIN_SEQ_LENGTH)
-    # decoder tasks
-    format: Literal["auto", "alpaca", "messages", "prompt_completion"] = "auto"
-    chat_template: Optional[str] = None
-    system_prompt: Optional[str] = None
-    prompt_template: Optional[str] = None
-    target_column: Optional[str] = None
-    source_lang: str = "English"
-    target_lang: str = "German"
-    # encoder-decoder (seq2seq) tasks
-    source_prefix: Optional[str] = None
-    max_target_length: int = Field(default=128, ge=2)
-    # token classification
-    tokens_column: str = "tokens"
-    tags_column: str = "tags"
-    label_all_subwords: bool = False
-    # extractive question answering
-    question_column: str = "question"
-    context_column: str = "context"
-    answers_column: str = "answers"
-    doc_stride: Optional[int] = Field(default=None, gt=0)
-    max_answer_length: int = Field(default=30, gt=0)
-    n_best_size: int = Field(default=20, gt=0)
-    null_score_diff_threshold: float = 0.0
-    version_2_with_negative: Optional[bool] = None
-    # extractive summarization
-    summary_sentences: int = Field(default=1, gt=0)
-    # masked-LM pretraining
-    mlm_probability: float = Field(default=0.15, gt=0, lt=1)
-    whole_word_masking: bool = False
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "DataConfig":
@@ -370,7 +358,7 @@ class DeltaConfig(_Section):
     Frobenius norm (or a fixed ``delta_rank``), optionally int8 (``delta_int8``).
     """
 
-    method: Literal["full", "freeze", "lora", "dora", "ia3", "prefix"] = "full"
+    method: Literal[METHOD_NAMES] = "full"  # type: ignore[valid-type]  # deltatune.delta.registry
     save: Literal["model", "delta"] = "model"
     train_layers: int = Field(default=2, ge=0)
     lora_r: int = Field(default=8, gt=0)
@@ -389,8 +377,11 @@ class DeltaConfig(_Section):
         return self
 
 
-# peak learning rates that work for each method when train.learning_rate is not set
-DEFAULT_LEARNING_RATES = {"full": 1e-4, "freeze": 1e-4, "lora": 1e-3, "dora": 1e-3, "ia3": 1e-2, "prefix": 1e-2}
+# task-specific data key -> the option model declaring it (deltatune.tasks.options)
+_OPTION_OF: dict[str, type[BaseModel]] = {key: model for model in OPTION_MODELS for key in model.model_fields}
+
+# peak learning rates that work for each method when train.learning_rate is not set (from the registry)
+DEFAULT_LEARNING_RATES = default_learning_rates()
 
 
 class RunConfig(_Section):
@@ -401,7 +392,7 @@ class RunConfig(_Section):
     chosen with ``output_dir``. ``seed`` is in [0, 2**32).
     """
 
-    task: Literal[TASKS] = "text-classification"  # type: ignore[valid-type]
+    task: str = "text-classification"  # a name of the task registry (checked below)
     name: Optional[str] = None
     output_dir: Optional[str] = None
     seed: int = Field(default=42, ge=0, lt=2**32)  # numpy's seed range
@@ -410,6 +401,14 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     delta: DeltaConfig = Field(default_factory=DeltaConfig)
+
+    @field_validator("task")
+    @classmethod
+    def _task_is_registered(cls, task: str) -> str:
+        names = task_names()  # the live registry: tasks registered after import count too
+        if task not in names:
+            raise ValueError(f"Input should be {', '.join(repr(n) for n in names[:-1])} or {names[-1]!r}")
+        return task
 
     @field_validator("name")
     @classmethod
@@ -422,6 +421,28 @@ class RunConfig(_Section):
                 "not empty); to choose the folder set output_dir (--output-dir)"
             )
         return name
+
+    @model_validator(mode="after")
+    def _options_of_this_task(self) -> "RunConfig":
+        """A ``data.*`` option of another task (:mod:`deltatune.tasks.options`) is an error when it
+        was given a value other than its default. A resolved config (``<run>/config.yaml``, every
+        ``data`` key present) is exempt, so runs saved before this check still load; defaults of
+        other tasks' keys (which every saved config holds) are always accepted."""
+        data = self.data
+        if self.task not in REGISTRY or data.model_fields_set >= set(DataConfig.model_fields):
+            return self
+        own = option_fields(self.task)
+        for key in DataConfig.model_fields:
+            model = _OPTION_OF.get(key)
+            if model is None or key in own or key not in data.model_fields_set:
+                continue
+            if getattr(data, key) != DataConfig.model_fields[key].default:
+                readers = tasks_reading(model)
+                where = ", ".join(readers) if readers else "no registered task"
+                raise ValueError(
+                    f"data.{key} applies to {where}, not {self.task}; remove it, or set task to the task it belongs to"
+                )
+        return self
 
     @model_validator(mode="after")
     def _fill_names(self) -> "RunConfig":
@@ -459,7 +480,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         got = first.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         text = first["msg"].removeprefix("Value error, ")
-        msg = f"'{key}': {text}{got_s}"
+        msg = f"'{key}': {text}{got_s}" if first["loc"] else text  # a check across sections names its keys itself
     more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
     return f"config error in {source}: {msg}{more}"
 

@@ -1,14 +1,21 @@
 """Result files written for the user (predictions, metrics): refused when they would replace
-an existing file without ``overwrite`` or the input being read, and written atomically."""
+an existing file without ``overwrite`` or the input being read, and written atomically
+(:func:`deltatune.files.write_atomically`, re-exported here).
+
+Torch-free, in the bottom layer with :mod:`deltatune.files`: the policy for *where* a result
+may be written is needed by the API (evaluate), serving (predictions) and the CLI's checks
+before torch is imported."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import IO, Callable, Iterable
+from typing import Iterable
 
 from deltatune.errors import DeltatuneError
+from deltatune.files import write_atomically
+
+__all__ = ["check_output", "write_atomically"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -20,6 +27,10 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+# file types predict writes (by name ending)
+PREDICTION_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
 def check_output(
     path: str | Path,
     *,
@@ -27,6 +38,7 @@ def check_output(
     inputs: Iterable[str | Path | None] = (),
     input_flag: str = "--input",
     suffixes: tuple[str, ...] | None = None,
+    keep: Iterable[str | Path] = (),
 ) -> Path:
     """Check that ``path`` may be written, before any work is done; return it as a Path.
 
@@ -36,12 +48,22 @@ def check_output(
         inputs: files being read (hub dataset names and ``None`` are ignored).
         input_flag: how the inputs are named in the error message (``--input``, ``--data``).
         suffixes: the file name endings allowed, lower case (``None``: any).
+        keep: files and folders that are never written to or inside, even with ``overwrite``
+            (the files of the run being read: its config, model, checkpoints, metrics).
 
     Raises:
-        DeltatuneError: ``path`` is one of ``inputs``, a directory, has a suffix not in
-            ``suffixes``, or exists and ``overwrite`` is false.
+        DeltatuneError: ``path`` is one of ``inputs``, is or lies inside one of ``keep``, is a
+            directory, has a suffix not in ``suffixes``, or exists and ``overwrite`` is false.
     """
     out = Path(path)
+    resolved = out.resolve()
+    for kept in keep:
+        k = Path(kept).resolve()
+        if resolved == k or k in resolved.parents:
+            raise DeltatuneError(
+                f"--output {out} would replace {kept}, a file of the run being read; write to another file "
+                "(--overwrite never replaces a run's own files)"
+            )
     for src in inputs:
         if src is not None and _same_file(out, Path(src)):
             raise DeltatuneError(
@@ -54,29 +76,3 @@ def check_output(
     if out.exists() and not overwrite:
         raise DeltatuneError(f"--output {out} already exists; choose another file or pass --overwrite to replace it")
     return out
-
-
-def write_atomically(path: str | Path, write: Callable[[IO[str]], None]) -> None:
-    """Write a UTF-8 text file by calling ``write(f)`` on a temporary file next to ``path``, then
-    renaming it over ``path``: readers never see a half-written file, and a failure leaves any
-    previous file untouched."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            write(f)
-        os.chmod(tmp, out.stat().st_mode & 0o7777 if out.exists() else 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import sys
 import time
@@ -25,8 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from deltatune.errors import DeltatuneError
+from deltatune.files import write_atomically
+from deltatune.version import __version__
 
 MARKER = ".deltatune-run"
+# everything a run of any deltatune version writes at its top level
+RUN_ENTRIES = frozenset({MARKER, "config.yaml", "metrics.jsonl", "checkpoints", "model", "eval.json"})
 
 
 def write_failure(target: Path, error: BaseException, remedy: str) -> DeltatuneError:
@@ -79,7 +82,43 @@ class RunDir:
         """
         if (self.root / MARKER).is_file():
             return True
-        return self.config.is_file() and (self.metrics.is_file() or self.checkpoints.is_dir() or self.model.is_dir())
+        return (
+            self.config.is_file()
+            and (self.metrics.is_file() or self.checkpoints.is_dir() or self.model.is_dir())
+            and not self.foreign_entries()
+        )
+
+    def check_loadable(self) -> None:
+        """Check that the folder holds a finished run to load (torch-free, so the CLI checks it first).
+
+        Raises:
+            DeltatuneError: the folder does not exist or has no config.yaml; it has no model/
+                folder (an unfinished run: resume it; or a folder that was never trained).
+        """
+        if not self.root.is_dir():
+            raise DeltatuneError(f"run directory {self.root} does not exist; give the folder made by deltatune train")
+        if not self.config.is_file():
+            raise DeltatuneError(f"{self.root} is not a deltatune run directory (no config.yaml); give the folder made by deltatune train")
+        if not self.model.is_dir():
+            if self.checkpoints.is_dir() or self.metrics.is_file():
+                raise DeltatuneError(
+                    f"{self.root} has no model/ folder: the run did not finish (resume it with deltatune train --resume {self.root})"
+                )
+            raise DeltatuneError(
+                f"{self.root} holds a config.yaml but no model/ and no training record: it was never trained; "
+                f"train it with: deltatune train {self.config}"
+            )
+
+    def own_paths(self) -> list[Path]:
+        """The run's own files and folders (config, marker, metrics, checkpoints, model, eval), which
+        ``evaluate``/``predict --output`` must never replace."""
+        return [self.root / name for name in sorted(RUN_ENTRIES)]
+
+    def foreign_entries(self) -> list[str]:
+        """Names in the folder that no deltatune run writes (sorted); a legacy run must have none."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith((".tmp-", ".old-")))
 
     def check(self, overwrite: bool, resume: bool) -> None:
         """Refuse what :meth:`prepare` would refuse, touching nothing.
@@ -122,9 +161,12 @@ class RunDir:
                 f"{self.root} is the current folder or one above it: --overwrite would delete it; choose another --output-dir"
             )
         if not self.is_run():
+            foreign = self.foreign_entries()
+            holds = f"; it holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which no run writes" if foreign else ""
             raise DeltatuneError(
                 f"{self.root} is not a deltatune run directory (no {MARKER} marker, and not config.yaml with "
-                "metrics.jsonl, checkpoints/ or model/): --overwrite only replaces runs; choose another --output-dir"
+                f"metrics.jsonl, checkpoints/ or model/ and nothing else{holds}): --overwrite only replaces runs; "
+                "choose another --output-dir"
             )
 
     def prepare(self, overwrite: bool, resume: bool) -> None:
@@ -146,8 +188,6 @@ class RunDir:
             if self.exists():
                 shutil.rmtree(self.root)
             self.root.mkdir(parents=True, exist_ok=True)
-            from deltatune import __version__
-
             marker = {"deltatune_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (self.root / MARKER).write_text(json.dumps(marker) + "\n")
         except OSError as e:
@@ -208,12 +248,9 @@ class RunDir:
         if not self.metrics.is_file():
             return
         keep = [r for r in self._records("warn") if r.get("step", 0) <= after_step]
-        tmp = self.metrics.with_name(f".{self.metrics.name}.tmp")
         try:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-            os.replace(tmp, self.metrics)
+            write_atomically(self.metrics, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep)))
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise write_failure(self.metrics, e, f"then continue with: deltatune train --resume {self.root}") from e
 
     def read_log(self) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import deltatune
 from deltatune.delta import parameter_summary
-from deltatune.delta.export import export_run
+from deltatune.serving.export import export_run
 from deltatune.errors import DeltatuneError
 from tests.helpers import make_easy_rows, tiny_config, write_csv
 

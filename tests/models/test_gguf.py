@@ -36,7 +36,7 @@ def test_smollm2_lora_sft_round_trip(smollm2_dir, tmp_path):
     out = predictor.predict(["What is 2 plus 2?"])[0]
     assert isinstance(out["generated"], str) and out["generated"]
     # the merged export is a plain transformers causal LM with the adapter's logits
-    from deltatune.delta.export import export_run
+    from deltatune.serving.export import export_run
 
     merged_dir = export_run(run.path, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()

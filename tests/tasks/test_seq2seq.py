@@ -137,7 +137,7 @@ def test_source_prefix_template_and_label_masking(tiny_t5_dir):
     # targets: [CLS] ... [SEP] (T5 here starts the decoder with [PAD], so [CLS] stays a target), cut to 5 with [SEP] kept
     assert f.rows[0]["labels"] == tok(text_target="rot haus")["input_ids"]
     assert len(f.rows[1]["labels"]) == 5 and f.rows[1]["labels"][-1] == tok.sep_token_id
-    assert task.stats["last"].targets_truncated == 1 and task.stats["last"].truncated == 0
+    assert f.stats.targets_truncated == 1 and f.stats.truncated == 0
     batch = task.collate(f.rows)
     n0 = len(f.rows[0]["labels"])
     assert batch["labels"].shape == (2, 5) and (batch["labels"][0, n0:] == -100).all() and (batch["labels"][0, :n0] != -100).all()

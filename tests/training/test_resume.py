@@ -1,6 +1,7 @@
 """A run interrupted at step k and resumed ends exactly like an uninterrupted run."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -114,12 +115,21 @@ def _assert_same_end(full, path):
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
 
 
+def _edit_state(checkpoint, **values):
+    """Write edited values into a checkpoint's trainer_state.json (a crafted or damaged state)."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    (checkpoint / "trainer_state.json").write_text(json.dumps({**state, **values}))
+
+
 @pytest.mark.parametrize(
     "damage",
     [
         pytest.param(lambda p: (p / "optimizer.pt").write_bytes((p / "optimizer.pt").read_bytes()[:200]), id="truncated-optimizer"),
         pytest.param(lambda p: (p / "trainer_state.json").write_text('{"global_step": 7, "epo'), id="invalid-trainer-state"),
         pytest.param(lambda p: (p / "scheduler.pt").unlink(), id="missing-file"),
+        pytest.param(lambda p: _edit_state(p, global_step=1_000_000_000), id="step-past-the-end"),
+        pytest.param(lambda p: _edit_state(p, global_step=-5), id="negative-step"),
+        pytest.param(lambda p: _edit_state(p, batch_in_epoch=1_000_000), id="batch-past-the-epoch"),
     ],
 )
 def test_resume_falls_back_from_a_damaged_checkpoint(runs, tmp_path, capsys, damage):
@@ -149,13 +159,15 @@ class _Marker:
         return (open, (self.path, "w"))
 
 
-def test_resume_refuses_a_crafted_rng_file(runs, tmp_path):
+def test_resume_refuses_a_crafted_rng_file(runs, tmp_path, capsys):
     cut = _copy_cut(runs, tmp_path)
     marker = tmp_path / "pwned"
     for p in list_checkpoints(cut / "checkpoints"):
-        torch.save({"python": _Marker(marker), "torch": torch.get_rng_state()}, p / "rng.pt")
-    with pytest.raises(DeltatuneError, match="rng.pt holds Python objects beyond tensors"):
-        finetune(cut, resume=True, verbose=False)
+        torch.save({"python": _Marker(marker), "torch": torch.get_rng_state()}, p / "rng.pt", pickle_protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's own pickle warnings would come before our one line
+        with pytest.raises(DeltatuneError, match="rng.pt holds Python objects beyond tensors"):
+            finetune(cut, resume=True, verbose=False)
     assert not marker.exists()
 
 

@@ -26,12 +26,14 @@ import torch
 
 from deltatune.auto.budget import format_bytes, format_seconds
 from deltatune.auto.infer import ENCODER_TASKS
+from deltatune.delta.registry import METHODS
 from deltatune.errors import DeltatuneError
+from deltatune.tasks.registry import tasks_of_family
 
 FULL_BYTES_PER_PARAMETER = 16
 LORA_BYTES_PER_PARAMETER = 4
 CHARS_PER_TOKEN = 4
-ENCODER_DECODER_TASKS = ("summarization", "translation", "generative-qa")
+ENCODER_DECODER_TASKS = tasks_of_family("encoder-decoder")  # from the task registry
 DEFAULT_MODELS = {"encoder": "minilm", "decoder": "smollm2"}
 
 
@@ -43,7 +45,8 @@ class Candidate:
         ref: what the user wrote (``minilm``, a folder, a hub id).
         family: ``"encoder"``, ``"decoder"`` or ``"encoder-decoder"``.
         parameters: total parameter count; ``non_embedding``: without embedding tables.
-        methods: the Δθ methods that fit the memory budget (subset of the searched ones).
+        methods: the Δθ methods that apply to its family and fit the memory budget (subset of
+            the searched ones).
         notes: one line per decision about this candidate.
     """
 
@@ -135,7 +138,10 @@ def choose_candidates(
 
     Args:
         refs: model references in the user's order.
-        methods: the Δθ methods to search (``full``, ``lora``).
+        methods: the Δθ methods to search (names in :data:`deltatune.delta.registry.METHODS`);
+            a method is kept for a candidate when it applies to the candidate's model family
+            (``families``) and its model states fit ``max_memory``: 16 bytes per parameter
+            for a method that ``trains_all_weights``, else 4.
         max_memory: bytes available for model states, or ``None``.
         time_budget: seconds for the whole search, or ``None``.
         train_chars: characters of training text in one epoch (for the time estimate).
@@ -163,7 +169,11 @@ def choose_candidates(
             skipped.append(c)
             continue
         for m in methods:
-            per = FULL_BYTES_PER_PARAMETER if m == "full" else LORA_BYTES_PER_PARAMETER
+            spec = METHODS[m]
+            if family not in spec.families:
+                c.notes.append(f"{ref}: no {m}, it applies only to {' and '.join(spec.families)} models (this is a {family})")
+                continue
+            per = FULL_BYTES_PER_PARAMETER if spec.trains_all_weights else LORA_BYTES_PER_PARAMETER
             need = per * total
             if max_memory is not None and need > max_memory:
                 c.notes.append(
@@ -173,7 +183,7 @@ def choose_candidates(
             else:
                 c.methods.append(m)
         if not c.methods:
-            c.notes.append(f"{ref}: skipped, no searched method fits the memory budget")
+            c.notes.append(f"{ref}: skipped, no searched method fits this model and the memory budget")
             skipped.append(c)
             continue
         if time_budget is not None:

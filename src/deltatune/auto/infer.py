@@ -40,6 +40,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from deltatune.errors import DeltatuneError
+from deltatune.tasks.registry import tasks_of_family
 
 SAMPLE_ROWS = 200
 SUMMARY_LENGTH_RATIO = 2.0
@@ -67,7 +68,8 @@ LANGUAGES = {
 }
 SEPARATORS = (";", "|", ",")
 
-ENCODER_TASKS = ("text-classification", "token-classification", "question-answering", "extractive-summarization", "masked-lm")
+# tasks done by an encoder (the others by a decoder): from the task registry
+ENCODER_TASKS = tasks_of_family("encoder")
 
 
 @dataclass
@@ -177,12 +179,13 @@ def _prompt_template(task: str, family: Optional[str], renames: dict[str, str]) 
 
 
 def _qa_settings(q: str, c: str, a: str, generative: bool, family: Optional[str]) -> dict[str, Any]:
-    settings: dict[str, Any] = {"data.question_column": q, "data.context_column": c, "data.answers_column": a}
-    if generative:  # generative QA reads the columns through its prompt template
-        settings["data.target_column"] = a
-        template = _prompt_template("generative-qa", family, {"question": q, "context": c})
-        if template is not None:
-            settings["data.prompt_template"] = template
+    if not generative:
+        return {"data.question_column": q, "data.context_column": c, "data.answers_column": a}
+    # generative QA reads question and context through its prompt template (data.question_column is extractive QA's)
+    settings: dict[str, Any] = {"data.target_column": a}
+    template = _prompt_template("generative-qa", family, {"question": q, "context": c})
+    if template is not None:
+        settings["data.prompt_template"] = template
     return settings
 
 

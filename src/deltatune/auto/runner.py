@@ -34,7 +34,8 @@ from deltatune.auto.report import (
 )
 from deltatune.auto.search import SEARCHED_KEYS, SearchSpace, make_objective, shortest_trial_seconds
 from deltatune.auto.timing import TimeBudget
-from deltatune.config import DEFAULT_LEARNING_RATES, RunConfig, apply_overrides, build_config, flatten_dict, read_yaml
+from deltatune.config import RunConfig, apply_overrides, build_config, flatten_dict, read_yaml
+from deltatune.delta.registry import METHOD_NAMES, searched_methods
 from deltatune.errors import DeltatuneError
 
 DEFAULT_TRIALS = 10
@@ -161,7 +162,7 @@ def auto(
     keep_all: bool = False,
     evals_per_epoch: int = 2,
     verbose: bool = True,
-    train: Optional[Callable[..., Any]] = None,
+    train: Callable[..., Any],
 ) -> AutoResult:
     """Fine-tune with the task, model and hyperparameters chosen automatically.
 
@@ -198,8 +199,9 @@ def auto(
         models: candidate model references (default: ``model.name_or_path`` if set, else the
             packaged default for the task's family: minilm for encoder tasks, smollm2 for
             generative ones).
-        methods: Δθ methods to search among ``full``/``lora`` (default: both for encoders,
-            LoRA for decoders).
+        methods: Δθ methods to search, any of :data:`deltatune.delta.registry.METHODS`
+            (default: those whose ``searched_for`` names the task's family: ``full`` and
+            ``lora`` for encoder tasks, ``lora`` for decoder tasks).
         max_memory: bytes (or ``"8GB"``) for model states; candidates/methods that need more
             are skipped, with the reason printed.
         time_budget: seconds (or ``"20m"``) for the whole search, set-up included.
@@ -209,7 +211,8 @@ def auto(
         keep_all: keep every trial's model/ and checkpoints/ (default: only the best model).
         evals_per_epoch: intermediate evaluations per epoch, the pruning points.
         verbose: print the reasoning, one line per finished trial and the leaderboard.
-        train: the function that runs one trial (default :func:`deltatune.finetune`).
+        train: the function that runs one trial: :func:`deltatune.api.finetune`, passed in by
+            :func:`deltatune.api.auto` (``deltatune.auto``), since auto sits below the API layer.
 
     Returns:
         :class:`AutoResult`.
@@ -220,27 +223,95 @@ def auto(
             already holds a search (without ``resume``); a study to resume that does not exist
             or was made for another task or metric.
     """
-    import optuna
-
-    from deltatune.api import finetune
-    from deltatune.data import load_table
-    from deltatune.models import resolve_model
-    from deltatune.models.loading import load_config
-    from deltatune.tasks import create_task
+    import optuna  # noqa: F401 (imported before the clock starts: the budget counts the search, not this import)
 
     start = time.monotonic()
     say: Callable[[str], None] = (lambda s: print(s, flush=True)) if verbose else (lambda s: None)
+    budget, memory = _check_arguments(time_budget, max_memory, evals_per_epoch, n_trials, methods)
+    user = _user_settings(config, overrides)
+    out, train_file = _output_folder(user, resume, storage)
+    ds, sample = _read_sample(user, train_file)
+    inference, refs, trust = _infer(user, models, ds, sample, train_file, say)
+    kept, skipped, methods = _choose_models(user, refs, methods, inference.task, ds, sample, memory, budget, trust, say)
+    plan = _plan_search(user, inference, kept, skipped, methods, ds, train_file, evals_per_epoch, say)
+    study, storage = _start_study(out, storage, study_name, resume, plan)
+    timebox = TimeBudget(budget, start, say)
+    if n_trials is None and budget is None:
+        n_trials = DEFAULT_TRIALS
+    objective = make_objective(plan.space, plan.base, out, plan.metric, timebox, train, train_rows=len(ds))
+    interrupted = _run_trials(study, objective, n_trials, _AfterTrial(plan, timebox, keep_all, say), timebox, say)
+    _check_default_trial(study)
+    outcome = _collect_results(study, plan, out, keep_all)
+    report = _report(plan, outcome, study, study_name, storage, budget, start, interrupted, out)
+    _write_results(outcome.rows, report, out)
+    _print_results(plan, outcome, report, out, say)
+    best, baseline = outcome.best, outcome.baseline
+    return AutoResult(
+        out, inference.task, plan.metric, plan.maximize, outcome.best_path,
+        best.value if best else None, baseline.value if baseline else None, outcome.rows, report,
+    )
+
+
+@dataclass
+class _Plan:
+    """What the search was set up with: the inferred task, the candidates, the base config shared by
+    all trials (dotted keys), the keys the user pinned, the metric and the search space."""
+
+    inference: Any
+    kept: list[Any]
+    skipped: list[Any]
+    base: dict[str, Any]
+    pinned: dict[str, Any]
+    seed: int
+    metric: str
+    maximize: bool
+    space: SearchSpace
+
+
+@dataclass
+class _Outcome:
+    """The search's results: leaderboard rows, the best and the default trial (optuna ``FrozenTrial``
+    or ``None``), parameter importances, bytes freed by pruning trial folders, the best run's folder."""
+
+    rows: list[dict[str, Any]]
+    best: Any
+    baseline: Any
+    importances: dict[str, Any]
+    freed: int
+    best_path: Optional[Path]
+
+
+def _check_arguments(
+    time_budget: str | float | None, max_memory: str | int | None, evals_per_epoch: int, n_trials: Optional[int], methods: Optional[list[str]]
+) -> tuple[Optional[float], Optional[int]]:
+    """Step 1 of :func:`auto`: check the search's own arguments.
+
+    Returns:
+        ``(budget, memory)``: the time budget in seconds and the memory limit in bytes (``None``: none).
+
+    Raises:
+        DeltatuneError: an unparsable budget or memory, ``evals_per_epoch`` or ``n_trials`` below 1,
+            an unknown method.
+    """
     budget = parse_duration(time_budget) if time_budget is not None else None
     memory = parse_memory(max_memory) if max_memory is not None else None
     if evals_per_epoch < 1:
         raise DeltatuneError("evals_per_epoch must be at least 1")
     if n_trials is not None and n_trials < 1:
         raise DeltatuneError(f"--n-trials must be at least 1 (got {n_trials}); leave it out to search until --time-budget")
-    unknown = [m for m in methods or [] if m not in DEFAULT_LEARNING_RATES]
+    unknown = [m for m in methods or [] if m not in METHOD_NAMES]
     if unknown:
-        raise DeltatuneError(f"unknown --methods '{unknown[0]}'; choose from {', '.join(DEFAULT_LEARNING_RATES)}")
+        raise DeltatuneError(f"unknown --methods '{unknown[0]}'; choose from {', '.join(METHOD_NAMES)}")
+    return budget, memory
 
-    user = _user_settings(config, overrides)
+
+def _output_folder(user: dict[str, Any], resume: bool, storage: Optional[str]) -> tuple[Path, Any]:
+    """Step 2 of :func:`auto`: the search folder (``output_dir`` and ``name`` are taken out of ``user``)
+    and the training data reference.
+
+    Raises:
+        DeltatuneError: a non-empty folder without ``resume`` (and no other ``storage``); no training data.
+    """
     out = Path(user.pop("output_dir", None) or Path("runs") / str(user.get("name") or "auto"))
     user.pop("name", None)
     if not resume and storage is None and out.exists() and any(out.iterdir()):
@@ -248,12 +319,40 @@ def auto(
     train_file = user.get("data.train_file")
     if not train_file:
         raise DeltatuneError("no training data: pass --train FILE (or set data.train_file)")
+    return out, train_file
 
-    # ---- task and columns ------------------------------------------------------------------
+
+def _read_sample(user: dict[str, Any], train_file: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """Step 3 of :func:`auto`: the training data (``datasets.Dataset``, cut to ``data.max_train_samples``)
+    and its first :data:`deltatune.auto.infer.SAMPLE_ROWS` rows as dicts.
+
+    Raises:
+        DeltatuneError: unreadable training data.
+    """
+    from deltatune.data import load_table
+
     ds = load_table(str(train_file), split="train", config_name=user.get("data.dataset_config_name"))
     if user.get("data.max_train_samples"):
         ds = ds.select(range(min(int(user["data.max_train_samples"]), len(ds))))
     sample = ds.select(range(min(SAMPLE_ROWS, len(ds)))).to_list()
+    return ds, sample
+
+
+def _infer(
+    user: dict[str, Any], models: Optional[list[str]], ds, sample: list[dict[str, Any]], train_file: Any, say: Callable[[str], None]
+) -> tuple[Any, list[str], bool]:
+    """Step 4 of :func:`auto`: infer the task and columns (what the user set wins) and print the reasons.
+
+    Returns:
+        ``(inference, refs, trust)``: the :class:`deltatune.auto.infer` result, the model references
+        given (may be empty) and whether remote code is trusted.
+
+    Raises:
+        DeltatuneError: models given both ways; a task that cannot be inferred.
+    """
+    from deltatune.models import resolve_model
+    from deltatune.models.loading import load_config
+
     if models and user.get("model.name_or_path"):
         raise DeltatuneError("give the models either with --models or with --model / model.name_or_path, not both")
     refs = list(models or ([user["model.name_or_path"]] if user.get("model.name_or_path") else []))
@@ -268,23 +367,49 @@ def auto(
     say(f"task: {inference.task}")
     for line in inference.reasons:
         say(f"  - {line}")
+    return inference, refs, trust
 
-    # ---- candidate models --------------------------------------------------------------------
+
+def _choose_models(
+    user: dict[str, Any], refs: list[str], methods: Optional[list[str]], task: str, ds, sample: list[dict[str, Any]],
+    memory: Optional[int], budget: Optional[float], trust: bool, say: Callable[[str], None],
+) -> tuple[list[Any], list[Any], list[str]]:
+    """Step 5 of :func:`auto`: the candidate models and methods that fit the budgets, the reasons printed.
+
+    Returns:
+        ``(kept, skipped, methods)``: :class:`deltatune.auto.candidates` candidates and the methods asked for.
+
+    Raises:
+        DeltatuneError: no candidate fits.
+    """
     if not refs:
-        refs = [DEFAULT_MODELS[task_family(inference.task)]]
-        say(f"  - model: {refs[0]}, the packaged default for {task_family(inference.task)} tasks (name others with --models)")
+        refs = [DEFAULT_MODELS[task_family(task)]]
+        say(f"  - model: {refs[0]}, the packaged default for {task_family(task)} tasks (name others with --models)")
     if user.get("delta.method"):
         methods = [user["delta.method"]]
-    methods = list(methods or (["full", "lora"] if task_family(inference.task) == "encoder" else ["lora"]))
+    methods = list(methods or searched_methods(task_family(task)))
     chars = sum(len(str(v)) for row in sample for v in row.values()) * len(ds) / max(len(sample), 1)
-    kept, skipped = choose_candidates(refs, inference.task, methods, memory, budget, int(chars), trust)
+    kept, skipped = choose_candidates(refs, task, methods, memory, budget, int(chars), trust)
     for c in kept + skipped:
         for note in c.notes:
             say(f"  - {note}")
     if not kept:
         raise DeltatuneError(f"no candidate model fits: {'; '.join(c.notes[-1] for c in skipped)}")
+    return kept, skipped, methods
 
-    # ---- the base config shared by all trials ----------------------------------------------
+
+def _plan_search(
+    user: dict[str, Any], inference, kept: list[Any], skipped: list[Any], methods: list[str], ds, train_file: Any,
+    evals_per_epoch: int, say: Callable[[str], None],
+) -> _Plan:
+    """Step 6 of :func:`auto`: the base config shared by all trials (checked by building it), the metric
+    and the search space, printed.
+
+    Raises:
+        DeltatuneError: a bad key or value in the user's settings (before any training).
+    """
+    from deltatune.tasks import create_task
+
     base = {"task": inference.task, **inference.settings, "train.progress_bar": False, **user}
     base["model.name_or_path"] = kept[0].ref
     pinned = {k: user[k] for k in SEARCHED_KEYS if k in user}
@@ -300,16 +425,27 @@ def auto(
     say(f"search: {metric} on the validation split ({'maximize' if maximize else 'minimize'}); space {json.dumps({k: v for k, v in space.describe().items() if k != 'pinned'})}")
     if pinned:
         say(f"  - fixed by you: {', '.join(f'{k}={v}' for k, v in pinned.items())}")
+    return _Plan(inference, kept, skipped, base, pinned, cfg.seed, metric, maximize, space)
 
-    # ---- the study ---------------------------------------------------------------------------
+
+def _start_study(out: Path, storage: Optional[str], study_name: str, resume: bool, plan: _Plan) -> tuple[Any, str]:
+    """Step 7 of :func:`auto`: create the search folder and open the study (a failed start leaves
+    nothing behind that would block the next one); the default trial is queued unless one ran.
+
+    Returns:
+        ``(study, storage)``: the optuna study and its storage URL.
+
+    Raises:
+        DeltatuneError: as :func:`_open_study`.
+    """
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     default_db = out / "optuna.db"
     db_existed = default_db.exists()
     storage = storage or f"sqlite:///{default_db.resolve()}"
-    attrs = {"task": inference.task, "metric": metric, "base": base}
+    attrs = {"task": plan.inference.task, "metric": plan.metric, "base": plan.base}
     try:
-        study = _open_study(storage, study_name, resume, cfg.seed, maximize, attrs)
+        study = _open_study(storage, study_name, resume, plan.seed, plan.maximize, attrs)
     except DeltatuneError:
         if created:  # nothing of this failed start may block the next one
             shutil.rmtree(out, ignore_errors=True)
@@ -317,48 +453,85 @@ def auto(
             default_db.unlink()
         raise
     if not any(t.user_attrs.get("baseline") and not t.user_attrs.get("skipped") for t in study.trials):
-        study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True})
-    timebox = TimeBudget(budget, start, say)
-    deadline = timebox.deadline
-    if n_trials is None and budget is None:
-        n_trials = DEFAULT_TRIALS
-    objective = make_objective(space, base, out, metric, timebox, train or finetune, train_rows=len(ds))
-    skipped_in_a_row = 0
+        study.enqueue_trial(plan.space.baseline_params(), user_attrs={"baseline": True})
+    return study, storage
 
-    def after_trial(study, trial) -> None:
-        note = trial.user_attrs.get("note") or trial.user_attrs.get("error") or ""
-        value = f"{metric} {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
-        settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in trial.user_attrs.get("settings", {}).items())
-        say(f"trial {trial.number}{' (default)' if trial.user_attrs.get('baseline') else ''}: {value} in "
-            f"{format_seconds(trial.user_attrs.get('seconds', 0.0))} | {settings}{' | ' + note if note else ''}")
-        if not keep_all:
+
+class _AfterTrial:
+    """The optuna callback after each trial: print its line, free disk (unless ``keep_all``), and
+    stop the search when the default trial failed on the input or the time budget cannot fit
+    another trial (:data:`MAX_SKIPPED_IN_A_ROW` skipped in a row ends it too)."""
+
+    def __init__(self, plan: _Plan, timebox: TimeBudget, keep_all: bool, say: Callable[[str], None]):
+        self.plan = plan
+        self.timebox = timebox
+        self.keep_all = keep_all
+        self.say = say
+        self.skipped_in_a_row = 0
+
+    def __call__(self, study, trial) -> None:
+        """Called by ``study.optimize`` with the study and the optuna ``FrozenTrial`` just finished."""
+        import optuna
+
+        self._print(trial)
+        if not self.keep_all:
             _tidy(study, trial)
         if trial.user_attrs.get("baseline") and trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("error_kind") == "input":
             study.stop()  # the data or config is at fault: every trial would fail the same way
             return
-        nonlocal skipped_in_a_row
-        skipped_in_a_row = skipped_in_a_row + 1 if trial.user_attrs.get("skipped") else 0
-        if deadline is None:
-            return
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if trial.user_attrs.get("skipped") else 0
+        if self.timebox.deadline is not None:
+            self._stop_when_out_of_time(study)
+
+    def _print(self, trial) -> None:
+        """One line for a finished trial: its metric (or state), time, settings and note."""
+        note = trial.user_attrs.get("note") or trial.user_attrs.get("error") or ""
+        value = f"{self.plan.metric} {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        settings = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in trial.user_attrs.get("settings", {}).items())
+        self.say(f"trial {trial.number}{' (default)' if trial.user_attrs.get('baseline') else ''}: {value} in "
+                 f"{format_seconds(trial.user_attrs.get('seconds', 0.0))} | {settings}{' | ' + note if note else ''}")
+
+    def _stop_when_out_of_time(self, study) -> None:
+        """Stop the study when the budget is used up, cannot fit the shortest trial, or too many trials
+        in a row were skipped for the time left."""
+        timebox = self.timebox
         left = format_seconds(max(timebox.left(), 0.0))
-        shortest = shortest_trial_seconds(space, timebox)
+        shortest = shortest_trial_seconds(self.plan.space, timebox)
         if timebox.left() <= 0:
-            say("auto: the time budget is used up: the search ends")
+            self.say("auto: the time budget is used up: the search ends")
             study.stop()
         elif shortest is not None and not timebox.fits(shortest):
-            say(f"auto: {left} of the budget left, less than the shortest trial needs (~{format_seconds(shortest)}): the search ends")
+            self.say(f"auto: {left} of the budget left, less than the shortest trial needs (~{format_seconds(shortest)}): the search ends")
             study.stop()
-        elif skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-            say(f"auto: {skipped_in_a_row} sampled trials in a row needed more than the {left} left: the search ends")
+        elif self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            self.say(f"auto: {self.skipped_in_a_row} sampled trials in a row needed more than the {left} left: the search ends")
             study.stop()
 
+
+def _run_trials(study, objective: Callable, n_trials: Optional[int], after_trial: _AfterTrial, timebox: TimeBudget, say: Callable[[str], None]) -> bool:
+    """Step 8 of :func:`auto`: run the trials until ``n_trials``, the deadline, or a stop.
+
+    Returns:
+        Whether the search was interrupted (Ctrl-C): the trials so far are still reported.
+    """
+    deadline = timebox.deadline
     timeout = max(deadline - time.monotonic(), 1.0) if deadline is not None else None
-    interrupted = False
     try:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(DeltatuneError, RuntimeError), callbacks=[after_trial])
     except KeyboardInterrupt:
-        interrupted = True
         say("interrupted: reporting the trials so far (continue with --resume)")
+        return True
+    return False
+
+
+def _check_default_trial(study) -> None:
+    """Step 9 of :func:`auto`: when the default trial failed on the input and nothing completed, say so.
+
+    Raises:
+        DeltatuneError: the default trial's error, as every trial would fail the same way.
+    """
+    import optuna
+
     failed_default = next(
         (t for t in study.trials if t.user_attrs.get("baseline") and t.user_attrs.get("error_kind") == "input"
          and t.state == optuna.trial.TrialState.FAIL), None,
@@ -366,8 +539,13 @@ def auto(
     if failed_default is not None and not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise DeltatuneError(f"the default trial failed, so every trial would: {failed_default.user_attrs['error']}")
 
-    # ---- results -----------------------------------------------------------------------------
-    rows = leaderboard(study.trials, metric, maximize, pinned)
+
+def _collect_results(study, plan: _Plan, out: Path, keep_all: bool) -> _Outcome:
+    """Step 10 of :func:`auto`: the leaderboard, the best and default trials and the importances; prune
+    the other trials' folders (unless ``keep_all``) and link ``out/best``."""
+    import optuna
+
+    rows = leaderboard(study.trials, plan.metric, plan.maximize, plan.pinned)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial if complete else None
     baselines = [t for t in study.trials if t.user_attrs.get("baseline")]  # one, or one not started and its rerun
@@ -377,16 +555,24 @@ def auto(
     best_path = Path(best.user_attrs["path"]) if best else None
     if best_path is not None:
         _link_best(out, best_path)
-    test_metric = metric if any(metric in r["test"] for r in rows) else None
-    report = {
-        "task": inference.task,
-        "inference": {"settings": inference.settings, "reasons": inference.reasons},
-        "candidates": [c.as_dict() for c in kept],
-        "skipped_candidates": [c.as_dict() for c in skipped],
-        "metric": metric,
-        "direction": "maximize" if maximize else "minimize",
+    return _Outcome(rows, best, baseline, imp, freed, best_path)
+
+
+def _report(
+    plan: _Plan, outcome: _Outcome, study, study_name: str, storage: str, budget: Optional[float], start: float,
+    interrupted: bool, out: Path,
+) -> dict[str, Any]:
+    """The content of auto_report.json (``seconds``: since ``start``, ``time.monotonic()``)."""
+    best, baseline, best_path = outcome.best, outcome.baseline, outcome.best_path
+    return {
+        "task": plan.inference.task,
+        "inference": {"settings": plan.inference.settings, "reasons": plan.inference.reasons},
+        "candidates": [c.as_dict() for c in plan.kept],
+        "skipped_candidates": [c.as_dict() for c in plan.skipped],
+        "metric": plan.metric,
+        "direction": "maximize" if plan.maximize else "minimize",
         "study": {"name": study_name, "storage": storage, "trials": len(study.trials)},
-        "search_space": space.describe(),
+        "search_space": plan.space.describe(),
         "time_budget_seconds": budget,
         "trial_timings": {t.number: t.user_attrs["timing"] for t in study.trials if "timing" in t.user_attrs},
         "seconds": round(time.monotonic() - start, 1),
@@ -401,25 +587,31 @@ def auto(
             "test": best.user_attrs.get("test", {}),
             "reproduce": f"deltatune train {best_path / 'config.yaml'} --output-dir {out / 'reproduced'}",
         },
-        "importances": imp,
-        "freed_bytes": freed,
-        "leaderboard": rows,
+        "importances": outcome.importances,
+        "freed_bytes": outcome.freed,
+        "leaderboard": outcome.rows,
     }
+
+
+def _write_results(rows: list[dict[str, Any]], report: dict[str, Any], out: Path) -> None:
+    """Step 11 of :func:`auto`: write leaderboard.csv/.json and auto_report.json into ``out``."""
     write_leaderboard(rows, out)
     (out / "auto_report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def _print_results(plan: _Plan, outcome: _Outcome, report: dict[str, Any], out: Path, say: Callable[[str], None]) -> None:
+    """Step 12 of :func:`auto`: print the leaderboard, the importances, the best run and the report's path."""
+    rows, best, baseline = outcome.rows, outcome.best, outcome.baseline
+    test_metric = plan.metric if any(plan.metric in r["test"] for r in rows) else None
     say(format_leaderboard(rows, test_metric))
-    say(format_importances(imp))
+    say(format_importances(outcome.importances))
     if best is not None:
         base_txt = f"; the default (trial {baseline.number}) got {baseline.value:.4f}" if baseline is not None and baseline.value is not None else ""
-        say(f"best: trial {best.number}, {metric} {best.value:.4f}{base_txt}")
-        say(f"best run: {best_path} (reproduce: {report['best']['reproduce']})")
+        say(f"best: trial {best.number}, {plan.metric} {best.value:.4f}{base_txt}")
+        say(f"best run: {outcome.best_path} (reproduce: {report['best']['reproduce']})")
     else:
         say("no trial completed; see the notes in the leaderboard")
     say(f"report: {out / 'auto_report.json'}")
-    return AutoResult(
-        out, inference.task, metric, maximize, best_path,
-        best.value if best else None, baseline.value if baseline else None, rows, report,
-    )
 
 
 def _short(v: Any) -> str:

@@ -11,10 +11,13 @@ Search space (config keys, so the leaderboard reads like a config):
 
 =================================  ====================================================
 ``model``                          the candidates (only when there are several)
-``delta.method``                   ``full`` / ``lora`` (those that fit the memory budget)
+``delta.method``                   the searched methods (by default ``full`` / ``lora``,
+                                   see :func:`deltatune.delta.registry.searched_methods`)
+                                   that fit the model and the memory budget
 ``learning_rate_scale``            log-uniform [0.2, 5]; ``train.learning_rate`` is the
-                                   method's default (1e-4 full, 1e-3 LoRA) times this, so
-                                   one parameter serves both methods
+                                   method's default (its registry ``learning_rate``: 1e-4
+                                   full, 1e-3 LoRA) times this, so one parameter serves
+                                   every method
 ``train.per_device_train_batch_size``  8, 16, 32, 64 (at most a quarter of the data)
 ``train.num_train_epochs``         1–3
 ``train.warmup_ratio``             uniform [0, 0.2]
@@ -43,7 +46,8 @@ from typing import Any, Callable, Optional
 from deltatune.auto.budget import format_seconds
 from deltatune.auto.candidates import Candidate
 from deltatune.auto.timing import DefaultTrialPlanner, ShortenTrial, StepClock, TimeBudget
-from deltatune.config import DEFAULT_LEARNING_RATES, DeltaConfig, TrainConfig
+from deltatune.config import DeltaConfig, TrainConfig
+from deltatune.delta.registry import METHODS
 from deltatune.errors import DeltatuneError
 
 LR_SCALE = (0.2, 5.0)
@@ -95,7 +99,7 @@ class SearchSpace:
             out["delta.method"] = self.methods
         if "train.learning_rate" not in self.pinned:
             out["learning_rate_scale"] = {"low": LR_SCALE[0], "high": LR_SCALE[1], "log": True,
-                                          "times": {m: DEFAULT_LEARNING_RATES[m] for m in self.methods}}
+                                          "times": {m: METHODS[m].learning_rate for m in self.methods}}
         for key, spec in (
             ("train.per_device_train_batch_size", self.batch_sizes),
             ("train.num_train_epochs", {"low": EPOCHS[0], "high": EPOCHS[1]}),
@@ -153,7 +157,7 @@ class SearchSpace:
         settings["delta.method"] = method
         if "learning_rate_scale" in space:
             scale = trial.suggest_float("learning_rate_scale", *LR_SCALE, log=True)
-            settings["train.learning_rate"] = DEFAULT_LEARNING_RATES[method] * scale
+            settings["train.learning_rate"] = METHODS[method].learning_rate * scale
         if "train.per_device_train_batch_size" in space:
             settings["train.per_device_train_batch_size"] = trial.suggest_categorical("train.per_device_train_batch_size", self.batch_sizes)
         if "train.num_train_epochs" in space:

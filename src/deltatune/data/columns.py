@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 import datasets
 
+from deltatune.data.paths import missing_column_message
 from deltatune.errors import DeltatuneError
 
 
@@ -25,10 +26,7 @@ def require_columns(ds: datasets.Dataset, columns: Iterable[str | None], source:
                 "on every line, blank line between sentences; e.g. named .conll)"
             )
         if col is not None and col not in ds.column_names:
-            raise DeltatuneError(
-                f"{source}: no column '{col}'; columns are {', '.join(map(repr, ds.column_names))} "
-                f"(set the column name in {config_key}.*_column, e.g. --text-column)"
-            )
+            raise DeltatuneError(missing_column_message(source, col, ds.column_names, config_key))
 
 
 def is_missing(value: Any) -> bool:

@@ -24,12 +24,11 @@ from pathlib import Path
 import datasets
 
 from deltatune.data.conll import CONLL_SUFFIXES, looks_like_conll, read_conll
+from deltatune.data.paths import BINARY_FORMATS, SUPPORTED, TEXT_FORMATS, check_data_file
 from deltatune.data.squad import flatten_squad, is_squad
 from deltatune.errors import DeltatuneError
 
-_TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".txt": "text"}
-_BINARY_FORMATS = {".parquet": "parquet", ".pq": "parquet"}
-SUPPORTED = ", ".join(sorted(set(_TEXT_FORMATS) | set(_BINARY_FORMATS) | {".conll"}))
+_TEXT_FORMATS, _BINARY_FORMATS = TEXT_FORMATS, BINARY_FORMATS
 
 
 def _check_utf8(path: Path) -> None:
@@ -42,14 +41,6 @@ def _check_utf8(path: Path) -> None:
             f"{path}: line {line} is not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
             "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
         ) from None
-
-
-def _looks_like_path(ref: str) -> bool:
-    return (
-        ref.startswith((".", "/", "~"))
-        or os.sep in ref and Path(ref).suffix.lower() in (set(_TEXT_FORMATS) | set(_BINARY_FORMATS))
-        or Path(ref).suffix.lower() in (set(_TEXT_FORMATS) | set(_BINARY_FORMATS))
-    )
 
 
 def load_table(ref: str, split: str = "train", config_name: str | None = None) -> datasets.Dataset:
@@ -68,14 +59,8 @@ def load_table(ref: str, split: str = "train", config_name: str | None = None) -
         DeltatuneError: missing file, unsupported extension, invalid UTF-8 (with line number),
             a file that does not parse, an empty file, or an unreachable hub dataset.
     """
-    path = Path(ref).expanduser()
-    if path.exists():
-        if path.is_dir():
-            raise DeltatuneError(f"{path} is a folder; give a data file ({SUPPORTED})")
-        return _load_file(path)
-    if _looks_like_path(ref):
-        raise DeltatuneError(f"data file not found: {path} (check the path; relative paths start from {Path.cwd()})")
-    return _load_hub(ref, split, config_name)
+    path = check_data_file(ref)  # the same checks the CLI makes before importing torch
+    return _load_file(path) if path is not None else _load_hub(ref, split, config_name)
 
 
 def _load_file(path: Path) -> datasets.Dataset:

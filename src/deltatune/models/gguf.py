@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 from deltatune.errors import DeltatuneError
+from deltatune.files import replace_dir_atomically
 
 
 def cache_root() -> Path:
@@ -60,11 +60,7 @@ def convert_gguf(path: str | Path) -> str:
 
     from deltatune.models.loading import quiet_transformers
 
-    tmp = target.with_name(f".tmp-{target.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    def write(tmp: Path) -> None:
         with quiet_transformers():
             loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -79,13 +75,12 @@ def convert_gguf(path: str | Path) -> str:
             clean.generation_config = loaded.generation_config
             clean.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+
+    try:  # the cache folder is complete or absent (a stale or partial one is replaced whole)
+        replace_dir_atomically(write, target)
     except DeltatuneError:
         raise
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeltatuneError(f"cannot convert {path.name} from GGUF: {first}") from None
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
     return str(target)

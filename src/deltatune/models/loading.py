@@ -150,7 +150,8 @@ def load_config(model_path: str, trust_remote_code: bool = False, **overrides: A
             ``trust_remote_code`` is false (names ``--trust-remote-code``).
     """
     try:
-        return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code, **overrides)
+        with quiet_transformers():  # its warnings (e.g. an unknown model_type) precede our one-line error
+            return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code, **overrides)
     except Exception as e:
         raise _load_error(model_path, "cannot read its config", e) from None
 

@@ -16,9 +16,9 @@ from deltatune.delta import is_delta_folder, load_trained
 from deltatune.delta.storage import read_meta
 from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_config, load_tokenizer
-from deltatune.output_files import check_output, write_atomically
+from deltatune.output_files import PREDICTION_SUFFIXES, check_output, write_atomically
 from deltatune.rundir import RunDir
-from deltatune.tasks import Features, Task, get_task_class, is_encoder_decoder
+from deltatune.tasks import Features, GenerativeTask, Task, get_task_class, is_encoder_decoder
 from deltatune.training.inference import batched_outputs, merge_outputs
 
 
@@ -51,7 +51,7 @@ class Predictor:
             DeltatuneError: ``batch_size`` is not an integer >= 1.
         """
         metrics = self.task.compute_metrics(*self.outputs(ds, with_labels=True, batch_size=batch_size))
-        if hasattr(self.task, "final_metrics"):
+        if isinstance(self.task, GenerativeTask):
             metrics.update(self.task.final_metrics(self.model, self.tokenizer, ds, self.device))
         return metrics
 
@@ -67,7 +67,7 @@ class Predictor:
         """
         check_batch_size(batch_size)
         self.task.check(ds, source, with_labels=False)
-        if hasattr(self.task, "generate_rows"):  # decoder tasks answer by generating
+        if isinstance(self.task, GenerativeTask):  # decoder tasks answer by generating
             texts, ended = self.task.generate_rows(self.model, self.tokenizer, ds, self.device, source)
             return [{"generated": t, "ended_with_eos": e} for t, e in zip(texts, ended)]
         return self.task.decode(*self.outputs(ds, with_labels=False, batch_size=batch_size))
@@ -80,15 +80,7 @@ class Predictor:
         """
         if isinstance(texts, str):
             texts = [texts]
-        if hasattr(self.task, "rows_from_texts"):
-            return self.predict_rows(self.task.rows_from_texts(list(texts)), "input")
-        d = self.config.data
-        if d.text_pair_column:
-            pairs = [t if isinstance(t, (tuple, list)) else (t, "") for t in texts]
-            ds = datasets.Dataset.from_dict({d.text_column: [p[0] for p in pairs], d.text_pair_column: [p[1] for p in pairs]})
-        else:
-            ds = datasets.Dataset.from_dict({d.text_column: list(texts)})
-        return self.predict_rows(ds, "input")
+        return self.predict_rows(self.task.rows_from_texts(list(texts)), "input")
 
 
 def check_batch_size(batch_size: int | None) -> None:
@@ -177,10 +169,7 @@ def load(
             for a run that does not generate, out of range, or ``top_p`` without sampling.
     """
     rd = RunDir(run)
-    if not rd.config.is_file():
-        raise DeltatuneError(f"{rd.root} is not a deltatune run directory (no config.yaml); give the folder made by deltatune train")
-    if not rd.model.is_dir():
-        raise DeltatuneError(f"{rd.root} has no model/ folder: the run did not finish (resume it with deltatune train --resume {rd.root})")
+    rd.check_loadable()
     generation = generation_overrides(max_new_tokens, temperature, top_p, num_beams)
     permissions = {"model.trust_remote_code": bool(trust_remote_code), "model.allow_pickle_weights": bool(allow_pickle_weights)}
     cfg = build_config(rd.config, permissions)
@@ -225,7 +214,6 @@ def load_task_model(cfg: RunConfig, model_dir: Path) -> tuple[Task, torch.nn.Mod
 
 
 # the file types write_predictions writes
-PREDICTION_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 
 
 def merge_record(inputs: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Task families, all with the interface of :class:`deltatune.tasks.base.Task`.
 
-Task classes are imported lazily (``name -> "module:Class"``) so that importing one task does
-not import every model head. The text-to-text tasks (summarization, translation,
+Every task is declared once in :mod:`deltatune.tasks.registry` (name, implementation
+``"module:Class"``, model family, scorer); classes are imported lazily so that importing this
+package imports neither torch nor every model head. The text-to-text tasks (summarization, translation,
 generative-qa) have two implementations: by prompting a decoder
 (:mod:`deltatune.tasks.language_modeling`) or with an encoder-decoder
 (:mod:`deltatune.tasks.seq2seq`); which one is decided by the model (see
@@ -11,35 +12,22 @@ generative-qa) have two implementations: by prompting a decoder
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from deltatune.config import ModelConfig, RunConfig
 from deltatune.errors import DeltatuneError
-from deltatune.tasks.base import Features, Task
+from deltatune.tasks.registry import REGISTRY, TaskSpec, register, task_names, tasks_of_family
 
-TASK_CLASSES: dict[str, str] = {
-    "text-classification": "classification:ClassificationTask",
-    "token-classification": "token_classification:TokenClassificationTask",
-    "question-answering": "extractive_qa:ExtractiveQATask",
-    "extractive-summarization": "extractive_summarization:ExtractiveSummarizationTask",
-    "masked-lm": "masked_lm:MaskedLMTask",
-    "causal-lm": "language_modeling:CausalLMTask",
-    "instruction": "language_modeling:InstructionTask",
-    "summarization": "language_modeling:SummarizationTask",
-    "translation": "language_modeling:TranslationTask",
-    "generative-qa": "language_modeling:GenerativeQATask",
-}
-
-# the same text-to-text tasks on an encoder-decoder model
-SEQ2SEQ_CLASSES: dict[str, str] = {
-    "summarization": "seq2seq:Seq2SeqSummarizationTask",
-    "translation": "seq2seq:Seq2SeqTranslationTask",
-    "generative-qa": "seq2seq:Seq2SeqGenerativeQATask",
-}
+if TYPE_CHECKING:  # importing this package stays torch-free (deltatune.config reads the registry)
+    from deltatune.config import ModelConfig, RunConfig
+    from deltatune.tasks.base import Features, GenerativeTask, Task
 
 
-def _import(ref: str) -> type[Task]:
-    module, cls = ref.split(":")
-    return getattr(importlib.import_module(f"deltatune.tasks.{module}"), cls)
+def import_class(ref: str) -> type[Task]:
+    """The class named by a registry reference ``"module:Class"`` (module relative to
+    :mod:`deltatune.tasks` unless it is a dotted path)."""
+    module_name, class_name = ref.split(":")
+    module_path = module_name if "." in module_name else f"deltatune.tasks.{module_name}"
+    return getattr(importlib.import_module(module_path), class_name)
 
 
 def get_task_class(name: str, encoder_decoder: bool = False) -> type[Task]:
@@ -49,15 +37,16 @@ def get_task_class(name: str, encoder_decoder: bool = False) -> type[Task]:
         DeltatuneError: unknown task name (lists the known ones); an encoder-decoder model for
             a task that has no encoder-decoder variant.
     """
-    if name not in TASK_CLASSES:
-        raise DeltatuneError(f"unknown task '{name}'; known tasks: {', '.join(TASK_CLASSES)}")
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise DeltatuneError(f"unknown task '{name}'; known tasks: {', '.join(REGISTRY)}")
     if encoder_decoder:
-        if name not in SEQ2SEQ_CLASSES:
+        if spec.encoder_decoder is None:
             raise DeltatuneError(
-                f"task '{name}' does not run on an encoder-decoder model; use one of {', '.join(SEQ2SEQ_CLASSES)}"
+                f"task '{name}' does not run on an encoder-decoder model; use one of {', '.join(tasks_of_family('encoder-decoder'))}"
             )
-        return _import(SEQ2SEQ_CLASSES[name])
-    return _import(TASK_CLASSES[name])
+        return import_class(spec.encoder_decoder)
+    return import_class(spec.implementation)
 
 
 def is_encoder_decoder(model: ModelConfig, model_config=None) -> bool:
@@ -81,15 +70,26 @@ def is_encoder_decoder(model: ModelConfig, model_config=None) -> bool:
 
 def create_task(config: RunConfig, model_config=None) -> Task:
     """A fresh, unfitted task for ``config.task`` on ``config.model``."""
-    enc_dec = config.task in SEQ2SEQ_CLASSES and is_encoder_decoder(config.model, model_config)
+    spec = REGISTRY.get(config.task)
+    enc_dec = spec is not None and spec.encoder_decoder is not None and is_encoder_decoder(config.model, model_config)
     return get_task_class(config.task, enc_dec)(config)
 
 
-def __getattr__(name: str):  # ClassificationTask etc. stay importable from deltatune.tasks
-    for ref in list(TASK_CLASSES.values()) + list(SEQ2SEQ_CLASSES.values()):
-        if ref.endswith(f":{name}"):
-            return _import(ref)
+_BASE_NAMES = ("Features", "GenerativeTask", "Task")
+_BASE_MODULE = "deltatune.tasks.base"
+
+
+def __getattr__(name: str):  # Task, ClassificationTask etc. stay importable from deltatune.tasks, lazily
+    if name in _BASE_NAMES:
+        return getattr(importlib.import_module(_BASE_MODULE), name)
+    for spec in REGISTRY.values():
+        for ref in (spec.implementation, spec.encoder_decoder):
+            if ref is not None and ref.endswith(f":{name}"):
+                return import_class(ref)
     raise AttributeError(name)
 
 
-__all__ = ["Features", "Task", "TASK_CLASSES", "create_task", "get_task_class", "is_encoder_decoder"]
+__all__ = [
+    "Features", "GenerativeTask", "REGISTRY", "Task", "TaskSpec", "create_task", "get_task_class",
+    "import_class", "is_encoder_decoder", "register", "task_names", "tasks_of_family",
+]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from deltatune.config import RunConfig
+from deltatune.tasks.chat_format import EncodeStats
 
 
 class Features(torch.utils.data.Dataset):
@@ -34,6 +35,10 @@ class Features(torch.utils.data.Dataset):
     tensors (offsets, word ids) keep that in ``meta`` (one entry per feature, any Python
     object, never collated) and the source rows in ``examples``; both are handed back to
     :meth:`Task.compute_metrics` and :meth:`Task.decode` with the outputs.
+
+    ``stats`` holds the encoding counts of tasks that report them (examples truncated, dropped,
+    EOS appended; :class:`EncodeStats`, reported by ``deltatune check`` and in ``eval.json``),
+    else ``None``.
     """
 
     def __init__(
@@ -42,32 +47,58 @@ class Features(torch.utils.data.Dataset):
         lengths: Sequence[int],
         meta: list[Any] | None = None,
         examples: list[dict[str, Any]] | None = None,
+        stats: EncodeStats | None = None,
     ):
         self.rows = rows
         self.lengths = list(lengths)
         self.meta = meta
         self.examples = examples
+        self.stats = stats
         if meta is not None and len(meta) != len(rows):
             raise ValueError(f"meta has {len(meta)} entries for {len(rows)} features")
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def num_examples(self) -> int:
+        """Number of training examples held (one per feature; packed features hold several)."""
+        return len(self.rows)
+
+    def examples_in(self, indices: Sequence[int]) -> int:
+        """Number of examples in the features at ``indices`` (a batch): one each here."""
+        return len(indices)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.rows[i]
 
 
 class Task(ABC):
-    """Base class of all tasks.
+    """Base class of all tasks: everything a caller (API, trainer, predictor, planners) uses.
 
-    Subclasses set ``name``, ``default_metric`` and ``greater_is_better`` and implement the
-    abstract methods. ``source`` arguments are human-readable origins (a file path) used in
-    error messages.
+    Subclasses set ``name`` (their registry name, :mod:`deltatune.tasks.registry`),
+    ``default_metric`` and ``greater_is_better``, the model attributes
+    (``auto_model_class``, ``peft_task_type``) and implement the abstract methods. Optional
+    capabilities are the declared attributes below, with their defaults; callers read them
+    and never probe a task for a method. Tasks that answer by generating text also derive
+    from :class:`GenerativeTask`. ``source`` arguments are human-readable origins (a file
+    path) used in error messages.
     """
 
     name: str = ""
-    default_metric: str = "loss"
+    default_metric: str = "loss"  # key of compute_metrics' result that selects the best checkpoint
     greater_is_better: bool = False
+
+    # ---- declared capabilities (read by the callers named) --------------------------------
+    # train.packing may put several examples in one sequence (deltatune.training.packing)
+    supports_packing: bool = False
+    # the validation split is carved out as the last rows rather than at random (deltatune.api)
+    contiguous_split: bool = False
+    # modules trained and saved whole next to a peft adapter (peft's ``modules_to_save``);
+    # build_model may set it on the instance when it initialises a head fresh
+    modules_to_save: list[str] | None = None
+    # the model's output is logits over the whole vocabulary per token (memory estimate)
+    vocab_logits: bool = False
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -89,8 +120,29 @@ class Task(ABC):
         """Validate evaluation/prediction rows (columns present, texts non-empty, labels known)."""
 
     @abstractmethod
-    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True) -> Features:
-        """Tokenize rows into :class:`Features`."""
+    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True, source: str = "data") -> Features:
+        """Tokenize rows that :meth:`fit` or :meth:`check` accepted into :class:`Features`.
+
+        Each feature row holds ``input_ids`` (list[int]) and, as the task needs,
+        ``attention_mask`` / ``token_type_ids`` (list[int]) and ``labels`` (when
+        ``with_labels``). Tasks that count what encoding did (truncation, dropped rows) return
+        those counts in ``Features.stats``.
+
+        Raises:
+            DeltatuneError: rows that cannot be encoded, naming ``source`` and the row.
+        """
+
+    def rows_from_texts(self, texts: Sequence[Any]) -> datasets.Dataset:
+        """Rows from plain inputs (``predict --text``, :meth:`Predictor.predict`).
+
+        Default: each text fills ``data.text_column``; a ``(text, text_pair)`` tuple also fills
+        ``data.text_pair_column`` when the run has one (a plain text then gets an empty pair).
+        """
+        d = self.config.data
+        if d.text_pair_column:
+            pairs = [t if isinstance(t, (tuple, list)) else (t, "") for t in texts]
+            return datasets.Dataset.from_dict({d.text_column: [p[0] for p in pairs], d.text_pair_column: [p[1] for p in pairs]})
+        return datasets.Dataset.from_dict({d.text_column: list(texts)})
 
     def stratify_keys(self, ds: datasets.Dataset) -> list | None:
         """Per-row keys to stratify the validation split by, or ``None``."""
@@ -110,7 +162,7 @@ class Task(ABC):
 
     # ---- model ----------------------------------------------------------------------------
     auto_model_class: Any = None  # the transformers Auto* class of this task's head
-    peft_task_type: str = ""  # peft's TaskType name (SEQ_CLS, TOKEN_CLS, CAUSAL_LM, ...)
+    peft_task_type: str | None = ""  # peft's TaskType name (SEQ_CLS, TOKEN_CLS, CAUSAL_LM, ...); None: peft has none
     new_parameter_names: set = set()  # parameters build_model initialised fresh (the head)
 
     def load_trained(self, model_dir: str) -> torch.nn.Module:
@@ -162,3 +214,39 @@ class Task(ABC):
     @abstractmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "Task":
         """Rebuild a fitted task from a run's config and its saved model config."""
+
+    @classmethod
+    def demo_rows(cls) -> dict[str, Any]:
+        """A few small labelled rows and the config this task trains on (contract tests, docs).
+
+        Returns:
+            ``{"rows": [row dicts], "config": {dotted or nested config overrides}}``; the rows
+            must give at least two of everything the task needs (two labels, two answers).
+        """
+        raise NotImplementedError(f"task {cls.name!r} declares no demo rows")
+
+
+class GenerativeTask(ABC):
+    """Mixin of the tasks that answer by generating text (decoder and encoder-decoder tasks).
+
+    Callers test ``isinstance(task, GenerativeTask)``: prediction then generates
+    (:meth:`generate_rows`) instead of decoding :meth:`Task.eval_step` outputs, and the final
+    evaluation adds :meth:`final_metrics` to the token-loss metrics.
+    """
+
+    @abstractmethod
+    def generate_rows(
+        self, model: torch.nn.Module, tokenizer, ds: datasets.Dataset, device: torch.device | str = "cpu", source: str = "data"
+    ) -> tuple[list[str], list[bool]]:
+        """Generate one output text per row of ``ds`` (rows that :meth:`Task.check` accepted
+        without labels).
+
+        Returns:
+            (generated texts in row order, whether each generation ended with an end token
+            within ``eval.max_new_tokens``).
+        """
+
+    @abstractmethod
+    def final_metrics(self, model: torch.nn.Module, tokenizer, ds: datasets.Dataset, device: torch.device | str = "cpu") -> dict[str, Any]:
+        """Generation metrics of labelled rows ``ds`` (e.g. ROUGE, BLEU), merged into the
+        split's metrics at the end of a run; ``{}`` when there is nothing to score."""

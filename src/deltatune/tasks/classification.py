@@ -160,7 +160,7 @@ class ClassificationTask(Task):
         return [normalize_label(v) if not is_missing(v) else "" for v in ds[self.config.data.label_column]]
 
     # ---- encoding -----------------------------------------------------------------------
-    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True) -> Features:
+    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True, source: str = "data") -> Features:
         """Tokenize (truncating to ``data.max_seq_length``) into input_ids/attention_mask[/token_type_ids]/labels.
 
         ``labels`` is an int class id (single-label) or a multi-hot list of 0/1 floats (multi-label).
@@ -174,7 +174,7 @@ class ClassificationTask(Task):
         if with_labels:
             l2i = self.label2id
             for i, (row, v) in enumerate(zip(rows, ds[d.label_column]), start=1):
-                names = self._row_labels(v, i, "data")
+                names = self._row_labels(v, i, source)
                 if self.multi_label:
                     hot = [0.0] * len(self.labels)
                     for n in names:
@@ -272,3 +272,9 @@ class ClassificationTask(Task):
         labels = [id2label[i] for i in range(len(id2label))]
         return cls(config, labels, model_config.problem_type == "multi_label_classification")
 
+
+    @classmethod
+    def demo_rows(cls) -> dict[str, Any]:
+        """Eight two-class sentiment rows (``text``, ``label``); see :meth:`Task.demo_rows`."""
+        good, bad = "a good and lovely film", "a bad and boring film"
+        return {"rows": [{"text": good if i % 2 else bad, "label": "pos" if i % 2 else "neg"} for i in range(8)], "config": {}}

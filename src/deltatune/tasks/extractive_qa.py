@@ -291,7 +291,7 @@ class ExtractiveQATask(Task):
     peft_task_type = "QUESTION_ANS"
     # named so that peft's "all-linear" LoRA/IA3 leaves the head out of its targets and trains and
     # saves it in full (peft excludes only sequence-classification heads by itself)
-    peft_modules_to_save = ["qa_outputs"]
+    modules_to_save = ["qa_outputs"]
     default_metric = "f1"
     greater_is_better = True
     contiguous_split = True  # questions on one paragraph are neighbours: a random split would leak contexts
@@ -389,7 +389,7 @@ class ExtractiveQATask(Task):
             longest = max(longest, min(len(offsets), limit))
         return out, longest
 
-    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True) -> Features:
+    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True, source: str = "data") -> Features:
         """Tokenize rows into overlapping windows, one feature per window.
 
         Features rows: ``input_ids``, ``attention_mask`` (and ``token_type_ids``), plus
@@ -415,7 +415,7 @@ class ExtractiveQATask(Task):
                 f"max_seq_length {d.max_seq_length} minus the longest question, {longest} tokens, and special tokens); "
                 "lower data.doc_stride or raise data.max_seq_length (e.g. 384 with doc_stride 128)"
             )
-        golds = self._gold_answers(ds, "data") if with_labels else None
+        golds = self._gold_answers(ds, source) if with_labels else None
         enc = tokenizer(
             questions,
             contexts,
@@ -536,3 +536,13 @@ class ExtractiveQATask(Task):
         if v2 is None:
             v2 = config.data.version_2_with_negative
         return cls(config, bool(v2))
+
+    @classmethod
+    def demo_rows(cls) -> dict[str, Any]:
+        """Eight ``question``/``context``/``answers`` rows (SQuAD answers); see :meth:`Task.demo_rows`."""
+        rows = []
+        for i, colour in enumerate("red green blue yellow purple orange black white".split()):
+            context = f"The weather was fine. The favourite colour of unit {i} is {colour}. It rains."
+            answer = {"text": [colour], "answer_start": [context.index(f" is {colour}.") + 4]}
+            rows.append({"question": f"What is the favourite colour of unit {i}?", "context": context, "answers": answer})
+        return {"rows": rows, "config": {}}

@@ -247,3 +247,13 @@ class ExtractiveSummarizationTask(ClassificationTask):
     @classmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "ExtractiveSummarizationTask":
         return cls(config)
+
+    @classmethod
+    def demo_rows(cls) -> dict[str, Any]:
+        """Six documents (``text``: a list of sentences) with a one-sentence ``target``; see :meth:`Task.demo_rows`."""
+        rows = []
+        for i, topic in enumerate("graphs vision speech robots proteins music".split()):
+            sents = ["It rained all day.", "The room was cold."]
+            sents.insert(i % 3, f"We propose a new model for {topic}.")
+            rows.append({"text": sents, "target": f"A new model for {topic}."})
+        return {"rows": rows, "config": {}}

@@ -25,28 +25,24 @@ from transformers import AutoModelForCausalLM
 from deltatune.config import RunConfig
 from deltatune.data.columns import check_text_column, require_columns
 from deltatune.errors import DeltatuneError
-from deltatune.metrics.text import rouge
 from deltatune.models.loading import load_pretrained
-from deltatune.tasks.base import Features, Task
+from deltatune.tasks.base import Features, GenerativeTask, Task
 from deltatune.tasks.chat_format import IGNORE_INDEX, ChatEncoder, EncodeStats, detect_format, row_to_messages
 from deltatune.tasks.collate import pad_batch
 from deltatune.tasks.generation import GenerationSettings, generate
-from deltatune.tasks.prompting import GenerationMetrics, PromptedColumns, token_loss_metrics
+from deltatune.tasks.prompting import SCORERS, GenerationMetrics, PromptedColumns, token_loss_metrics
 from deltatune.tasks.token_loss import next_token_losses, resolve_chunk_size, unwrap
 
 
-class LanguageModelTask(Task):
-    """What all decoder tasks share: the model class, padding, the token loss, perplexity."""
+class LanguageModelTask(GenerativeTask, Task):
+    """What all decoder tasks share: the model class, padding, the token loss, perplexity, generation."""
 
     auto_model_class = AutoModelForCausalLM
     peft_task_type = "CAUSAL_LM"
     default_metric = "loss"
     greater_is_better = False
     contiguous_split = False
-
-    def __init__(self, config: RunConfig):
-        super().__init__(config)
-        self.stats: dict[str, EncodeStats] = {}
+    vocab_logits = True
 
     def set_tokenizer(self, tokenizer) -> None:
         super().set_tokenizer(tokenizer)
@@ -156,13 +152,22 @@ class CausalLMTask(LanguageModelTask):
             rows.append({"input_ids": chunk, "attention_mask": [1] * len(chunk), "labels": list(chunk)})
         if not rows:
             raise DeltatuneError("the text is too short to make one training block; give more text")
-        self.stats["last"] = EncodeStats(examples=len(rows), trained_tokens=len(stream), total_tokens=len(stream))
-        return Features(rows, [len(r["input_ids"]) for r in rows])
+        stats = EncodeStats(examples=len(rows), trained_tokens=len(stream), total_tokens=len(stream))
+        return Features(rows, [len(r["input_ids"]) for r in rows], stats=stats)
+
+    @classmethod
+    def demo_rows(cls) -> dict[str, Any]:
+        """Eight short ``text`` rows; see :meth:`Task.demo_rows`."""
+        return {"rows": [{"text": f"The cat number {i} sat on the warm mat and slept all day."} for i in range(8)], "config": {}}
 
     def generate_rows(self, model, tokenizer, ds, device="cpu", source: str = "data") -> tuple[list[str], list[bool]]:
         """Continue each row's text."""
         prompts = tokenizer([str(t) for t in ds[self.config.data.text_column]])["input_ids"]
         return generate(model, tokenizer, prompts, self.generation_settings(), device)
+
+    def final_metrics(self, model, tokenizer, ds, device="cpu") -> dict:
+        """Nothing to score a continuation against: causal-lm is measured by its perplexity."""
+        return {}
 
 
 class InstructionTask(GenerationMetrics, LanguageModelTask):
@@ -180,6 +185,12 @@ class InstructionTask(GenerationMetrics, LanguageModelTask):
             fmt = detect_format(ds.column_names, with_answer=with_labels)
             if with_labels:
                 self.format = fmt
+
+    @classmethod
+    def demo_rows(cls) -> dict[str, Any]:
+        """Eight prompt/completion rows; see :meth:`Task.demo_rows`."""
+        rows = [{"prompt": f"What is {i} plus one?", "completion": f"It is {i + 1}."} for i in range(8)]
+        return {"rows": rows, "config": {}}
 
     def input_format(self, ds: datasets.Dataset) -> str:
         """The format of prediction inputs: the run's, else detected from ``ds``'s columns."""
@@ -216,13 +227,12 @@ class InstructionTask(GenerationMetrics, LanguageModelTask):
                 continue
             ids, labels = out
             rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-        self.stats["last"] = st
         if not rows:
             raise DeltatuneError(
                 f"{source}: no example has a trained token within data.max_seq_length={self.config.data.max_seq_length}; "
                 "raise max_seq_length or shorten the prompts"
             )
-        return Features(rows, [len(r["input_ids"]) for r in rows])
+        return Features(rows, [len(r["input_ids"]) for r in rows], stats=st)
 
     def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
         """The contents of each row's conversation, joined by newlines (the chat template's own
@@ -244,8 +254,8 @@ class InstructionTask(GenerationMetrics, LanguageModelTask):
         return [msgs[-1]["content"]] if msgs[-1]["role"] == "assistant" else []
 
     def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-        """Generation metrics for this task (instruction: ROUGE against the reference answers)."""
-        return rouge(predictions, references)
+        """Generation metrics for this task (its registry scorer; instruction: ROUGE against the reference answers)."""
+        return SCORERS[self.name](predictions, references)
 
     def generate_rows(self, model, tokenizer, ds, device="cpu", source: str = "data") -> tuple[list[str], list[bool]]:
         """Generate an answer for each row (prompts from the row without its answer; the answer may be absent)."""

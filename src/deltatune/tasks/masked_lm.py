@@ -186,7 +186,8 @@ class MaskedLMTask(Task):
     name = "masked-lm"
     auto_model_class = AutoModelForMaskedLM
     peft_task_type = None  # peft has no MLM TaskType: its generic PeftModel is used
-    peft_modules_to_save: list[str] | None = None  # set by build_model: the head modules it initialised fresh
+    modules_to_save: list[str] | None = None  # set by build_model: the head modules it initialised fresh
+    vocab_logits = True
     default_metric = "loss"
     greater_is_better = False
     contiguous_split = True
@@ -230,7 +231,7 @@ class MaskedLMTask(Task):
         """Rows for prediction from raw texts (with ``[MASK]`` tokens to fill)."""
         return datasets.Dataset.from_dict({self.config.data.text_column: [str(t) for t in texts]})
 
-    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True) -> Features:
+    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True, source: str = "data") -> Features:
         """Blocks of packed text (``with_labels``) or one truncated sequence per row (prediction).
 
         Returns:
@@ -311,7 +312,7 @@ class MaskedLMTask(Task):
             **config_overrides,
         )
         self.new_parameter_names = set(info["missing_keys"])
-        self.peft_modules_to_save = fresh_head_modules(model, self.new_parameter_names)
+        self.modules_to_save = fresh_head_modules(model, self.new_parameter_names)
         return model
 
     def token_losses(self, model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -406,3 +407,8 @@ class MaskedLMTask(Task):
     @classmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "MaskedLMTask":
         return cls(config)
+
+    @classmethod
+    def demo_rows(cls) -> dict[str, Any]:
+        """Eight short ``text`` rows; see :meth:`Task.demo_rows`."""
+        return {"rows": [{"text": f"the cat number {i} sat on the warm mat and slept all day"} for i in range(8)], "config": {}}

@@ -11,7 +11,8 @@ way:
   ``data.target_column`` (default ``target``; ``answers`` for generative-qa, where SQuAD
   ``{"text": [...]}`` answers give several references).
 - :data:`SCORERS`: ROUGE for summarization, BLEU/chrF for translation, SQuAD exact match/F1
-  for generative QA (see :mod:`deltatune.metrics.text`).
+  for generative QA (see :mod:`deltatune.metrics.text`), as the task registry
+  (:mod:`deltatune.tasks.registry`) names them.
 - :class:`GenerationMetrics`: the final evaluation generates for up to
   ``eval.generation_max_samples`` rows and scores them.
 - :func:`token_loss_metrics`: loss and perplexity from summed token losses.
@@ -29,13 +30,14 @@ import numpy as np
 from deltatune.config import RunConfig
 from deltatune.data.columns import require_columns
 from deltatune.errors import DeltatuneError
-from deltatune.metrics.text import bleu_chrf, perplexity, rouge, squad_em_f1
+from deltatune.metrics import text as text_metrics
+from deltatune.metrics.text import perplexity
+from deltatune.tasks.registry import REGISTRY
 
-# generation metrics per task name: (predictions, references per prediction) -> {metric: value}
+# generation metrics per task name: (predictions, references per prediction) -> {metric: value};
+# each task's scorer is named in the task registry
 SCORERS: dict[str, Callable[[Sequence[str], Sequence[Sequence[str]]], dict[str, float]]] = {
-    "summarization": rouge,
-    "translation": bleu_chrf,
-    "generative-qa": squad_em_f1,
+    spec.name: vars(text_metrics)[spec.scorer] for spec in REGISTRY.values() if spec.scorer
 }
 
 # placeholders filled from the config rather than from a column
@@ -190,6 +192,20 @@ class PromptedColumns:
             raise DeltatuneError(f"data.prompt_template uses {{{e.args[0]}}} but {source} has no such column") from None
         except (ValueError, IndexError, AttributeError) as e:
             raise DeltatuneError(f"data.prompt_template {self.template!r} cannot be filled ({e}); use plain {{column}} placeholders") from None
+
+    @classmethod
+    def demo_rows(cls) -> dict[str, Any]:
+        """Eight rows of this text-to-text task (both implementations share them); see
+        :meth:`deltatune.tasks.base.Task.demo_rows`."""
+        words = "red blue green pink gold gray teal navy".split()
+        if cls.name == "generative-qa":
+            rows = [
+                {"question": f"Which colour is item {i}?", "context": f"Item {i} is {w}.", "answers": {"text": [w], "answer_start": [len(f"Item {i} is ")]}}
+                for i, w in enumerate(words)
+            ]
+        else:
+            rows = [{"source": f"the {w} house", "target": f"{w} house"} for w in words]
+        return {"rows": rows, "config": {}}
 
     def score(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
         """This task's generation metrics (:data:`SCORERS`)."""

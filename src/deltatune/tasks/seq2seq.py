@@ -51,7 +51,7 @@ from deltatune.data.columns import check_text_column
 from deltatune.errors import DeltatuneError
 from deltatune.models import resolve_model
 from deltatune.models.loading import dropout_overrides, load_config, load_pretrained, load_tokenizer, quiet_transformers
-from deltatune.tasks.base import Features, Task
+from deltatune.tasks.base import Features, GenerativeTask, Task
 from deltatune.tasks.chat_format import IGNORE_INDEX, EncodeStats
 from deltatune.tasks.collate import pad_batch
 from deltatune.tasks.generation import GenerationSettings, generate
@@ -101,7 +101,7 @@ def encoder_decoder_token_ids(tokenizer) -> DecoderTokenIds:
     return DecoderTokenIds(start, eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
 
 
-class Seq2SeqTask(GenerationMetrics, PromptedColumns, Task):
+class Seq2SeqTask(GenerationMetrics, PromptedColumns, GenerativeTask, Task):
     """Text-to-text on an encoder-decoder: source -> encoder, target -> decoder labels.
 
     Features: ``input_ids``/``attention_mask`` (source, at most ``data.max_seq_length``) and
@@ -118,7 +118,6 @@ class Seq2SeqTask(GenerationMetrics, PromptedColumns, Task):
     def __init__(self, config: RunConfig, model_config=None):
         super().__init__(config)
         self.model_config = model_config  # the (saved) model's config, when known
-        self.stats: dict[str, Seq2SeqEncodeStats] = {}
 
     @property
     def from_two_checkpoints(self) -> bool:
@@ -184,7 +183,7 @@ class Seq2SeqTask(GenerationMetrics, PromptedColumns, Task):
         return ids, len(long)
 
     def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True, source: str = "data") -> Features:
-        """Tokenize sources (and targets into ``labels``); counts go to ``stats["last"]``.
+        """Tokenize sources (and targets into ``labels``); counts go to the features' ``stats``.
 
         Raises:
             DeltatuneError: an empty target (file, row, column) or a template column missing.
@@ -206,8 +205,7 @@ class Seq2SeqTask(GenerationMetrics, PromptedColumns, Task):
                 row["labels"] = lab
             st.trained_tokens = sum(len(r["labels"]) for r in rows)
         st.total_tokens = st.trained_tokens + sum(len(r["input_ids"]) for r in rows)
-        self.stats["last"] = st
-        return Features(rows, [len(r["input_ids"]) + len(r.get("labels", ())) for r in rows])
+        return Features(rows, [len(r["input_ids"]) + len(r.get("labels", ())) for r in rows], stats=st)
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Right padding: sources with the pad id (attention 0), labels with -100."""

@@ -118,7 +118,7 @@ class TokenClassificationTask(Task):
     peft_task_type = "TOKEN_CLS"
     # peft's "all-linear" LoRA would also wrap the head and then fail to save it in full; naming
     # the head here keeps it out of the adapter targets (peft's head names for token/sequence heads)
-    peft_modules_to_save = ["classifier", "score"]
+    modules_to_save = ["classifier", "score"]
 
     def __init__(self, config: RunConfig, labels: list[str] | None = None):
         super().__init__(config)
@@ -230,7 +230,7 @@ class TokenClassificationTask(Task):
         self._examples(ds, source, with_labels)
 
     # ---- encoding -----------------------------------------------------------------------
-    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True) -> Features:
+    def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True, source: str = "data") -> Features:
         """Tokenize the words of each row; one feature per row.
 
         Features rows hold ``input_ids``, ``attention_mask`` (``token_type_ids``) and, with
@@ -246,7 +246,7 @@ class TokenClassificationTask(Task):
                 f"token classification needs a fast (Rust) tokenizer to map subwords to words; {type(tokenizer).__name__} is not"
             )
         d = self.config.data
-        examples = self._examples(ds, "data", with_labels)
+        examples = self._examples(ds, source, with_labels)
         enc = tokenizer([ex["words"] for ex in examples], is_split_into_words=True, truncation=True, max_length=d.max_seq_length)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         l2i = self.label2id
@@ -377,3 +377,12 @@ class TokenClassificationTask(Task):
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "TokenClassificationTask":
         id2label = {int(k): v for k, v in model_config.id2label.items()}
         return cls(config, [id2label[i] for i in range(len(id2label))])
+
+    @classmethod
+    def demo_rows(cls) -> dict[str, Any]:
+        """Eight ``tokens``/``tags`` rows with PER and LOC entities (IOB2); see :meth:`Task.demo_rows`."""
+        rows = [
+            {"tokens": ["Paris", "is", "nice"], "tags": ["B-LOC", "O", "O"]},
+            {"tokens": ["see", "John", "Smith"], "tags": ["O", "B-PER", "I-PER"]},
+        ]
+        return {"rows": rows * 4, "config": {}}

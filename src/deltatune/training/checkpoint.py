@@ -32,6 +32,7 @@ import random
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +42,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from deltatune import files
 from deltatune.errors import DeltatuneError
 from deltatune.rundir import write_failure
 
@@ -238,11 +240,8 @@ def save_checkpoint(
             the way); the temporary folder is removed and the older checkpoints are untouched.
     """
     final = folder / f"step-{step:08d}"
-    tmp = folder / f".tmp-step-{step:08d}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _clean_leftovers(folder)
-        tmp.mkdir()
+
+    def write(tmp: Path) -> None:
         write_tensors(trainable_state(model), tmp / "trainable.safetensors")
         _pause_for_tests(step)
         write_state(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -250,21 +249,17 @@ def save_checkpoint(
         write_state(rng_state, tmp / "rng.pt")
         state = {**trainer_state, "checkpoint_format": CHECKPOINT_FORMAT}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        if final.exists():  # the same step saved again (an interrupt right after a periodic save)
-            old = folder / f".old-step-{step:08d}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _clean_leftovers(folder)
+        # .tmp-step-N, then swapped in; the same step saved again (an interrupt right after a
+        # periodic save) replaces the older copy only once the new one is complete
+        files.replace_dir_atomically(write, final)
     except (OSError, SafetensorError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise write_failure(
             final, e, f"then continue from the last complete checkpoint with: deltatune train --resume {folder.parent}"
         ) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(folder)[:-keep]:
         gone = folder / f".del-{old.name}"
         try:
@@ -307,7 +302,9 @@ class CheckpointContents:
 def _load_tensors_file(path: Path, allow_pickle: bool) -> Any:
     """``torch.load`` with ``weights_only=True``; with ``allow_pickle`` a file that needs more is unpickled."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol: reported below as our own one line
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
             raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)})") from e
@@ -326,7 +323,10 @@ def _load_tensors_file(path: Path, allow_pickle: bool) -> Any:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0]
+    return f"{type(e).__name__}: {line if len(line) <= 200 else line[:197] + '...'}"
 
 
 def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
@@ -356,6 +356,16 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
     ):
         raise CheckpointError(
             f"{state_file} lacks {', '.join(TRAINER_STATE_KEYS)} or early_stopping (not a deltatune trainer state)"
+        )
+    step = _STEP_RE.match(path.name)
+    if (
+        (step is not None and int(step.group(1)) != state["global_step"])
+        or not 1 <= state["global_step"] <= state["total_steps"]
+        or min(state["epoch"], state["batch_in_epoch"], state["examples_seen"]) < 0
+    ):
+        raise CheckpointError(
+            f"{state_file} is inconsistent (global_step {state['global_step']} in folder {path.name}, of "
+            f"{state['total_steps']} steps; epoch, batch_in_epoch and examples_seen must be >= 0)"
         )
     version = state.get("checkpoint_format", 1)
     if version not in (1, CHECKPOINT_FORMAT):
@@ -418,7 +428,8 @@ def load_checkpoint(
 
 
 def replace_dir_atomically(write: Callable[[Path], Any], target: Path) -> None:
-    """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target`` (old one removed after).
+    """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target`` (old one removed after):
+    :func:`deltatune.files.replace_dir_atomically`, with a failed write explained in one line.
 
     At every moment ``target`` is either the old complete folder or the new complete one (a
     crash between the two renames leaves the old one as ``.old-<name>``, put back by the next
@@ -427,26 +438,10 @@ def replace_dir_atomically(write: Callable[[Path], Any], target: Path) -> None:
     Raises:
         DeltatuneError: ``target`` cannot be written (read-only folder, full disk).
     """
-    tmp = target.with_name(f".tmp-{target.name}")
-    old = target.with_name(f".old-{target.name}")
     try:
-        if old.exists() and not target.exists():
-            old.rename(target)  # an earlier swap stopped half-way: the old folder is the complete one
-        for p in (tmp, old):
-            if p.exists():
-                shutil.rmtree(p)
-        tmp.mkdir(parents=True)
-        write(tmp)
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
+        files.replace_dir_atomically(write, target)
     except (OSError, SafetensorError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise write_failure(target, e, "then run again (--resume continues a run from its last checkpoint)") from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_best_state(folder: Path, model: torch.nn.Module) -> None:

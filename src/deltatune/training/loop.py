@@ -129,6 +129,36 @@ class TrainState:
 
 
 @dataclass
+class _LoopState:
+    """The counters of one call of :meth:`Trainer.train` (a resumed run starts them afresh).
+
+    Attributes:
+        progress: the progress bar/lines.
+        start: ``time.perf_counter()`` at the start, seconds.
+        examples_at_start: ``TrainState.examples_seen`` at the start.
+        micro_size: examples per micro-batch over all processes.
+        tokens_seen: tokens trained in this call (padding excluded).
+        mid_step: between the start of a step and its counters' update.
+        window_loss: summed loss since the last logged loss (0-d float32 tensor on the device).
+        window_targets: targets behind ``window_loss`` (this process).
+        last_loss: the latest logged mean loss (``None`` before the first).
+        rng_for_state: generator states matching ``TrainState`` (the last completed step), for
+            an interrupt checkpoint.
+    """
+
+    progress: Progress
+    start: float
+    examples_at_start: int
+    micro_size: int
+    window_loss: torch.Tensor
+    rng_for_state: dict[str, Any]
+    tokens_seen: int = 0
+    mid_step: bool = False
+    window_targets: int = 0
+    last_loss: Optional[float] = None
+
+
+@dataclass
 class TrainResult:
     """Summary returned by :meth:`Trainer.train`."""
 
@@ -357,7 +387,18 @@ class Trainer:
             self.run_dir.truncate_log(self.state.global_step)
 
     def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint made by another launch size or for another schedule length."""
+        """Refuse a checkpoint made by another launch size or for another schedule length.
+
+        Raises:
+            CheckpointError: its position in the epoch lies past this data's batches (a damaged
+                or edited trainer_state.json; resume falls back to an older checkpoint).
+            DeltatuneError: another number of processes or of total steps.
+        """
+        if state["batch_in_epoch"] > self._batches_per_epoch():
+            raise CheckpointError(
+                f"{path / 'trainer_state.json'} is inconsistent: batch_in_epoch {state['batch_in_epoch']} is past the "
+                f"{self._batches_per_epoch()} batches of an epoch"
+            )
         if state.get("processes", 1) != self.world:
             raise DeltatuneError(
                 f"cannot resume from {path}: it was made by {state.get('processes', 1)} process(es), this launch has "
@@ -408,6 +449,10 @@ class Trainer:
         Each batch runs in micro-batches of ``self.plan.micro_batch_size`` examples (the loss is
         normalized over the targets of the whole optimizer step, so the gradient is the same).
 
+        The steps: resume (:meth:`_resume`), then :meth:`_train_epochs` (each optimizer step:
+        :meth:`_collect_window`, :meth:`_forward_backward`, :meth:`_optimizer_step`,
+        :meth:`_after_step`), then the last evaluation and the model (:meth:`_wrap_up`).
+
         Returns:
             :class:`TrainResult`; ``interrupted`` is True when stopped by KeyboardInterrupt.
 
@@ -415,119 +460,203 @@ class Trainer:
             DeltatuneError: out of memory during training (one line naming the settings to change
                 and the ``--resume`` command), after a checkpoint of the last completed step.
         """
-        tc = self.cfg.train
         set_seed(self.cfg.seed)
         if resume:
             self._resume(trust_checkpoint)
-        accum = tc.gradient_accumulation_steps
-        model = self.model
-        model.train()
-        progress = Progress(self.total_steps, self.state.global_step, self.is_main, tc.progress_bar, tc.log_interval_seconds)
-        start = time.perf_counter()
-        examples_at_start = self.state.examples_seen
-        tokens_seen = 0
-        micro_size = self.plan.micro_batch_size * self.world  # a micro-batch across processes
-        mid_step = False  # between the start of a step and its counters' update
+        self.model.train()
+        loop = self._start_loop()
         out_of_memory: Optional[str] = None
-        window_loss = torch.zeros((), device=self.accelerator.device)
-        window_targets = 0
-        last_loss: Optional[float] = None
-        # generator states matching self.state (the last completed step), for an interrupt checkpoint
-        rng_for_state = capture_rng_state()
         try:
-            while self.state.global_step < self.total_steps and not self.state.early_stopped:
-                batches = epoch_batches(
-                    self.train_features.lengths, self.global_batch, self.cfg.seed, self.state.epoch, tc.group_by_length
-                )
-                while self.state.batch_in_epoch < len(batches) and self.state.global_step < self.total_steps:
-                    mid_step = True
-                    window = batches[self.state.batch_in_epoch : self.state.batch_in_epoch + accum]
-                    pieces = [piece for b in window for piece in split_batch(b, micro_size)]
-                    shards = [shard_batch(piece, self.world, self.rank) for piece in pieces]
-                    # a global batch smaller than the world leaves some processes nothing: they run one
-                    # example with weight 0, as DDP needs every process in every backward pass
-                    weights = [1.0 if part else 0.0 for part in shards]
-                    micro = [self.task.collate([self.train_features[i] for i in (part or b[:1])]) for part, b in zip(shards, pieces)]
-                    local_targets = sum(self.task.num_targets(m) for m, w in zip(micro, weights) if w)
-                    total_targets = local_targets
-                    if self.world > 1:
-                        t = torch.tensor(local_targets, device=self.accelerator.device)
-                        total_targets = int(self.accelerator.reduce(t, reduction="sum").item())
-                    for j, mb in enumerate(micro):
-                        mb = self._to_device(mb)
-                        sync = j == len(micro) - 1
-                        ctx = contextlib.nullcontext() if sync or self.world == 1 else self.accelerator.no_sync(model)
-                        with ctx:
-                            with self.autocast():
-                                loss_sum, _ = self.task.loss(model, mb)
-                                loss_sum = loss_sum * weights[j]
-                            # DDP averages gradients over processes: multiply back by world size.
-                            self.accelerator.backward(loss_sum * (self.world / max(total_targets, 1)))
-                        window_loss += loss_sum.detach().float()
-                    window_targets += local_targets
-                    if self.l1_params:
-                        add_l1_gradient(self.l1_params, tc.l1_lambda)
-                    if tc.max_grad_norm:
-                        self.accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.state.global_step += 1
-                    self.state.batch_in_epoch += len(window)
-                    count = getattr(self.train_features, "examples_in", len)  # packs hold several examples
-                    self.state.examples_seen += sum(count(b) for b in window)
-                    tokens_seen += sum(self.train_features.lengths[i] for b in window for i in b)
-                    mid_step = False
-                    end_of_epoch = self.state.batch_in_epoch >= len(batches)
-                    step = self.state.global_step
-
-                    if step % tc.logging_steps == 0 or step == self.total_steps or end_of_epoch:
-                        last_loss = self._log_train(window_loss, window_targets, start, examples_at_start)
-                        window_loss.zero_()
-                        window_targets = 0
-                    evaluated = False
-                    if self._eval_due(end_of_epoch):
-                        metrics = self.evaluate(self.eval_features)
-                        evaluated = True
-                        progress.set_metric(self._record_eval(metrics))
-                    if self._save_due(end_of_epoch, evaluated) and step < self.total_steps and not self.state.early_stopped:
-                        self._checkpoint(capture_rng_state())
-                    progress.update(
-                        step,
-                        self.state.examples_seen - examples_at_start,
-                        tokens_seen,
-                        loss=last_loss,
-                        # the local mean since the last logged loss (no sync unless a line is printed)
-                        recent_loss=lambda: float(window_loss) / window_targets if window_targets else last_loss,
-                    )
-                    rng_for_state = capture_rng_state()
-                    for cb in self.callbacks:
-                        cb(self, self.state)
-                    if self.state.early_stopped:
-                        break
-                if self.state.batch_in_epoch >= len(batches):
-                    self.state.epoch += 1
-                    self.state.batch_in_epoch = 0
+            self._train_epochs(loop)
         except KeyboardInterrupt:
             self.optimizer.zero_grad(set_to_none=True)
             self.state.interrupted = True
-            self._checkpoint(rng_for_state)
+            self._checkpoint(loop.rng_for_state)
         except (MemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise
             # only the message is kept: the traceback holds the failed step's tensors
             out_of_memory = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         finally:
-            progress.close()
+            loop.progress.close()
         if out_of_memory is not None:
-            self._out_of_memory(out_of_memory, rng_for_state if mid_step else capture_rng_state())
-        elapsed = time.perf_counter() - start
+            self._out_of_memory(out_of_memory, loop.rng_for_state if loop.mid_step else capture_rng_state())
+        elapsed = time.perf_counter() - loop.start
         if not self.state.interrupted:
-            evaluating = self.eval_features is not None and self.cfg.eval.eval_strategy != "no"
-            if evaluating and self.state.last_eval_step != self.state.global_step and not self.state.early_stopped:
-                self._record_eval(self.evaluate(self.eval_features))  # the last steps were not evaluated yet
-            self._finish()
-        seen = self.state.examples_seen - examples_at_start
+            self._wrap_up()
+        return self._result(loop, elapsed)
+
+    def _start_loop(self) -> _LoopState:
+        """The counters of this call of :meth:`train`, started now (after any resume)."""
+        tc = self.cfg.train
+        return _LoopState(
+            progress=Progress(self.total_steps, self.state.global_step, self.is_main, tc.progress_bar, tc.log_interval_seconds),
+            start=time.perf_counter(),
+            examples_at_start=self.state.examples_seen,
+            micro_size=self.plan.micro_batch_size * self.world,
+            window_loss=torch.zeros((), device=self.accelerator.device),
+            rng_for_state=capture_rng_state(),
+        )
+
+    def _train_epochs(self, loop: _LoopState) -> None:
+        """Run optimizer steps epoch after epoch until ``total_steps`` or early stopping."""
+        while self.state.global_step < self.total_steps and not self.state.early_stopped:
+            batches = epoch_batches(
+                self.train_features.lengths, self.global_batch, self.cfg.seed, self.state.epoch, self.cfg.train.group_by_length
+            )
+            while self.state.batch_in_epoch < len(batches) and self.state.global_step < self.total_steps:
+                self._train_step(loop, batches)
+                if self.state.early_stopped:
+                    break
+            if self.state.batch_in_epoch >= len(batches):
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+
+    def _train_step(self, loop: _LoopState, batches: list[list[int]]) -> None:
+        """One optimizer step over the next ``gradient_accumulation_steps`` batches of the epoch, then its
+        logging, evaluation, checkpoint and callbacks."""
+        loop.mid_step = True
+        window = batches[self.state.batch_in_epoch : self.state.batch_in_epoch + self.cfg.train.gradient_accumulation_steps]
+        micro, weights, local_targets, total_targets = self._collect_window(window, loop.micro_size)
+        step_loss = self._forward_backward(loop, micro, weights, total_targets)
+        loop.window_targets += local_targets
+        self._optimizer_step(step_loss)
+        self.state.global_step += 1
+        self.state.batch_in_epoch += len(window)
+        # packs hold several examples
+        self.state.examples_seen += sum(self.train_features.examples_in(b) for b in window)
+        loop.tokens_seen += sum(self.train_features.lengths[i] for b in window for i in b)
+        loop.mid_step = False
+        self._after_step(loop, end_of_epoch=self.state.batch_in_epoch >= len(batches))
+
+    def _collect_window(
+        self, window: list[list[int]], micro_size: int
+    ) -> tuple[list[dict[str, torch.Tensor]], list[float], int, int]:
+        """Collate this process's micro-batches of one optimizer step and count their targets.
+
+        Args:
+            window: the step's batches (lists of example indices over all processes).
+            micro_size: examples per micro-batch over all processes.
+
+        Returns:
+            ``(micro, weights, local_targets, total_targets)``: the collated micro-batches (CPU
+            tensors), their loss weights (0.0 for a stand-in example on a process the batch left
+            empty), the targets on this process and summed over all processes.
+        """
+        pieces = [piece for b in window for piece in split_batch(b, micro_size)]
+        shards = [shard_batch(piece, self.world, self.rank) for piece in pieces]
+        # a global batch smaller than the world leaves some processes nothing: they run one
+        # example with weight 0, as DDP needs every process in every backward pass
+        weights = [1.0 if part else 0.0 for part in shards]
+        micro = [self.task.collate([self.train_features[i] for i in (part or b[:1])]) for part, b in zip(shards, pieces)]
+        local_targets = sum(self.task.num_targets(m) for m, w in zip(micro, weights) if w)
+        total_targets = local_targets
+        if self.world > 1:
+            t = torch.tensor(local_targets, device=self.accelerator.device)
+            total_targets = int(self.accelerator.reduce(t, reduction="sum").item())
+        return micro, weights, local_targets, total_targets
+
+    def _forward_backward(
+        self, loop: _LoopState, micro: list[dict[str, torch.Tensor]], weights: list[float], total_targets: int
+    ) -> torch.Tensor:
+        """Forward and backward each micro-batch, the summed loss divided by the step's ``total_targets``;
+        gradients are synchronized across processes on the last one only.
+
+        Returns:
+            This process's summed loss of the step (a float scalar tensor, detached).
+        """
+        model = self.model
+        step_loss = torch.zeros((), device=self.accelerator.device)
+        for j, mb in enumerate(micro):
+            mb = self._to_device(mb)
+            sync = j == len(micro) - 1
+            ctx = contextlib.nullcontext() if sync or self.world == 1 else self.accelerator.no_sync(model)
+            with ctx:
+                with self.autocast():
+                    loss_sum, _ = self.task.loss(model, mb)
+                    loss_sum = loss_sum * weights[j]
+                # DDP averages gradients over processes: multiply back by world size.
+                self.accelerator.backward(loss_sum * (self.world / max(total_targets, 1)))
+            loop.window_loss += loss_sum.detach().float()
+            step_loss += loss_sum.detach().float()
+        return step_loss
+
+    def _optimizer_step(self, step_loss: torch.Tensor) -> None:
+        """L1 gradient, gradient clipping, the optimizer and scheduler steps, and gradients cleared.
+
+        Raises:
+            DeltatuneError: the step's loss or gradient norm is NaN or infinite (nothing is updated).
+        """
+        tc = self.cfg.train
+        self._check_finite("loss", step_loss)
+        if self.l1_params:
+            add_l1_gradient(self.l1_params, tc.l1_lambda)
+        if tc.max_grad_norm:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm)
+            if self.mixed_precision != "fp16":  # fp16: the gradient scaler skips such steps itself
+                self._check_finite("gradient norm", torch.as_tensor(norm, dtype=torch.float32))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _check_finite(self, what: str, value: torch.Tensor) -> None:
+        """Stop training when ``value`` (the step's loss or gradient norm) is NaN or infinite on any process.
+
+        A diverged run is never saved as a result: the error names the learning rate to lower.
+        The model folder is not written; checkpoints of earlier steps stay as they were.
+
+        Raises:
+            DeltatuneError: ``value`` is not finite.
+        """
+        bad = (~torch.isfinite(value.detach().float())).float().reshape(1)
+        if self.world > 1:
+            bad = self.accelerator.reduce(bad.to(self.accelerator.device), reduction="sum")
+        if bad.item() > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            tc = self.cfg.train
+            raise DeltatuneError(
+                f"training diverged at step {self.state.global_step + 1}: the {what} is {float(value):.4g}; no model was saved. "
+                f"Lower train.learning_rate (now {tc.learning_rate:g}), keep train.max_grad_norm set "
+                f"(now {tc.max_grad_norm}) and use warmup (train.warmup_ratio), then start again with --overwrite"
+            )
+
+    def _after_step(self, loop: _LoopState, end_of_epoch: bool) -> None:
+        """After an optimizer step: log the loss, evaluate, checkpoint, update the progress bar, run callbacks."""
+        step = self.state.global_step
+        if step % self.cfg.train.logging_steps == 0 or step == self.total_steps or end_of_epoch:
+            loop.last_loss = self._log_train(loop.window_loss, loop.window_targets, loop.start, loop.examples_at_start)
+            loop.window_loss.zero_()
+            loop.window_targets = 0
+        evaluated = False
+        if self._eval_due(end_of_epoch):
+            metrics = self.evaluate(self.eval_features)
+            evaluated = True
+            loop.progress.set_metric(self._record_eval(metrics))
+        if self._save_due(end_of_epoch, evaluated) and step < self.total_steps and not self.state.early_stopped:
+            self._checkpoint(capture_rng_state())
+        loop.progress.update(
+            step,
+            self.state.examples_seen - loop.examples_at_start,
+            loop.tokens_seen,
+            loss=loop.last_loss,
+            # the local mean since the last logged loss (no sync unless a line is printed)
+            recent_loss=lambda: float(loop.window_loss) / loop.window_targets if loop.window_targets else loop.last_loss,
+        )
+        loop.rng_for_state = capture_rng_state()
+        for cb in self.callbacks:
+            cb(self, self.state)
+
+    def _wrap_up(self) -> None:
+        """After training that was not interrupted: evaluate the last steps if they were not, then
+        put the best weights back and save the model (:meth:`_finish`)."""
+        evaluating = self.eval_features is not None and self.cfg.eval.eval_strategy != "no"
+        if evaluating and self.state.last_eval_step != self.state.global_step and not self.state.early_stopped:
+            self._record_eval(self.evaluate(self.eval_features))  # the last steps were not evaluated yet
+        self._finish()
+
+    def _result(self, loop: _LoopState, elapsed: float) -> TrainResult:
+        """The :class:`TrainResult` of this call; rates over ``elapsed`` seconds of this call."""
+        seen = self.state.examples_seen - loop.examples_at_start
         return TrainResult(
             global_step=self.state.global_step,
             best_step=self.stopper.best_step,
@@ -535,11 +664,11 @@ class Trainer:
             metric_name=self.stopper.metric,
             train_seconds=elapsed,
             examples_per_second=seen / elapsed if elapsed > 0 else 0.0,
-            final_loss=last_loss,
+            final_loss=loop.last_loss,
             peak_rss_mib=peak_rss_mib(),
             interrupted=self.state.interrupted,
             early_stopped=self.state.early_stopped,
-            tokens_per_second=tokens_seen / elapsed if elapsed > 0 else 0.0,
+            tokens_per_second=loop.tokens_seen / elapsed if elapsed > 0 else 0.0,
         )
 
     def _out_of_memory(self, what: str, rng_state: dict[str, Any]) -> None:

@@ -196,8 +196,8 @@ def estimate_run_memory(
     from deltatune.tasks.token_loss import output_head, resolve_chunk_size
 
     tc = cfg.train
-    causal = getattr(task, "peft_task_type", "") == "CAUSAL_LM"
-    vocab_logits = causal or getattr(task, "name", "") == "masked-lm"
+    causal = task.peft_task_type == "CAUSAL_LM"
+    vocab_logits = task.vocab_logits
     chunk = 0
     if causal and output_head(model) is not None:
         chunk = resolve_chunk_size(tc.loss_chunk_size, _config_value(getattr(model, "config", None), "vocab_size") or 0)

@@ -153,7 +153,7 @@ def pack_training_features(task, features: Features, max_length: int) -> PackedF
         DeltatuneError: the task cannot train on packed sequences (encoder tasks, whose
             attention is bidirectional and whose heads see one example per row).
     """
-    if not getattr(task, "supports_packing", False):
+    if not task.supports_packing:
         raise DeltatuneError(
             f"train.packing applies to decoder tasks (causal-lm, instruction, summarization, translation, "
             f"generative-qa), not {task.name}; set train.packing false"

@@ -1,0 +1,135 @@
+"""Which data references are local files, and the cheap checks on them (no ``datasets``, no torch).
+
+Used by :func:`deltatune.data.loading.load_table` and by the CLI before it imports torch, so
+that a mistyped path, or a column the task reads and the file lacks, is reported in a fraction
+of a second with the same message as the full check (:func:`deltatune.data.columns.require_columns`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+from deltatune.errors import DeltatuneError
+
+TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".txt": "text"}
+BINARY_FORMATS = {".parquet": "parquet", ".pq": "parquet"}
+SUPPORTED = ", ".join(sorted(set(TEXT_FORMATS) | set(BINARY_FORMATS) | {".conll"}))
+_KNOWN_SUFFIXES = set(TEXT_FORMATS) | set(BINARY_FORMATS)
+
+
+def looks_like_path(ref: str) -> bool:
+    """Whether ``ref`` names a local file rather than a hub dataset: it starts with ``.``, ``/``
+    or ``~``, or ends in a known data file extension (:data:`SUPPORTED`)."""
+    return ref.startswith((".", "/", "~")) or Path(ref).suffix.lower() in _KNOWN_SUFFIXES
+
+
+def check_data_file(ref: str) -> Path | None:
+    """The local data file ``ref`` names, checked to exist; ``None`` when ``ref`` is a hub dataset name.
+
+    Raises:
+        DeltatuneError: ``ref`` is a folder, or looks like a path (:func:`looks_like_path`) and
+            does not exist (the message names the path and the folder relative paths start from).
+    """
+    path = Path(ref).expanduser()
+    if path.exists():
+        if path.is_dir():
+            raise DeltatuneError(f"{path} is a folder; give a data file ({SUPPORTED})")
+        return path
+    if looks_like_path(ref):
+        raise DeltatuneError(f"data file not found: {path} (check the path; relative paths start from {Path.cwd()})")
+    return None
+
+
+def missing_column_message(source: str, column: str, columns: Iterable[str], config_key: str = "data") -> str:
+    """The one-line message for a column the task reads that the table ``source`` lacks, listing
+    the ``columns`` it has (the text of :func:`deltatune.data.columns.require_columns`)."""
+    return (
+        f"{source}: no column '{column}'; columns are {', '.join(map(repr, columns))} "
+        f"(set the column name in {config_key}.*_column, e.g. --text-column)"
+    )
+
+
+def header_columns(path: Path) -> Optional[list[str]]:
+    """The column names of a local table, when they can be read from its first record alone.
+
+    CSV (``.csv``, parsed with :mod:`csv`) and TSV (``.tsv``/``.tab``, split on tabs, no quoting,
+    as the loader reads it): the first non-blank line; JSON Lines (``.jsonl``/``.ndjson``, or a
+    ``.json`` whose first two non-blank lines are each an object): the keys of the first row,
+    which are the columns ``datasets.Dataset.from_list`` makes. Reads a few lines at most.
+
+    Returns:
+        The names in file order, or ``None`` when the header is not cheap or not certain to be
+        what the loader will make (Parquet, JSON arrays or documents such as SQuAD, CoNLL,
+        plain text, undecodable or empty files, duplicate or empty CSV names, which pandas renames).
+    """
+    fmt = TEXT_FORMATS.get(path.suffix.lower())
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            if fmt == "csv":
+                row = next((r for r in csv.reader(f) if r), None)
+            elif fmt == "tsv":
+                line = next((ln for ln in f if ln.strip("\r\n")), None)
+                row = line.rstrip("\r\n").split("\t") if line is not None else None
+            elif fmt == "json":
+                return _first_json_row_keys(f, jsonl=path.suffix.lower() != ".json")
+            else:
+                return None
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not row or len(set(row)) != len(row) or any(not name.strip() for name in row):
+        return None
+    return row
+
+
+def _first_json_row_keys(lines: Iterable[str], jsonl: bool) -> Optional[list[str]]:
+    """Keys of the first JSON Lines row, or None (not JSON Lines for sure); a ``.json`` file
+    (``jsonl`` false) counts as JSON Lines only when its second row is an object too."""
+    rows = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(row, dict):
+            return None
+        rows.append(row)
+        if jsonl or len(rows) == 2:
+            return list(rows[0])
+    return None
+
+
+def check_columns(ref: str, columns: Iterable[str]) -> None:
+    """Check that the local table ``ref`` has each of ``columns``, from its header alone.
+
+    Nothing is checked for a hub dataset or a file whose header is not cheap
+    (:func:`header_columns`); those are checked when loaded, with the same message.
+
+    Raises:
+        DeltatuneError: the first missing column, naming ``ref`` and the columns the file has.
+    """
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        return
+    have = header_columns(path)
+    if have is None:
+        return
+    for col in columns:
+        if col not in have:
+            raise DeltatuneError(missing_column_message(ref, col, have))
+
+
+__all__ = [
+    "BINARY_FORMATS",
+    "SUPPORTED",
+    "TEXT_FORMATS",
+    "check_columns",
+    "check_data_file",
+    "header_columns",
+    "looks_like_path",
+    "missing_column_message",
+]

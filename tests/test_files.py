@@ -1,0 +1,107 @@
+"""The one atomic-write helper for files and folders (deltatune.files)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from deltatune.files import old_dir_for, recover_dir, replace_dir_atomically, temp_dir_for, write_atomically
+
+
+class WriterFailed(Exception):
+    pass
+
+
+def _fail(*_):
+    raise WriterFailed("the writer stopped half-way")
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_write_atomically_writes_the_file_and_keeps_its_permissions(tmp_path):
+    path = tmp_path / "sub" / "eval.json"
+    write_atomically(path, lambda f: f.write("first\n"))
+    os.chmod(path, 0o600)
+    write_atomically(path, lambda f: f.write("second\n"))
+    assert path.read_text() == "second\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert _leftovers(path.parent) == []
+
+
+def test_a_failing_file_writer_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    path = tmp_path / "predictions.csv"
+    path.write_text("old rows\n")
+
+    def write(f):
+        f.write("half of the new rows")
+        _fail()
+
+    with pytest.raises(WriterFailed):
+        write_atomically(path, write)
+    assert path.read_text() == "old rows\n"
+    assert _leftovers(tmp_path) == []
+
+
+def test_replace_dir_atomically_makes_and_replaces_a_folder_whole(tmp_path):
+    target = tmp_path / "model"
+    replace_dir_atomically(lambda d: (d / "a.txt").write_text("1"), target)
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    replace_dir_atomically(lambda d: (d / "b.txt").write_text("2"), target)
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # the old folder's files are gone
+    assert _leftovers(tmp_path) == []
+
+
+def test_the_folder_is_in_place_while_the_new_one_is_written(tmp_path):
+    target = tmp_path / "model"
+    replace_dir_atomically(lambda d: (d / "weights").write_text("old"), target)
+    seen = []
+    replace_dir_atomically(lambda d: seen.append((target / "weights").read_text()), target)
+    assert seen == ["old"]
+
+
+def test_a_failing_folder_writer_leaves_the_old_folder_intact_and_no_temporary_folder(tmp_path):
+    target = tmp_path / "export"
+    replace_dir_atomically(lambda d: (d / "config.json").write_text("{}"), target)
+
+    def write(d):
+        (d / "config.json").write_text('{"half": ')
+        _fail()
+
+    with pytest.raises(WriterFailed):
+        replace_dir_atomically(write, target)
+    assert (target / "config.json").read_text() == "{}"
+    assert _leftovers(tmp_path) == []
+    # a writer that fails on a first write leaves nothing at all
+    with pytest.raises(WriterFailed):
+        replace_dir_atomically(_fail, tmp_path / "new")
+    assert not (tmp_path / "new").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_swap_stopped_between_the_renames_is_undone_by_the_next_call(tmp_path):
+    target = tmp_path / "best"
+    old = old_dir_for(target)
+    old.mkdir()  # killed after moving the complete old folder aside, before the new one came in
+    (old / "trainable.safetensors").write_text("complete old")
+    temp_dir_for(target).mkdir()
+    (temp_dir_for(target) / "trainable.safetensors").write_text("partial")
+    recover_dir(target)
+    assert (target / "trainable.safetensors").read_text() == "complete old"
+    assert _leftovers(tmp_path) == []
+    # the same through a new write that fails: the recovered old folder stays
+    old_again = old_dir_for(target)
+    target.rename(old_again)
+    with pytest.raises(WriterFailed):
+        replace_dir_atomically(_fail, target)
+    assert (target / "trainable.safetensors").read_text() == "complete old" and _leftovers(tmp_path) == []
+
+
+def test_a_finished_swap_whose_old_folder_was_not_deleted_is_cleaned(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "new").write_text("new")
+    old_dir_for(target).mkdir()
+    replace_dir_atomically(lambda d: (d / "newer").write_text("newer"), target)
+    assert sorted(p.name for p in target.iterdir()) == ["newer"] and _leftovers(tmp_path) == []
