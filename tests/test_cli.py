@@ -358,9 +358,12 @@ def test_eval_strategy_no_from_the_command_line_and_a_file(tmp_path):
         ["check", "--train", "x.csv", "train.no_such_key=1"],
         ["predict", "runs/x", "--text", "a", "--batch-size", "0"],
         ["predict", "runs/x", "--text", "a"],  # no such run
+        ["train", "--resume", "runs/x"],  # nothing to resume
         ["evaluate", "copied", "--data", "d.csv"],  # a copied config, never trained
         ["evaluate", "run", "--data", "missing.csv"],
         ["predict", "run", "--input", "missing.csv"],
+        ["predict", "run", "--input", "bad.csv"],  # no 'text' column
+        ["evaluate", "run", "--data", "bad.csv"],
         ["evaluate", "run", "--data", "d.csv", "--output", "run/config.yaml", "--overwrite"],  # the run's own file
         ["predict", "run", "--input", "d.csv", "--output", "d.csv", "--overwrite"],
     ],
@@ -371,6 +374,7 @@ def test_usage_and_config_errors_come_before_torch_is_imported(argv, tmp_path):
     (tmp_path / "copied").mkdir()
     (tmp_path / "copied" / "config.yaml").write_text("task: text-classification\n")
     (tmp_path / "d.csv").write_text("text,label\na,b\n")
+    (tmp_path / "bad.csv").write_text("review,label\na,b\n")
     code = (
         "import sys\nfrom deltatune.cli import main\n"
         "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"

@@ -42,7 +42,8 @@ def test_overwrite_refusal_comes_before_any_work(tmp_path):
 def test_overwrite_replaces_runs(tmp_path):
     marked = RunDir(tmp_path / "marked")
     marked.prepare(overwrite=False, resume=False)
-    (marked.root / "old.txt").write_text("x")
+    (marked.root / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (marked.root / "model").mkdir()
     marked.prepare(overwrite=True, resume=False)
     assert sorted(p.name for p in marked.root.iterdir()) == [MARKER]
     legacy = tmp_path / "legacy"  # made by an older deltatune: no marker, but config.yaml and a metrics log
@@ -135,3 +136,13 @@ def test_overwrite_refuses_an_unmarked_folder_holding_files_no_run_writes(tmp_pa
     with pytest.raises(DeltatuneError, match="thesis.tex"):
         RunDir(folder).prepare(overwrite=True, resume=False)
     assert (folder / "thesis.tex").read_text() == "my thesis"
+
+
+def test_overwrite_of_a_run_keeps_the_users_files_in_it(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.prepare(overwrite=False, resume=False)
+    (run.root / "train.tsv").write_text("sentence\tlabel\n")  # the data the new run would read
+    (run.root / "preds.jsonl").write_text("{}\n")
+    with pytest.raises(DeltatuneError, match="preds.jsonl, train.tsv.*move them out"):
+        run.prepare(overwrite=True, resume=False)
+    assert (run.root / "train.tsv").is_file() and (run.root / "preds.jsonl").is_file()

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 import typing
 from typing import Any
 
@@ -332,17 +333,20 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
     from deltatune.config import build_config
 
     source, overrides = _config_source(args), _overrides(args)
-    if not getattr(args, "resume", False):  # a resumed run's config is read from its folder by finetune
-        cfg = build_config(source, overrides)
-        if run_dir:
-            RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
-        d = cfg.data
-        columns = REGISTRY[cfg.task].columns
-        for ref in (d.train_file, d.validation_file, d.test_file):  # in finetune's order (all with labels)
-            if ref:
-                check_data_file(ref)
-                if columns is not None:
-                    check_columns(ref, columns(d, True))
+    if getattr(args, "resume", False):  # a resumed run's config is read from its folder by finetune
+        if source is not None and Path(source).suffix.lower() not in (".yaml", ".yml"):
+            RunDir(source).check(overwrite=False, resume=True)  # no run there, or a finished one
+        return source, overrides
+    cfg = build_config(source, overrides)
+    if run_dir:
+        RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
+    d = cfg.data
+    columns = REGISTRY[cfg.task].columns
+    for ref in (d.train_file, d.validation_file, d.test_file):  # in finetune's order (all with labels)
+        if ref:
+            check_data_file(ref)
+            if columns is not None:
+                check_columns(ref, columns(d, True))
     return source, overrides
 
 
@@ -387,14 +391,18 @@ def _check_run_inputs(args: argparse.Namespace, data: str | None, data_flag: str
     Raises:
         DeltatuneError: as :meth:`RunDir.check_loadable`, :func:`check_data_file` and :func:`check_output`.
     """
-    from deltatune.data.paths import check_data_file
+    from deltatune.config import build_config
     from deltatune.output_files import check_output
-    from deltatune.rundir import RunDir
 
     run = RunDir(args.run)
     run.check_loadable()
     if data is not None:
         check_data_file(data)
+        cfg = build_config(run.config)
+        columns = REGISTRY[cfg.task].columns
+        if columns is not None:  # the columns the run was trained on (labels too for evaluate)
+            check_columns(data, columns(cfg.data, data_flag == "--data"),
+                          remedy=f"run {args.run} reads the columns it was trained on: rename the file's columns to match")
     if args.output:
         check_output(args.output, overwrite=args.overwrite, inputs=[data], input_flag=data_flag, suffixes=suffixes,
                      keep=run.own_paths())

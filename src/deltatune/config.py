@@ -227,14 +227,6 @@ class DataConfig(
     Files may be CSV, TSV, JSON, JSONL or Parquet (by extension) or a hub dataset name.
     """
 
-    @model_validator(mode="after")
-    def _stride_fits(self) -> "DataConfig":
-        if self.doc_stride is not None and self.doc_stride >= self.max_seq_length:
-            raise ValueError(
-                f"data.doc_stride {self.doc_stride} must be smaller than data.max_seq_length {self.max_seq_length} "
-                "(windows overlap by doc_stride tokens); lower it or leave it unset"
-            )
-        return self
 
 
 class TrainConfig(_Section):
@@ -442,6 +434,18 @@ class RunConfig(_Section):
                 raise ValueError(
                     f"data.{key} applies to {where}, not {self.task}; remove it, or set task to the task it belongs to"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "RunConfig":
+        """``data.doc_stride`` below ``data.max_seq_length``, for the tasks that read it (saved configs of
+        other tasks may hold any value there: they never used it)."""
+        d = self.data
+        if "doc_stride" in option_fields(self.task) and d.doc_stride is not None and d.doc_stride >= d.max_seq_length:
+            raise ValueError(
+                f"data.doc_stride {d.doc_stride} must be smaller than data.max_seq_length {d.max_seq_length} "
+                "(windows overlap by doc_stride tokens); lower it or leave it unset"
+            )
         return self
 
     @model_validator(mode="after")

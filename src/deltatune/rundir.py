@@ -139,6 +139,8 @@ class RunDir:
                     )
                 break
         if resume:
+            if not self.root.exists():
+                raise DeltatuneError(f"cannot resume: run directory {self.root} does not exist; give the run directory made by deltatune train")
             if not self.config.is_file():
                 raise DeltatuneError(f"cannot resume: {self.root} has no config.yaml (start a new run without --resume)")
             if self.eval.is_file():
@@ -159,6 +161,13 @@ class RunDir:
         if self.root.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
             raise DeltatuneError(
                 f"{self.root} is the current folder or one above it: --overwrite would delete it; choose another --output-dir"
+            )
+        if self.is_run() and self.foreign_entries():
+            foreign = self.foreign_entries()
+            raise DeltatuneError(
+                f"--overwrite would delete files in {self.root} that no run writes: {', '.join(foreign[:5])}"
+                f"{' ...' if len(foreign) > 5 else ''} (your data or predictions?); move them out of the run folder "
+                "first, or choose another --output-dir"
             )
         if not self.is_run():
             foreign = self.foreign_entries()

@@ -73,3 +73,12 @@ def test_export_refuses_before_writing(files, tiny_model_dir, tmp_path, capsys):
     assert main(["export", str(run), "--format", "adapter", "--out", str(tmp_path / "adapter")]) == 2
     assert "has no adapter" in capsys.readouterr().err
     assert not (tmp_path / "adapter").exists() and not (tmp_path / ".tmp-adapter").exists()
+
+
+def test_export_never_replaces_the_runs_own_files(files, tiny_model_dir, tmp_path, capsys):
+    run = train_tiny_run(tiny_model_dir, files, tmp_path / "run")
+    before = sorted(p.name for p in (run / "model").iterdir())
+    for out in (run / "model", run, run / "checkpoints" / "x"):
+        assert main(["export", str(run), "--out", str(out), "--overwrite"]) == 2
+        assert "own files" in capsys.readouterr().err
+    assert sorted(p.name for p in (run / "model").iterdir()) == before

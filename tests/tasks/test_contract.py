@@ -28,9 +28,12 @@ from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_tokenizer
 from deltatune.tasks import create_task, get_task_class
 from deltatune.tasks.base import Features, GenerativeTask, Task
+from deltatune.tasks.options.classification import ClassificationOptions, classification_columns
 from deltatune.tasks.registry import REGISTRY, TASK_SPECS, TaskSpec, register, tasks_of_family, unregister
 
-TOY = TaskSpec("text-regression", "tests.tasks.toy_regression:TextRegressionTask", "encoder")
+# as docs/extending.md registers it: it reads data.label_column, an option of text classification
+TOY = TaskSpec("text-regression", "tests.tasks.toy_regression:TextRegressionTask", "encoder",
+               options=(ClassificationOptions,), columns=classification_columns)
 # (task name, model family) for every registered implementation
 CASES = [(s.name, s.family) for s in TASK_SPECS] + [(s.name, "encoder-decoder") for s in TASK_SPECS if s.encoder_decoder]
 MODEL_FIXTURES = {"encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir"}
@@ -221,3 +224,9 @@ def test_registering_a_task_checks_its_spec():
         register(TaskSpec("x", "m.C", "encoder"))
     with pytest.raises(ValueError, match="packaged"):
         unregister("text-classification")
+
+
+def test_a_packaged_task_is_never_replaced_by_register():
+    with pytest.raises(ValueError, match="packaged task"):
+        register(TaskSpec("text-classification", "tests.tasks.toy_regression:TextRegressionTask", "encoder"))
+    assert REGISTRY["text-classification"].implementation == "classification:ClassificationTask"

@@ -66,8 +66,11 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, sentiment_csv, tmp_path
 
 
 def test_resume_without_a_run_is_refused(tmp_path):
-    with pytest.raises(DeltatuneError, match="no config.yaml"):
+    with pytest.raises(DeltatuneError, match="none does not exist"):
         finetune({"output_dir": str(tmp_path / "none"), "data": {"train_file": "x.csv"}}, resume=True, verbose=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DeltatuneError, match="no config.yaml"):
+        finetune({"output_dir": str(tmp_path / "empty"), "data": {"train_file": "x.csv"}}, resume=True, verbose=False)
 
 
 # ---- damaged checkpoints, crafted files, cut logs, full disks --------------------------------
@@ -130,6 +133,8 @@ def _edit_state(checkpoint, **values):
         pytest.param(lambda p: _edit_state(p, global_step=1_000_000_000), id="step-past-the-end"),
         pytest.param(lambda p: _edit_state(p, global_step=-5), id="negative-step"),
         pytest.param(lambda p: _edit_state(p, batch_in_epoch=1_000_000), id="batch-past-the-epoch"),
+        pytest.param(lambda p: _edit_state(p, epoch=1_000_000_000), id="epoch-past-the-steps"),
+        pytest.param(lambda p: _edit_state(p, processes=0), id="no-processes"),
     ],
 )
 def test_resume_falls_back_from_a_damaged_checkpoint(runs, tmp_path, capsys, damage):

@@ -43,13 +43,18 @@ def check_data_file(ref: str) -> Path | None:
     return None
 
 
-def missing_column_message(source: str, column: str, columns: Iterable[str], config_key: str = "data") -> str:
+def missing_column_message(
+    source: str, column: str, columns: Iterable[str], config_key: str = "data", remedy: Optional[str] = None
+) -> str:
     """The one-line message for a column the task reads that the table ``source`` lacks, listing
-    the ``columns`` it has (the text of :func:`deltatune.data.columns.require_columns`)."""
-    return (
-        f"{source}: no column '{column}'; columns are {', '.join(map(repr, columns))} "
-        f"(set the column name in {config_key}.*_column, e.g. --text-column)"
-    )
+    the ``columns`` it has (the text of :func:`deltatune.data.columns.require_columns`).
+
+    Args:
+        remedy: what to do, in parentheses at the end (default: set the column name in the config,
+            which is what training can do; a trained run's columns are fixed).
+    """
+    remedy = remedy or f"set the column name in {config_key}.*_column, e.g. --text-column"
+    return f"{source}: no column '{column}'; columns are {', '.join(map(repr, columns))} ({remedy})"
 
 
 def header_columns(path: Path) -> Optional[list[str]]:
@@ -103,7 +108,7 @@ def _first_json_row_keys(lines: Iterable[str], jsonl: bool) -> Optional[list[str
     return None
 
 
-def check_columns(ref: str, columns: Iterable[str]) -> None:
+def check_columns(ref: str, columns: Iterable[str], remedy: Optional[str] = None) -> None:
     """Check that the local table ``ref`` has each of ``columns``, from its header alone.
 
     Nothing is checked for a hub dataset or a file whose header is not cheap
@@ -120,7 +125,7 @@ def check_columns(ref: str, columns: Iterable[str]) -> None:
         return
     for col in columns:
         if col not in have:
-            raise DeltatuneError(missing_column_message(ref, col, have))
+            raise DeltatuneError(missing_column_message(ref, col, have, remedy=remedy))
 
 
 __all__ = [

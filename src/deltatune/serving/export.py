@@ -13,6 +13,7 @@ from deltatune.delta.export import write_export
 from deltatune.delta.methods import PEFT_METHODS
 from deltatune.delta.storage import is_delta_folder, read_meta
 from deltatune.errors import DeltatuneError
+from deltatune.rundir import RunDir
 from deltatune.files import replace_dir_atomically
 from deltatune.serving.predictor import load
 
@@ -64,6 +65,13 @@ def export_run(
             folder is left.
     """
     out = Path(out)
+    resolved, run_root = out.resolve(), Path(run).resolve()
+    inside = [k for k in RunDir(run).own_paths() if resolved == k.resolve() or k.resolve() in resolved.parents]
+    if inside or resolved == run_root or resolved in run_root.parents:
+        raise DeltatuneError(
+            f"--out {out} would replace {inside[0] if inside else 'the folder holding'} run {run}'s own files; "
+            "export to a new folder outside the run (--overwrite never replaces a run's files)"
+        )
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DeltatuneError(f"{out} already exists; choose a new --out folder or pass --overwrite")

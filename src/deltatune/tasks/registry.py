@@ -134,7 +134,7 @@ def tasks_reading(model: type[BaseModel]) -> tuple[str, ...]:
 
 
 def register(spec: TaskSpec) -> TaskSpec:
-    """Add (or replace) a task in the live registry, e.g. a task defined outside the package.
+    """Add (or replace a task added this way) to the live registry, e.g. a task defined outside the package.
 
     ``deltatune.config.TASKS`` is fixed when the config module is imported; validation of the
     ``task`` key reads the live registry, so a task registered later is accepted.
@@ -142,9 +142,13 @@ def register(spec: TaskSpec) -> TaskSpec:
     Raises:
         ValueError: ``spec.family`` is not ``encoder`` or ``decoder``, an implementation is
             not ``"module:Class"``, or an option model is not in ``OPTION_MODELS`` (``DataConfig``
-            has only those keys).
+            has only those keys); ``spec.name`` is a packaged task (a packaged task is never
+            replaced silently: choose another name).
     """
     from deltatune.tasks.options import OPTION_MODELS
+
+    if any(packaged.name == spec.name for packaged in TASK_SPECS):
+        raise ValueError(f"task {spec.name!r} is a packaged task; register yours under another name")
 
     for model in spec.options:
         if model not in OPTION_MODELS:

@@ -362,10 +362,14 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
         (step is not None and int(step.group(1)) != state["global_step"])
         or not 1 <= state["global_step"] <= state["total_steps"]
         or min(state["epoch"], state["batch_in_epoch"], state["examples_seen"]) < 0
+        or state["epoch"] > state["global_step"]  # every epoch has at least one step
+        or not isinstance(state.get("processes", 1), int)
+        or state.get("processes", 1) < 1
     ):
         raise CheckpointError(
             f"{state_file} is inconsistent (global_step {state['global_step']} in folder {path.name}, of "
-            f"{state['total_steps']} steps; epoch, batch_in_epoch and examples_seen must be >= 0)"
+            f"{state['total_steps']} steps; epoch at most global_step, processes >= 1, batch_in_epoch and "
+            "examples_seen >= 0)"
         )
     version = state.get("checkpoint_format", 1)
     if version not in (1, CHECKPOINT_FORMAT):

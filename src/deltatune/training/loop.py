@@ -13,6 +13,7 @@ mean loss over all targets of the step, whatever the split into micro-batches or
 from __future__ import annotations
 
 import contextlib
+import difflib
 import gc
 import math
 import os
@@ -599,7 +600,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _check_finite(self, what: str, value: torch.Tensor) -> None:
+    def _check_finite(self, what: str, value: torch.Tensor, step: Optional[int] = None) -> None:
         """Stop training when ``value`` (the step's loss or gradient norm) is NaN or infinite on any process.
 
         A diverged run is never saved as a result: the error names the learning rate to lower.
@@ -615,7 +616,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             tc = self.cfg.train
             raise DeltatuneError(
-                f"training diverged at step {self.state.global_step + 1}: the {what} is {float(value):.4g}; no model was saved. "
+                f"training diverged at step {self.state.global_step + 1 if step is None else step}: the {what} is {float(value):.4g}; no model was saved. "
                 f"Lower train.learning_rate (now {tc.learning_rate:g}), keep train.max_grad_norm set "
                 f"(now {tc.max_grad_norm}) and use warmup (train.warmup_ratio), then start again with --overwrite"
             )
@@ -726,10 +727,14 @@ class Trainer:
     def _record_eval(self, metrics: dict[str, Any]) -> str:
         name = self.stopper.metric
         if name not in metrics:
+            numeric = [k for k, v in metrics.items() if isinstance(v, (int, float))]
+            close = difflib.get_close_matches(name, numeric, n=1)
             raise DeltatuneError(
                 f"eval.metric_for_best_model '{name}' is not a metric of this task; choose one of "
-                f"{', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))}"
+                f"{', '.join(numeric)}{f' (did you mean {close[0]}?)' if close else ''}"
             )
+        if "loss" in metrics:  # weights that give a NaN loss are neither kept as the best nor checkpointed
+            self._check_finite("validation loss", torch.tensor(float(metrics["loss"])), step=self.state.global_step)
         step = self.state.global_step
         self.state.last_eval_step = step
         improved = self.stopper.update(float(metrics[name]), step)
