@@ -304,6 +304,8 @@ def test_unknown_task_value_is_a_usage_error_listing_the_choices(capsys):
         (["train", "--batchsize=8"], "--batch-size"),
         (["check", "--max_seq_length", "64"], "--max-seq-length"),
         (["predict", "run", "--text", "hi", "--batchsize", "3"], "--batch-size"),
+        (["train", "--lr", "1e-3"], "--learning-rate"),  # HF Trainer / TRL names
+        (["train", "--num_train_epochs", "3"], "--epochs"),
     ],
 )
 def test_unknown_flag_gets_did_you_mean(capsys, argv, guess):
@@ -360,6 +362,7 @@ def test_eval_strategy_no_from_the_command_line_and_a_file(tmp_path):
         ["predict", "runs/x", "--text", "a"],  # no such run
         ["train", "--resume", "runs/x"],  # nothing to resume
         ["evaluate", "copied", "--data", "d.csv"],  # a copied config, never trained
+        ["predict", "run/config.yaml", "--text", "a"],  # a file, not the run folder
         ["evaluate", "run", "--data", "missing.csv"],
         ["predict", "run", "--input", "missing.csv"],
         ["predict", "run", "--input", "bad.csv"],  # no 'text' column

@@ -275,12 +275,29 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
     return args
 
 
+# flags of the tools users come from (HF Trainer / TRL scripts, short forms) -> ours
+_FLAG_SYNONYMS = {
+    "--lr": "--learning-rate",
+    "--bs": "--batch-size",
+    "--per-device-train-batch-size": "--batch-size",
+    "--num-train-epochs": "--epochs",
+    "--model-name-or-path": "--model",
+    "--train-file": "--train",
+    "--validation-file": "--validation",
+    "--test-file": "--test",
+}
+
+
 def _did_you_mean(parser: argparse.ArgumentParser, tokens: list[str]) -> str:
-    """``; did you mean --learning-rate?`` for the first unknown ``--flag`` close to one of ``parser``'s flags."""
+    """``; did you mean --learning-rate?`` for the first unknown ``--flag`` that is another tool's
+    name for one of ``parser``'s flags (``--lr``) or close to one of them (``--learnin-rate``)."""
     flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
     for token in tokens:
         if token.startswith("--"):
-            close = difflib.get_close_matches(token.split("=", 1)[0].replace("_", "-"), flags, n=1, cutoff=0.6)
+            name = token.split("=", 1)[0].replace("_", "-")
+            if _FLAG_SYNONYMS.get(name) in flags:
+                return f"; did you mean {_FLAG_SYNONYMS[name]}?"
+            close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
             if close:
                 return f"; did you mean {close[0]}?"
     return ""

@@ -95,6 +95,8 @@ class RunDir:
             DeltatuneError: the folder does not exist or has no config.yaml; it has no model/
                 folder (an unfinished run: resume it; or a folder that was never trained).
         """
+        if self.root.is_file():
+            raise DeltatuneError(f"{self.root} is a file, not a run directory; give the folder made by deltatune train (it holds config.yaml)")
         if not self.root.is_dir():
             raise DeltatuneError(f"run directory {self.root} does not exist; give the folder made by deltatune train")
         if not self.config.is_file():
