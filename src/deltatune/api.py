@@ -122,7 +122,7 @@ def finetune(
         allow_pickle_weights: accept pickle weights (``pytorch_model.bin``) when a model has no
             safetensors; sets ``model.allow_pickle_weights``, with ``resume`` as above.
         trust_checkpoint: with ``resume``, accept a checkpoint written by an older deltatune whose
-            RNG states must be unpickled (which can run code); only for folders you trust.
+            RNG states hold numpy arrays (read with ``weights_only=True``, numpy arrays allowed).
         callbacks: passed to :class:`deltatune.training.Trainer`.
         verbose: print the evaluation table.
         strict: the data warnings (training tokens unknown to the model's vocabulary, examples

@@ -94,8 +94,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
     p.add_argument(
         "--trust-checkpoint", action="store_true",
-        help="with --resume: accept checkpoints of older deltatune versions, whose RNG files are pickles that can run "
-        "code when loaded (only for run folders you trust)",
+        help="with --resume: accept checkpoints of older deltatune versions, whose RNG files hold numpy arrays "
+        "(still read with weights_only=True: nothing else is unpickled)",
     )
     p.add_argument(
         "--quiet", action="store_true",

@@ -239,3 +239,14 @@ def test_replace_dir_reports_a_full_disk_and_keeps_old(tmp_path):
         replace_dir_atomically(full, target)
     assert (target / "w.txt").read_text() == "v1"  # put back, not deleted
 
+
+
+def test_even_a_trusted_format1_checkpoint_never_unpickles_code(tmp_path):
+    model, opt, sched = _parts()
+    path = _save(tmp_path, 1, model, opt, sched)
+    _make_format1(path)
+    marker = tmp_path / "pwned"
+    torch.save({"python": _Marker(marker), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}, path / "rng.pt")
+    with pytest.raises(CheckpointError, match="rng.pt holds Python objects beyond tensors"):
+        read_checkpoint(path, trust=True)  # --trust-checkpoint accepts numpy arrays, nothing else
+    assert not marker.exists()

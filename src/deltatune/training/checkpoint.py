@@ -9,9 +9,10 @@ A checkpoint is a folder ``checkpoints/step-<N>/`` holding
   and ``checkpoint_format`` (:data:`CHECKPOINT_FORMAT`).
 The ``.pt`` files are read with ``torch.load(weights_only=True)``: a file that needs any other
 Python object (a crafted pickle) is refused before it can run code. Checkpoints of format 1
-(older deltatune, no ``checkpoint_format``) kept python/numpy RNG states as pickled objects;
-they are refused (:class:`UntrustedCheckpointError`) unless the caller trusts the folder
-(``deltatune train --resume RUN --trust-checkpoint``).
+(older deltatune, no ``checkpoint_format``) kept python/numpy RNG states as pickled tuples
+and numpy arrays; they are refused (:class:`UntrustedCheckpointError`) unless the caller opts in
+(``deltatune train --resume RUN --trust-checkpoint``), and even then are read with
+``weights_only=True`` allowing numpy arrays only: no pickle from a run folder ever runs code.
 
 A checkpoint is written to a hidden temporary folder next to it and renamed into place, so an
 interrupted save (Ctrl-C, ``kill -9``, a full disk) leaves no half-written checkpoint and never
@@ -65,7 +66,7 @@ class CheckpointError(DeltatuneError):
 
 
 class UntrustedCheckpointError(DeltatuneError):
-    """A format-1 checkpoint (older deltatune) whose RNG file loads only by unpickling, which can run code."""
+    """A format-1 checkpoint (older deltatune): its RNG file holds numpy arrays, read only on the user's word."""
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -299,25 +300,39 @@ class CheckpointContents:
     rng: dict[str, Any]
 
 
-def _load_tensors_file(path: Path, allow_pickle: bool) -> Any:
-    """``torch.load`` with ``weights_only=True``; with ``allow_pickle`` a file that needs more is unpickled."""
+def _format1_numpy_globals() -> list[Any]:
+    """The numpy classes a format-1 RNG file needs (``np.random.get_state()`` holds a uint32 array):
+    the only globals :func:`_load_tensors_file` allows beyond torch's tensors and plain values."""
     try:
-        with warnings.catch_warnings():  # a foreign pickle's protocol: reported below as our own one line
-            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [np.ndarray, np.dtype, _reconstruct, type(np.dtype(np.uint32))]
+
+
+def _load_tensors_file(path: Path, allow_pickle: bool) -> Any:
+    """``torch.load`` with ``weights_only=True``, which never runs code from the file.
+
+    Args:
+        allow_pickle: also accept numpy arrays (:func:`_format1_numpy_globals`), which format-1
+            RNG files hold; no other Python object is ever unpickled.
+
+    Raises:
+        CheckpointError: the file is truncated or corrupt, or holds other Python objects.
+    """
+    allowed = _format1_numpy_globals() if allow_pickle else []
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(allowed):
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")  # reported as our own one line
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
             raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)})") from e
-        if not allow_pickle:
-            raise CheckpointError(
-                f"{path} holds Python objects beyond tensors, which would run code when loaded: refused "
-                "(a deltatune checkpoint holds tensors only)"
-            ) from e
+        raise CheckpointError(
+            f"{path} holds Python objects beyond tensors, which would run code when loaded: refused "
+            "(a deltatune checkpoint holds tensors only)"
+        ) from e
     except Exception as e:  # truncated zip, empty file, unreadable
-        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)})") from e
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)  # format 1, trusted by the user
-    except Exception as e:
         raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(e)})") from e
 
 
@@ -333,8 +348,9 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
     """Read and check every file of checkpoint ``path``; nothing is changed.
 
     Args:
-        trust: the user trusts this folder (``--trust-checkpoint``): a format-1 checkpoint's RNG
-            file is unpickled (which can run code). Format-2 files never need it.
+        trust: the user opts in to a format-1 checkpoint (``--trust-checkpoint``): its RNG file is
+            read allowing numpy arrays too (still ``weights_only=True``; any other object is
+            refused). Format-2 files never need it.
 
     Raises:
         CheckpointError: a file is missing, truncated or invalid, or holds more than tensors
@@ -377,8 +393,8 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
     legacy = version == 1
     if legacy and not trust:
         raise UntrustedCheckpointError(
-            f"{path} was written by an older deltatune whose checkpoints store RNG states as pickles, which can run "
-            f"code when loaded; if you trust {path.parent.parent}, resume with --trust-checkpoint "
+            f"{path} was written by an older deltatune whose checkpoints store RNG states as pickled numpy objects; "
+            f"to accept them (numpy arrays only, nothing else is unpickled), resume {path.parent.parent} with --trust-checkpoint "
             "(Python: trust_checkpoint=True), else start a new run"
         )
     try:
