@@ -24,6 +24,7 @@ from deltatune.models import resolve_model
 from deltatune.models.loading import dropout_overrides, load_tokenizer
 from deltatune.output_files import check_output, write_atomically
 from deltatune.rundir import RunDir, write_failure
+from deltatune.serving.export import export_run as export  # the API's name for it
 from deltatune.serving.predictor import Predictor, check_batch_size, load
 from deltatune.tasks import GenerativeTask, Task, create_task
 from deltatune.tasks.base import Features
@@ -718,24 +719,6 @@ def predict(
     if output is not None:
         write_predictions(records, inputs, output, overwrite=overwrite, inputs_path=input)
     return [merge_record(inp, rec) for inp, rec in zip(inputs, records)]
-
-
-def export(
-    run: str | Path,
-    out: str | Path,
-    merge: bool = True,
-    fmt: str = "model",
-    overwrite: bool = False,
-    *,
-    trust_remote_code: bool = False,
-    allow_pickle_weights: bool = False,
-) -> Path:
-    """Write a run's model as a standalone folder: :func:`deltatune.serving.export.export_run`."""
-    from deltatune.serving.export import export_run
-
-    return export_run(
-        run, out, merge, fmt, overwrite, trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights
-    )
 
 
 def auto(*args: Any, **kwargs: Any):
