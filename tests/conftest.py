@@ -89,3 +89,35 @@ def tiny_llama_dir(tmp_path_factory) -> str:
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread on a shared CPU (restored afterwards); a module uses
+    it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory) -> str:
+    """A 2+2-layer, 32-wide random T5 on the MiniLM vocabulary ([PAD] starts the decoder, [SEP] ends)."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from deltatune.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    out = tmp_path_factory.mktemp("tiny_t5")
+    cfg = T5Config(
+        vocab_size=tok.vocab_size, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, decoder_start_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

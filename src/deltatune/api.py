@@ -26,6 +26,7 @@ from deltatune.output_files import check_output, write_atomically
 from deltatune.rundir import RunDir, write_failure
 from deltatune.serving.export import export_run as export  # the API's name for it
 from deltatune.serving.predictor import Predictor, check_batch_size, load
+from deltatune.serving.server import serve  # deltatune serve: the HTTP API
 from deltatune.tasks import GenerativeTask, Task, create_task
 from deltatune.tasks.base import Features
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
@@ -731,4 +732,4 @@ def auto(*args: Any, **kwargs: Any):
     return run_auto(*args, **kwargs)
 
 
-__all__ = ["Predictor", "Run", "auto", "check", "evaluate", "evaluate_pretrained", "export", "finetune", "format_table", "load", "predict"]
+__all__ = ["Predictor", "Run", "auto", "check", "evaluate", "evaluate_pretrained", "export", "finetune", "format_table", "load", "predict", "serve"]

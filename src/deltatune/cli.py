@@ -1,4 +1,4 @@
-"""Command line: ``deltatune train | auto | evaluate | predict | export | check``. Thin: parse, call :mod:`deltatune.api`, print.
+"""Command line: ``deltatune train | auto | evaluate | predict | export | serve | check``. Thin: parse, call :mod:`deltatune.api`, print.
 
 Every :class:`DeltatuneError` is printed as one line ``error: ...`` with exit status 2.
 """
@@ -235,16 +235,69 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--examples", type=int, default=3)
     c.add_argument("--strict", action="store_true", help=STRICT_HELP)
     c.set_defaults(quiet=False)
-    x = sub.add_parser("export", help="write a standalone model folder (adapters merged) or a PEFT adapter")
+    x = sub.add_parser("export", help="write a standalone model folder (adapters merged), a PEFT adapter, ONNX or GGUF")
     x.add_argument("run", help="run directory")
     x.add_argument("--out", required=True, help="new folder to write")
     x.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
-    x.add_argument("--format", choices=("model", "adapter"), default="model")
+    x.add_argument("--format", choices=("model", "adapter", "onnx", "gguf"), default="model",
+                   help="model: transformers folder; adapter: PEFT adapter; onnx: encoder tasks for onnxruntime; "
+                        "gguf: one file of a decoder run for llama.cpp/Ollama")
+    x.add_argument("--quantize", choices=("int8",), default=None, help="--format onnx: dynamic int8 quantization (onnxruntime)")
+    x.add_argument("--gguf-dtype", choices=("f16", "f32", "q8_0"), default="f16",
+                   help="--format gguf: tensor type (default f16; q8_0 is 8-bit and lossy on small models)")
     x.add_argument("--overwrite", action="store_true")
     _add_load_permission_args(x)
+    _serve_parser(sub)
     for sp in sub.choices.values():
         sp.set_defaults(_subparser=sp)  # parse_args reports leftovers with the command's own usage
     return parser
+
+
+def _serve_parser(sub) -> None:
+    from deltatune.serving.settings import API_KEY_ENV, ServeSettings
+
+    d = ServeSettings(api_key=None)
+    s = sub.add_parser("serve", help="serve runs over HTTP (/v1/predict; OpenAI-compatible /v1/chat/completions for decoders)")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or ONNX exports with --backend onnx); NAME=RUN sets the model id")
+    s.add_argument("--host", default=d.host, help="interface to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=_port, default=d.port, help="TCP port (0: a free one, printed at start)")
+    s.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, else no key)")
+    s.add_argument("--backend", choices=("torch", "onnx"), default=d.backend, help="torch: run folders; onnx: folders of deltatune export --format onnx")
+    s.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
+    s.add_argument("--max-batch-size", type=_COUNT, default=d.max_batch_size, help="most inputs per forward pass (1: no dynamic batching)")
+    s.add_argument("--max-wait-ms", type=_non_negative, default=d.max_wait_ms, help="how long a request waits for others to batch with (ms)")
+    s.add_argument("--threads", type=_COUNT, default=None, help="intra-op threads of the model (default: CPU count - 1, at least 1)")
+    s.add_argument("--workers", type=_COUNT, default=None,
+                   help="threads predicting batches of one encoder run at once (default: CPU count / --threads)")
+    s.add_argument("--forward-batch-size", type=_COUNT, default=None,
+                   help="rows per forward pass within a gathered batch, length-sorted (default: 8 on CPU, --max-batch-size on GPU)")
+    s.add_argument("--max-body-bytes", type=_COUNT, default=d.max_body_bytes, help="largest request body (bytes; larger: 413)")
+    s.add_argument("--max-inputs", type=_COUNT, default=d.max_inputs, help="most inputs in one /v1/predict request")
+    s.add_argument("--max-input-chars", type=_COUNT, default=d.max_input_chars, help="longest text of an input (characters)")
+    s.add_argument("--max-input-tokens", type=_COUNT, default=d.max_input_tokens, help="longest completion prompt (tokens)")
+    s.add_argument("--max-new-tokens-limit", type=_COUNT, default=d.max_new_tokens_limit, help="largest max_tokens a completion may ask")
+    s.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin (repeatable; default: none)")
+    _add_load_permission_args(s)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0-65535, got {value!r}")
+    return port
+
+
+def _non_negative(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value!r}") from None
+    if not x >= 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value!r}")
+    return x
 
 
 def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
@@ -471,10 +524,37 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export(
         args.run, args.out, merge=args.merge or args.format == "model", fmt=args.format, overwrite=args.overwrite,
-        trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights,
+        quantize=args.quantize, gguf_dtype=args.gguf_dtype, trust_remote_code=args.trust_remote_code,
+        allow_pickle_weights=args.allow_pickle_weights,
     )
     print(f"exported {args.run} to {out} ({args.format})")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deltatune.serving.pool import parse_run_args
+    from deltatune.serving.server import is_loopback, served_tasks
+    from deltatune.serving.settings import ServeSettings
+
+    settings = ServeSettings(
+        host=args.host, port=args.port, backend=args.backend, device=args.device, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, threads=args.threads, workers=args.workers, forward_batch_size=args.forward_batch_size,
+        max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
+        max_input_chars=args.max_input_chars, max_input_tokens=args.max_input_tokens,
+        max_new_tokens_limit=args.max_new_tokens_limit, cors_origins=args.cors_origin,
+        trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights,
+    )
+    if args.api_key is not None:
+        if not args.api_key.strip():
+            raise DeltatuneError("--api-key is empty; give a key or leave the flag out")
+        settings.api_key = args.api_key
+    served_tasks(parse_run_args(args.runs), settings.backend)  # before torch: folders that are not runs
+    if not is_loopback(settings.host) and not settings.api_key:
+        print(f"warning: listening on {settings.host} without an API key: anyone who reaches this port can use the models "
+              "(set --api-key or $DELTATUNE_API_KEY)", file=sys.stderr)
+    from deltatune.api import serve
+
+    return serve(args.runs, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"auto": cmd_auto, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check}
+    handlers = {"auto": cmd_auto, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check,
+                "serve": cmd_serve}
     try:
         return handlers[args.command](args)
     except DeltatuneError as e:

@@ -39,12 +39,31 @@ def write_atomically(path: str | Path, write: Callable[[IO[str]], None]) -> None
         OSError: the folder or file cannot be written (the previous file is untouched);
             anything ``write`` raises, unchanged. No temporary file is left either way.
     """
+    def write_text(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            write(f)
+
+    write_file_atomically(path, write_text)
+
+
+def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Write the (binary) file ``path`` by calling ``write(tmp)`` with a temporary path next to it.
+
+    For writers that take a file name (the ``gguf`` package's ``GGUFWriter``); the text
+    counterpart is :func:`write_atomically`. The temporary file is renamed over ``path`` once
+    ``write`` returns, with the permission bits of the file it replaces (or ``0o666`` minus the
+    umask).
+
+    Raises:
+        OSError: the folder or file cannot be written (the previous file is untouched);
+            anything ``write`` raises, unchanged. No temporary file is left either way.
+    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            write(f)
+        write(Path(tmp))
         os.chmod(tmp, out.stat().st_mode & 0o7777 if out.exists() else 0o666 & ~_umask())
         os.replace(tmp, out)
     except BaseException:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import math
 import pkgutil
 import re
@@ -30,6 +29,7 @@ from deltatune.tasks import create_task, get_task_class
 from deltatune.tasks.base import Features, GenerativeTask, Task
 from deltatune.tasks.options.classification import ClassificationOptions, classification_columns
 from deltatune.tasks.registry import REGISTRY, TASK_SPECS, TaskSpec, register, tasks_of_family, unregister
+from tests.tasks.demo_runs import demo_config
 
 # as docs/extending.md registers it: it reads data.label_column, an option of text classification
 TOY = TaskSpec("text-regression", "tests.tasks.toy_regression:TextRegressionTask", "encoder",
@@ -39,32 +39,9 @@ CASES = [(s.name, s.family) for s in TASK_SPECS] + [(s.name, "encoder-decoder") 
 MODEL_FIXTURES = {"encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread on a shared CPU (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tiny_t5_dir(tmp_path_factory) -> str:
-    """A 2+2-layer, 32-wide random T5 on the MiniLM vocabulary ([PAD] starts the decoder, [SEP] ends)."""
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
-
-    from deltatune.models import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("minilm"))
-    out = tmp_path_factory.mktemp("tiny_t5")
-    cfg = T5Config(
-        vocab_size=tok.vocab_size, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, decoder_start_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture
@@ -75,36 +52,10 @@ def toy_task():
     unregister(TOY.name)
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def check_contract(name: str, cls: type[Task], model_dir: str, tmp_path: Path) -> None:
     """Encode, train two steps, save, reload, predict and evaluate ``cls`` on its demo rows."""
-    demo = cls.demo_rows()
-    rows = demo["rows"]
-    train = _write_jsonl(tmp_path / "train.jsonl", rows)
-    dev = _write_jsonl(tmp_path / "dev.jsonl", rows)
-    cfg = _merge(
-        {
-            "task": name,
-            "output_dir": str(tmp_path / "run"),
-            "seed": 7,
-            "model": {"name_or_path": model_dir, "dropout": 0.0},
-            "data": {"train_file": train, "validation_file": dev, "max_seq_length": 128},
-            "train": {"per_device_train_batch_size": 4, "learning_rate": 1e-3, "max_steps": 2, "progress_bar": False},
-            "eval": {"eval_strategy": "no", "max_new_tokens": 4, "generation_max_samples": 2},
-        },
-        demo["config"],
-    )
+    cfg, rows = demo_config(name, cls, model_dir, tmp_path)
+    train, dev = cfg["data"]["train_file"], cfg["data"]["validation_file"]
 
     # encode: a task built from the config is this class; every feature has token ids
     task = create_task(build_config(cfg))

@@ -283,6 +283,39 @@ def load_trained(folder: str | Path, build_base: "callable", allow_pickle_weight
     return model
 
 
+def share_key(folder: str | Path) -> tuple | None:
+    """What two adapter runs must have in common to share one base model in memory, or ``None``.
+
+    Adapter runs (LoRA, DoRA, IA3, prefix) of the same base weights (SHA-256), the same method
+    family and the same task head shape share one base: each adds its adapter (and its own
+    trained head, peft's ``modules_to_save``) under its own adapter name. Runs of other methods
+    return ``None`` (nothing to share: their weights are the model).
+    """
+    meta = read_meta(folder)
+    if meta["method"] not in PEFT_METHODS:
+        return None
+    cfg = {k: v for k, v in meta["model_config"].items() if k not in ("id2label", "label2id", "_name_or_path")}
+    return (meta["base"]["sha256"], json.dumps(cfg, sort_keys=True, default=str))
+
+
+def add_adapter(model: torch.nn.Module, folder: str | Path, adapter_name: str, allow_pickle_weights: bool = False) -> None:
+    """Load the adapter of another run of the same base (:func:`share_key`) into a peft ``model``.
+
+    The model then holds both adapters; ``model.set_adapter(adapter_name)`` selects one.
+
+    Raises:
+        DeltatuneError: a missing or damaged adapter file (names it); a pickle adapter without
+            ``allow_pickle_weights``.
+    """
+    folder = Path(folder)
+    _check_adapter_folder(folder, allow_pickle_weights)
+    try:
+        with quiet_transformers(), peft_checkpointing_probe_quiet():
+            model.load_adapter(str(folder), adapter_name=adapter_name)
+    except Exception as e:
+        raise DeltatuneError(f"adapter in {folder} cannot be loaded ({_first_line(e)}): {DAMAGED}") from None
+
+
 def _copy_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     unknown = [k for k in tensors if k not in params]

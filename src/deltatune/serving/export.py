@@ -18,6 +18,9 @@ from deltatune.files import replace_dir_atomically
 from deltatune.serving.predictor import load
 
 
+FORMATS = ("model", "adapter", "onnx", "gguf")
+
+
 def export_run(
     run: str | Path,
     out: str | Path,
@@ -25,6 +28,8 @@ def export_run(
     fmt: str = "model",
     overwrite: bool = False,
     *,
+    quantize: str | None = None,
+    gguf_dtype: str = "f16",
     trust_remote_code: bool = False,
     allow_pickle_weights: bool = False,
 ) -> Path:
@@ -47,8 +52,14 @@ def export_run(
         run: the run directory.
         out: a new folder (an earlier export there is replaced only with ``overwrite``).
         merge: with ``fmt="model"``, fold adapters into the base weights (peft ``merge_and_unload``).
-        fmt: ``"model"`` (a folder plain transformers loads) or ``"adapter"`` (a PEFT adapter
-            folder for ``peft.PeftModel.from_pretrained``; adapter runs only).
+        fmt: ``"model"`` (a folder plain transformers loads), ``"adapter"`` (a PEFT adapter
+            folder for ``peft.PeftModel.from_pretrained``; adapter runs only), ``"onnx"`` (a
+            folder with ``model.onnx``, the tokenizer and ``deltatune_onnx.json``, for encoder
+            tasks: :func:`deltatune.serving.onnx_export.export_onnx`; ``deltatune serve --backend
+            onnx`` serves it) or ``"gguf"`` (one ``.gguf`` file of the merged decoder for
+            llama.cpp/Ollama: :func:`deltatune.models.gguf_write.write_gguf`).
+        quantize: with ``fmt="onnx"``, ``"int8"`` for onnxruntime's dynamic int8 quantization.
+        gguf_dtype: with ``fmt="gguf"``, the tensor type: ``"f16"``, ``"f32"`` or ``"q8_0"``.
         overwrite: replace an existing export at ``out`` (never another kind of folder).
         trust_remote_code, allow_pickle_weights: load permissions, as in
             :func:`deltatune.serving.predictor.load` (never taken from the run folder).
@@ -65,6 +76,57 @@ def export_run(
             folder is left.
     """
     out = Path(out)
+    if fmt not in FORMATS:
+        raise DeltatuneError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if quantize is not None and fmt != "onnx":
+        raise DeltatuneError("--quantize applies to --format onnx only")
+    _check_out(run, out, fmt, overwrite)
+    model_dir = Path(run) / "model"
+    meta = read_meta(model_dir) if is_delta_folder(model_dir) else None
+    method = meta["method"] if meta else "full"
+    if fmt == "adapter" and method not in PEFT_METHODS:
+        raise DeltatuneError(f"run {run} trained with delta.method {method}: it has no adapter; export with --merge")
+    if fmt == "model" and method in PEFT_METHODS and not merge:
+        raise DeltatuneError("an adapter run exports as a standalone model only with --merge (or use --format adapter)")
+    if fmt == "onnx":
+        from deltatune.config import build_config
+        from deltatune.serving.onnx_export import check_onnx_request
+
+        check_onnx_request(build_config(RunDir(run).config).task, quantize)
+    predictor = load(run, device="cpu", trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
+    if fmt == "onnx":
+        from deltatune.serving.onnx_export import export_onnx
+
+        replace_dir_atomically(lambda tmp: export_onnx(predictor, tmp, quantize), out)
+    elif fmt == "gguf":
+        _export_gguf(predictor, out, method in PEFT_METHODS, gguf_dtype)
+    else:
+        replace_dir_atomically(
+            lambda tmp: write_export(predictor.model, predictor.tokenizer, tmp, fmt=fmt, merge=method in PEFT_METHODS, meta=meta), out
+        )
+    return out
+
+
+def _export_gguf(predictor, out: Path, merge: bool, dtype: str) -> None:
+    """The run's decoder (adapters merged) as one GGUF file at ``out`` (written to a temporary name, then renamed)."""
+    from deltatune.models.gguf_write import write_gguf
+    from deltatune.tasks import GenerativeTask
+
+    if not isinstance(predictor.task, GenerativeTask) or predictor.model.config.is_encoder_decoder:
+        raise DeltatuneError(
+            f"--format gguf is for decoder runs (instruction, causal-lm, prompted tasks); this is a {predictor.config.task} run: "
+            "use --format onnx (encoder tasks) or --merge"
+        )
+    model = predictor.model.merge_and_unload() if merge else predictor.model
+    write_gguf(model, predictor.tokenizer, out, dtype=dtype)
+
+
+def _check_out(run: str | Path, out: Path, fmt: str, overwrite: bool) -> None:
+    """Refuse an ``out`` inside the run, an existing one without ``overwrite``, or one that is not an export.
+
+    Raises:
+        DeltatuneError: naming ``out`` and what to do.
+    """
     resolved, run_root = out.resolve(), Path(run).resolve()
     inside = [k for k in RunDir(run).own_paths() if resolved == k.resolve() or k.resolve() in resolved.parents]
     if inside or resolved == run_root or resolved in run_root.parents:
@@ -72,21 +134,19 @@ def export_run(
             f"--out {out} would replace {inside[0] if inside else 'the folder holding'} run {run}'s own files; "
             "export to a new folder outside the run (--overwrite never replaces a run's files)"
         )
+    if fmt == "gguf":
+        if out.suffix.lower() != ".gguf":
+            raise DeltatuneError(f"--out {out}: a GGUF export is one file; name it with .gguf, e.g. --out my-model.gguf")
+        if out.is_dir():
+            raise DeltatuneError(f"--out {out} is a folder; give a .gguf file name")
+        if out.exists() and not overwrite:
+            raise DeltatuneError(f"{out} already exists; choose a new --out file or pass --overwrite")
+        return
+    if out.is_file():
+        raise DeltatuneError(f"--out {out} is a file; give a new folder name")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DeltatuneError(f"{out} already exists; choose a new --out folder or pass --overwrite")
         is_model = (out / "config.json").is_file() or (out / "adapter_config.json").is_file()
         if not is_model or out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
             raise DeltatuneError(f"{out} is not an exported model folder: --overwrite only replaces exports; choose a new --out")
-    model_dir = Path(run) / "model"
-    meta = read_meta(model_dir) if is_delta_folder(model_dir) else None
-    method = meta["method"] if meta else "full"
-    if fmt == "adapter" and method not in PEFT_METHODS:
-        raise DeltatuneError(f"run {run} trained with delta.method {method}: it has no adapter; export with --merge")
-    if fmt != "adapter" and method in PEFT_METHODS and not merge:
-        raise DeltatuneError("an adapter run exports as a standalone model only with --merge (or use --format adapter)")
-    predictor = load(run, device="cpu", trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
-    replace_dir_atomically(
-        lambda tmp: write_export(predictor.model, predictor.tokenizer, tmp, fmt=fmt, merge=method in PEFT_METHODS, meta=meta), out
-    )
-    return out

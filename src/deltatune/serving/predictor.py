@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -30,10 +31,14 @@ class Predictor:
         task: the fitted task (label map restored from the saved model config).
         model: the model in eval mode, on ``device``.
         tokenizer: the run's tokenizer.
+        model_dir: the run's ``model/`` folder it was loaded from (``None``: built otherwise).
     """
 
-    def __init__(self, config: RunConfig, task: Task, model: torch.nn.Module, tokenizer, device: str | torch.device):
+    def __init__(
+        self, config: RunConfig, task: Task, model: torch.nn.Module, tokenizer, device: str | torch.device, model_dir: Path | None = None
+    ):
         self.config, self.task, self.model, self.tokenizer, self.device = config, task, model, tokenizer, torch.device(device)
+        self.model_dir = model_dir
 
     def outputs(
         self, ds: datasets.Dataset, with_labels: bool = True, batch_size: int | None = None
@@ -71,6 +76,38 @@ class Predictor:
             texts, ended = self.task.generate_rows(self.model, self.tokenizer, ds, self.device, source)
             return [{"generated": t, "ended_with_eos": e} for t, e in zip(texts, ended)]
         return self.task.decode(*self.outputs(ds, with_labels=False, batch_size=batch_size))
+
+    def with_generation(
+        self, max_new_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None
+    ) -> "Predictor":
+        """This predictor with other generation options (same model, task state and tokenizer).
+
+        Options left ``None`` keep the run's; see :func:`generation_overrides`.
+
+        Raises:
+            DeltatuneError: an option out of range, ``top_p`` without sampling, or a run that does
+                not generate.
+        """
+        overrides = generation_overrides(max_new_tokens, temperature, top_p)
+        if not overrides:
+            return self
+        if not isinstance(self.task, GenerativeTask):
+            raise DeltatuneError(f"{self.config.task} runs do not generate text: generation parameters do not apply")
+        cfg = build_config(self.config, overrides)
+        if top_p is not None and not cfg.eval.do_sample:
+            raise DeltatuneError("top_p (parameters.top_p) applies to sampling; add temperature > 0")
+        task = copy.copy(self.task)
+        task.config = cfg
+        return Predictor(cfg, task, self.model, self.tokenizer, self.device, model_dir=self.model_dir)
+
+    def worker_copy(self) -> "Predictor":
+        """This predictor for another thread: the same model (read-only in inference), its own
+        copy of the tokenizer (a fast tokenizer must not be used by two threads at once) and of
+        the task holding it."""
+        tokenizer = copy.deepcopy(self.tokenizer)
+        task = copy.copy(self.task)
+        task.set_tokenizer(tokenizer)
+        return Predictor(self.config, task, self.model, tokenizer, self.device, model_dir=self.model_dir)
 
     def predict(self, texts: Sequence[str] | Sequence[tuple[str, str]] | str) -> list[dict[str, Any]]:
         """Predict for raw texts (or (text, text_pair) tuples for pair tasks).
@@ -171,8 +208,7 @@ def load(
     rd = RunDir(run)
     rd.check_loadable()
     generation = generation_overrides(max_new_tokens, temperature, top_p, num_beams)
-    permissions = {"model.trust_remote_code": bool(trust_remote_code), "model.allow_pickle_weights": bool(allow_pickle_weights)}
-    cfg = build_config(rd.config, permissions)
+    cfg = _permitted_config(rd, trust_remote_code, allow_pickle_weights)
     if generation:
         given = ", ".join(f"--{k[5:].replace('_', '-')}" for k in generation if k != "eval.do_sample")
         if get_task_class(cfg.task).peft_task_type not in GENERATIVE_TASK_TYPES:
@@ -189,7 +225,50 @@ def load(
     tokenizer = load_tokenizer(str(rd.model), cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return Predictor(cfg, task, model.to(dev).eval(), tokenizer, dev)
+    return Predictor(cfg, task, model.to(dev).eval(), tokenizer, dev, model_dir=rd.model)
+
+
+def _permitted_config(rd: RunDir, trust_remote_code: bool, allow_pickle_weights: bool) -> RunConfig:
+    """The run's config with the caller's load permissions (never the run folder's own)."""
+    permissions = {"model.trust_remote_code": bool(trust_remote_code), "model.allow_pickle_weights": bool(allow_pickle_weights)}
+    return build_config(rd.config, permissions)
+
+
+def load_onto(run: str | Path, shared: Predictor, adapter_name: str, *, allow_pickle_weights: bool = False) -> Predictor:
+    """Load an adapter run into the model of ``shared`` (a loaded adapter run of the same base).
+
+    The returned predictor has its own config, task (labels) and tokenizer and the same model
+    object as ``shared``, which now holds both adapters: call ``model.set_adapter(adapter_name)``
+    before using it (and ``shared``'s adapter, ``"default"``, before using ``shared``). Only
+    runs whose :func:`deltatune.delta.storage.share_key` equals ``shared``'s may share.
+
+    Raises:
+        DeltatuneError: not a loadable run; not an adapter run of the same base and head
+            shape; a damaged adapter file.
+    """
+    from deltatune.delta.storage import add_adapter, share_key
+
+    rd = RunDir(run)
+    rd.check_loadable()
+    key = share_key(rd.model) if is_delta_folder(rd.model) else None
+    shared_key = share_key(shared_root(shared)) if is_delta_folder(shared_root(shared)) else None
+    if key is None or key != shared_key:
+        raise DeltatuneError(f"run {rd.root} is not an adapter run of the same base and head as {shared_root(shared).parent}; load it alone")
+    cfg = _permitted_config(rd, False, allow_pickle_weights)
+    model_cfg = PretrainedConfig.from_dict(read_meta(rd.model)["model_config"])
+    task = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg)).from_pretrained_config(cfg, model_cfg)
+    add_adapter(shared.model, rd.model, adapter_name, allow_pickle_weights)
+    tokenizer = load_tokenizer(str(rd.model), False)
+    task.set_tokenizer(tokenizer)
+    shared.model.eval()
+    return Predictor(cfg, task, shared.model, tokenizer, shared.device, model_dir=rd.model)
+
+
+def shared_root(predictor: Predictor) -> Path:
+    """The ``model/`` folder ``predictor`` was loaded from."""
+    if predictor.model_dir is None:
+        raise DeltatuneError("this predictor was not loaded from a run folder")
+    return predictor.model_dir
 
 
 def load_task_model(cfg: RunConfig, model_dir: Path) -> tuple[Task, torch.nn.Module]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from deltatune.config import RunConfig
+from deltatune.errors import DeltatuneError
 from deltatune.tasks.chat_format import EncodeStats
 
 
@@ -245,6 +246,21 @@ class GenerativeTask(ABC):
             (generated texts in row order, whether each generation ended with an end token
             within ``eval.max_new_tokens``).
         """
+
+    # the task answers chat messages (decoder tasks: :meth:`chat_prompt_ids`); read by the HTTP API
+    chat: bool = False
+
+    def chat_prompt_ids(self, tokenizer, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation followed by the assistant's generation prompt, rendered as
+        training rendered prompts (the run's chat template, system prompt and BOS).
+
+        Args:
+            messages: ``[{"role": "system" | "user" | "assistant", "content": str}, ...]``.
+
+        Raises:
+            DeltatuneError: the task has no chat form (:attr:`chat` is False), or the template fails.
+        """
+        raise DeltatuneError(f"{type(self).__name__} does not take chat messages; send inputs to /v1/predict")
 
     @abstractmethod
     def final_metrics(self, model: torch.nn.Module, tokenizer, ds: datasets.Dataset, device: torch.device | str = "cpu") -> dict[str, Any]:

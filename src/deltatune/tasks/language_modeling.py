@@ -120,6 +120,16 @@ class LanguageModelTask(GenerativeTask, Task):
         """Decoding settings from the ``eval`` config section."""
         return GenerationSettings.from_config(self.config.eval)
 
+    chat = True
+
+    def chat_prompt_ids(self, tokenizer, messages: list[dict[str, str]]) -> list[int]:
+        """The conversation as the run's chat template renders it, with ``data.system_prompt`` first
+        when the messages bring no system message (see :meth:`GenerativeTask.chat_prompt_ids`)."""
+        msgs = [dict(m) for m in messages]
+        if self.config.data.system_prompt and (not msgs or msgs[0]["role"] != "system"):
+            msgs.insert(0, {"role": "system", "content": self.config.data.system_prompt})
+        return ChatEncoder(tokenizer, self.config.data.chat_template, self.config.data.max_seq_length).prompt_ids(msgs)
+
     def rows_from_texts(self, texts: list[str]) -> datasets.Dataset:
         """Rows for :meth:`generate_rows` from plain input texts (``predict --text``)."""
         return datasets.Dataset.from_dict({self.config.data.text_column: list(texts)})
@@ -131,6 +141,7 @@ class CausalLMTask(LanguageModelTask):
     name = "causal-lm"
     contiguous_split = True
     long_inputs_truncated = False  # documents are packed into blocks: nothing is cut off
+    chat = False  # trained on raw text, never on a chat template: it continues text (/v1/completions)
 
     def fit_columns(self, ds, source, with_labels=True):
         require_columns(ds, [self.config.data.text_column], source)

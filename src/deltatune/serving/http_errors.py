@@ -1,0 +1,55 @@
+"""The one error type of the HTTP API, rendered as ``{"error": {"message", "type", "param", "code"}}``.
+
+The shape is OpenAI's (https://platform.openai.com/docs/guides/error-codes), so that the
+official ``openai`` client raises its typed errors (``BadRequestError``, ``NotFoundError``,
+``AuthenticationError``) with our message; ``/v1/predict`` uses the same shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """A request the server refuses, with the HTTP status to answer.
+
+    Args:
+        status: 4xx status code (400 bad value, 401 missing/wrong key, 404 unknown model or
+            path, 413 body too large, 422 wrong type or missing field, 503 not ready).
+        message: one line saying what is wrong and what to do.
+        param: the request field at fault as a path (``inputs[2].question``, ``messages``,
+            ``model``), or ``None``.
+        type: OpenAI's error type (``invalid_request_error``, ``authentication_error``, ...).
+        code: a short machine-readable code, or ``None``.
+    """
+
+    def __init__(self, status: int, message: str, param: str | None = None, type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# pydantic names the member of a union a value was tried against in the error location
+_UNION_MEMBERS = {"str", "int", "float", "bool", "dict", "list", "none", "null"}
+
+
+def _is_union_member(part: str) -> bool:
+    # our field names are snake_case; pydantic's location tags are types (``str``, ``list[str]``,
+    # ``TextPair``) or kebab-case (``constrained-str``, ``function-after[...]``, ``tagged-union[...]``)
+    return part in _UNION_MEMBERS or part[:1].isupper() or "[" in part or "-" in part
+
+
+def field_path(loc: tuple | list) -> str:
+    """A pydantic/FastAPI error location as a field path: ``("body", "inputs", 2, "question")`` ->
+    ``inputs[2].question``; the union members pydantic adds to a location (``str``,
+    ``list[str]``, ``TextPair``) are left out. The body itself is ``body``."""
+    out = ""
+    for p in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif not _is_union_member(str(p)):
+            out += ("." if out else "") + str(p)
+    return out or "body"
