@@ -23,6 +23,9 @@ import pytest
 
 from tests.tasks.demo_runs import demo_config
 
+# ModelPool.load sets the process-wide torch thread count (as a server should): restored after the module
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 API_KEY = "test-key"
 CHAT = "tiny-chat"
 MSGS = [{"role": "user", "content": "What is 3 plus one?"}]

@@ -15,6 +15,9 @@ from deltatune.serving.settings import ServeSettings
 from tests.helpers import make_sentiment_rows
 from tests.serving.runs import train_tiny_run
 
+# ModelPool.load sets the process-wide torch thread count (as a server should): restored after the module
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def second_lora_run(tiny_model_dir, sentiment_files, tmp_path_factory) -> Path:
