@@ -75,7 +75,6 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    import deltatune
     from deltatune.serving.onnx_backend import load_onnx
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="onnx_sst2_"))

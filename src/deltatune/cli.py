@@ -243,9 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model: transformers folder; adapter: PEFT adapter; onnx: encoder tasks for onnxruntime; "
                         "gguf: one file of a decoder run for llama.cpp/Ollama")
     x.add_argument("--quantize", choices=("int8",), default=None, help="--format onnx: dynamic int8 quantization (onnxruntime)")
-    x.add_argument("--gguf-dtype", choices=("f16", "f32", "q8_0"), default="f16",
+    x.add_argument("--gguf-dtype", choices=("f16", "f32", "q8_0"), default=None,
                    help="--format gguf: tensor type (default f16; q8_0 is 8-bit and lossy on small models)")
-    x.add_argument("--overwrite", action="store_true")
+    x.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out (never other files or folders)")
     _add_load_permission_args(x)
     _serve_parser(sub)
     for sp in sub.choices.values():
@@ -264,18 +264,18 @@ def _serve_parser(sub) -> None:
     s.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, else no key)")
     s.add_argument("--backend", choices=("torch", "onnx"), default=d.backend, help="torch: run folders; onnx: folders of deltatune export --format onnx")
     s.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
-    s.add_argument("--max-batch-size", type=_COUNT, default=d.max_batch_size, help="most inputs per forward pass (1: no dynamic batching)")
-    s.add_argument("--max-wait-ms", type=_non_negative, default=d.max_wait_ms, help="how long a request waits for others to batch with (ms)")
+    s.add_argument("--max-batch-size", type=_COUNT, default=d.max_batch_size, help="most inputs per forward pass (1: no dynamic batching) (default: %(default)s)")
+    s.add_argument("--max-wait-ms", type=_non_negative, default=d.max_wait_ms, help="how long a request waits for others to batch with (ms) (default: %(default)s)")
     s.add_argument("--threads", type=_COUNT, default=None, help="intra-op threads of the model (default: CPU count - 1, at least 1)")
     s.add_argument("--workers", type=_COUNT, default=None,
                    help="threads predicting batches of one encoder run at once (default: CPU count / --threads)")
     s.add_argument("--forward-batch-size", type=_COUNT, default=None,
                    help="rows per forward pass within a gathered batch, length-sorted (default: 8 on CPU, --max-batch-size on GPU)")
-    s.add_argument("--max-body-bytes", type=_COUNT, default=d.max_body_bytes, help="largest request body (bytes; larger: 413)")
-    s.add_argument("--max-inputs", type=_COUNT, default=d.max_inputs, help="most inputs in one /v1/predict request")
-    s.add_argument("--max-input-chars", type=_COUNT, default=d.max_input_chars, help="longest text of an input (characters)")
-    s.add_argument("--max-input-tokens", type=_COUNT, default=d.max_input_tokens, help="longest completion prompt (tokens)")
-    s.add_argument("--max-new-tokens-limit", type=_COUNT, default=d.max_new_tokens_limit, help="largest max_tokens a completion may ask")
+    s.add_argument("--max-body-bytes", type=_COUNT, default=d.max_body_bytes, help="largest request body (bytes; larger: 413) (default: %(default)s)")
+    s.add_argument("--max-inputs", type=_COUNT, default=d.max_inputs, help="most inputs in one /v1/predict request (default: %(default)s)")
+    s.add_argument("--max-input-chars", type=_COUNT, default=d.max_input_chars, help="longest text of an input (characters) (default: %(default)s)")
+    s.add_argument("--max-input-tokens", type=_COUNT, default=d.max_input_tokens, help="longest completion prompt (tokens) (default: %(default)s)")
+    s.add_argument("--max-new-tokens-limit", type=_COUNT, default=d.max_new_tokens_limit, help="largest max_tokens a completion may ask (default: %(default)s)")
     s.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin (repeatable; default: none)")
     _add_load_permission_args(s)
 
@@ -520,11 +520,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from deltatune.serving.export import check_export_args
+
+    if args.gguf_dtype is not None and args.format != "gguf":
+        raise DeltatuneError("--gguf-dtype applies to --format gguf only")
+    check_export_args(args.run, args.out, args.format, args.overwrite, args.quantize)  # before torch loads
     from deltatune.api import export
 
     out = export(
         args.run, args.out, merge=args.merge or args.format == "model", fmt=args.format, overwrite=args.overwrite,
-        quantize=args.quantize, gguf_dtype=args.gguf_dtype, trust_remote_code=args.trust_remote_code,
+        quantize=args.quantize, gguf_dtype=args.gguf_dtype or "f16", trust_remote_code=args.trust_remote_code,
         allow_pickle_weights=args.allow_pickle_weights,
     )
     print(f"exported {args.run} to {out} ({args.format})")
@@ -544,6 +549,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_new_tokens_limit=args.max_new_tokens_limit, cors_origins=args.cors_origin,
         trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights,
     )
+    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?", args.device):
+        raise DeltatuneError(f"--device {args.device!r}: give cpu, cuda, cuda:N, mps or xpu")
     if args.api_key is not None:
         if not args.api_key.strip():
             raise DeltatuneError("--api-key is empty; give a key or leave the flag out")

@@ -41,9 +41,9 @@ def test_an_onnx_export_serves_the_same_predictions_as_the_run(classifier_run, t
 def test_export_refusals_are_one_line_errors(classifier_run, tmp_path):
     cases = [
         (["--format", "gguf", "--out", str(tmp_path / "m.gguf")], "--format gguf is for decoder runs"),
-        (["--format", "gguf", "--out", str(tmp_path / "folder")], "name it with .gguf"),
         (["--format", "model", "--quantize", "int8", "--out", str(tmp_path / "m")], "--quantize applies to --format onnx only"),
-        (["--format", "onnx", "--out", str(Path(classifier_run) / "model")], "run"),
+        (["--format", "onnx", "--out", str(Path(classifier_run) / "model" / "onnx")], "is inside run"),
+        (["--format", "onnx", "--gguf-dtype", "f32", "--out", str(tmp_path / "o")], "--gguf-dtype applies to --format gguf only"),
     ]
     for args, message in cases:
         p = _cli("export", str(classifier_run), *args)
@@ -63,6 +63,12 @@ def test_a_decoder_lora_run_exports_as_gguf_that_transformers_reads_back(tiny_ll
     assert p.returncode == 0, p.stderr
     again = _cli("export", str(run), "--format", "gguf", "--out", str(out))
     assert again.returncode == 2 and "already exists" in again.stderr
+    no_suffix = _cli("export", str(run), "--format", "gguf", "--out", str(tmp_path / "folder"))
+    assert no_suffix.returncode == 2 and "name it with .gguf" in no_suffix.stderr
+    notes = tmp_path / "notes.gguf"
+    notes.write_text("my notes")
+    refused = _cli("export", str(run), "--format", "gguf", "--out", str(notes), "--overwrite")
+    assert refused.returncode == 2 and "is not a GGUF file" in refused.stderr and notes.read_text() == "my notes"
     merged = deltatune.load(run, device="cpu").model.merge_and_unload()
     read = AutoModelForCausalLM.from_pretrained(str(out.parent), gguf_file=out.name)
     ids = torch.tensor([[1, 5, 9, 200, 31]])

@@ -232,6 +232,7 @@ def test_a_client_leaving_a_stream_frees_the_model(client):
         ({"top_p": 0}, 400, "top_p"),
         ({"top_p": 1.5}, 400, "top_p"),
         ({"n": 0}, 400, "n"),
+        ({"seed": 10**30, "temperature": 1}, 400, "seed"),
         ({"n": 5}, 400, "n"),
         ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ({"stop": ""}, 400, "stop"),
@@ -399,3 +400,17 @@ def test_concurrent_completions_are_generated_in_one_batch(server):
     assert sizes == [5]  # 2 + 1 + 2 rows of three requests, whatever their settings
     assert a[0][0] == a[0][1] and a[0][0].completion_tokens <= 4 and b[0][0].completion_tokens <= 3
     assert [len(x) for x in c] == [1, 1] and all(x[0].completion_tokens <= 2 for x in c)
+
+
+@pytest.mark.parametrize(
+    "raw, param",
+    [
+        (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "a lone \\ud800 surrogate"}]}', "messages[0].content"),
+        (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "stop": "\\udfff"}', "stop"),
+        (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "stream": true, "seed": 100000000000000000000000}', "seed"),
+    ],
+)
+def test_lone_surrogates_and_huge_seeds_are_400_before_any_stream(server, raw, param):
+    r = httpx.post(server[0] + "/v1/chat/completions", content=raw, timeout=60,
+                   headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

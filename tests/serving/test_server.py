@@ -113,6 +113,7 @@ def test_generation_parameters_apply_to_generative_runs_only(server):
 
 def test_the_api_key_is_required_except_for_health(server):
     assert httpx.get(f"{server.url}/health").status_code == 200
+    assert httpx.head(f"{server.url}/health").status_code == 200  # load balancers probe with HEAD
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}):
         r = post(server, {"model": "text-classification", "inputs": "x"}, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", headers
@@ -128,7 +129,9 @@ BAD_BODIES = [
     ({"inputs": "x"}, 400, "model"),  # several models: name one
     ({"model": "text-classification"}, 422, "inputs"),
     ({"model": "text-classification", "inputs": []}, 400, "inputs"),
-    ({"model": "text-classification", "inputs": [1, 2]}, 422, "inputs"),
+    ({"model": "text-classification", "inputs": ["ok", 2]}, 422, "inputs[1]"),
+    (b'{"model": "text-classification", "inputs": ["ok", "bad \\ud800 text"]}', 400, "inputs[1]"),  # a lone surrogate
+    ({"model": "causal-lm", "inputs": "x", "parameters": {"max_new_tokens": 100000}}, 400, "parameters.max_new_tokens"),
     ({"model": "text-classification", "inputs": None}, 422, "inputs"),
     ({"model": "text-classification", "inputs": ["ok", ""]}, 400, "inputs[1]"),
     ({"model": "text-classification", "inputs": ["x"] * 9}, 400, "inputs"),
@@ -214,7 +217,10 @@ def test_serve_refuses_bad_arguments_before_loading_anything(tmp_path, task_runs
         ([str(run), "--max-batch-size", "0"], "max-batch-size"),
         ([str(run), "--api-key", " "], "--api-key is empty"),
         ([str(run), "--backend", "onnx"], "not an ONNX export"),
+        ([str(run), "--device", "tpu"], "--device 'tpu'"),
+        ([str(tmp_path / "file.txt")], "is a file"),
     ]
+    (tmp_path / "file.txt").write_text("not a run")
     for args, message in cases:
         p = subprocess.run([sys.executable, "-m", "deltatune", "serve", *args], capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and message in p.stderr, (args, p.stderr)

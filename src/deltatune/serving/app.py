@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deltatune.errors import DeltatuneError
 from deltatune.serving.batcher import DynamicBatcher
-from deltatune.serving.http_errors import ApiError, field_path
+from deltatune.serving.http_errors import ApiError, check_unicode, field_path
 from deltatune.serving.inputs import predict_located, request_rows
 from deltatune.serving.metrics import ServerMetrics
 from deltatune.serving.pool import ModelPool, ServedModel
@@ -100,7 +100,7 @@ def create_app(pool: ModelPool, settings: ServeSettings, tasks: list[str], on_st
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]
         )
 
-    @app.get("/health", tags=["server"])
+    @app.api_route("/health", methods=["GET", "HEAD"], tags=["server"])
     def health() -> JSONResponse:
         """Readiness: 200 once the models are loaded, 503 while loading or when loading failed."""
         if pool.ready:
@@ -120,8 +120,12 @@ def create_app(pool: ModelPool, settings: ServeSettings, tasks: list[str], on_st
     @app.post("/v1/predict", response_model=response_model, tags=["predict"])
     async def predict(body: request_model) -> JSONResponse:  # type: ignore[valid-type]
         """Predictions for ``inputs`` (one input or a list), one per input, in order."""
+        check_unicode(body.model_dump())
         served = pool.get(body.model)
         params = body.parameters.model_dump(exclude_none=True) if body.parameters is not None else {}
+        if params.get("max_new_tokens", 0) > settings.max_new_tokens_limit:
+            raise ApiError(400, f"parameters.max_new_tokens is {params['max_new_tokens']}; this server generates at most "
+                           f"{settings.max_new_tokens_limit} tokens (serve --max-new-tokens-limit)", param="parameters.max_new_tokens")
         if params and not served.generative:
             raise ApiError(400, f"parameters: {served.task_name} runs take no parameters ({', '.join(params)})", param="parameters")
         if params:
@@ -206,12 +210,14 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
         errors = e.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "invalid"}
+        # with unions pydantic reports every member tried: the deepest location names the element
+        first = max(errors, key=lambda x: sum(isinstance(p, int) for p in x.get("loc", ())), default=None) or {
+            "loc": ("body",), "msg": "invalid request", "type": "invalid"}
         if first.get("type") == "json_invalid":
             return _error(400, f"the body is not valid JSON: {first.get('msg', '')}", "body", code="json_invalid")
         path, kind = field_path(first.get("loc", ())), str(first.get("type", "invalid"))
         if path == "body" and kind in ("model_attributes_type", "dict_type", "missing"):
-            return _error(422, "the body must be a JSON object (Content-Type: application/json), e.g. {\"inputs\": \"text\"}", "body",
+            return _error(422, "the body must be a JSON object sent with Content-Type: application/json, e.g. {\"inputs\": \"text\"}", "body",
                           code="body_not_object")
         more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
         # a value out of range is 400 as OpenAI answers it; a wrong type or a missing or unknown field 422
@@ -220,11 +226,17 @@ def _add_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        if isinstance(e, BodyTooLarge):
+            return _error(413, str(e.detail), "body", code="body_too_large")
+        if e.status_code == 400 and "parsing the body" in str(e.detail):  # FastAPI could not decode it
+            return _error(400, "the body cannot be read as JSON (invalid UTF-8, nesting too deep or a compressed body): "
+                          "send plain UTF-8 JSON", "body", code="body_invalid")
         return _error(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, e: Exception) -> JSONResponse:
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
         log.exception("unexpected error")
+        metrics.observe(_route(request.url.path), 500, 0.0)  # answered outside the Guard middleware
         return _error(500, f"internal error: {type(e).__name__}; the server log has the details", type="server_error")
 
 

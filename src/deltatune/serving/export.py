@@ -9,13 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deltatune.delta.export import write_export
-from deltatune.delta.methods import PEFT_METHODS
-from deltatune.delta.storage import is_delta_folder, read_meta
+from deltatune.delta.registry import PEFT_METHODS
 from deltatune.errors import DeltatuneError
-from deltatune.rundir import RunDir
 from deltatune.files import replace_dir_atomically
-from deltatune.serving.predictor import load
+from deltatune.rundir import RunDir
 
 
 FORMATS = ("model", "adapter", "onnx", "gguf")
@@ -75,12 +72,12 @@ def export_run(
             when writing fails, an earlier export at ``out`` is untouched and no temporary
             folder is left.
     """
+    from deltatune.delta.export import write_export
+    from deltatune.delta.storage import is_delta_folder, read_meta
+    from deltatune.serving.predictor import load
+
     out = Path(out)
-    if fmt not in FORMATS:
-        raise DeltatuneError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if quantize is not None and fmt != "onnx":
-        raise DeltatuneError("--quantize applies to --format onnx only")
-    _check_out(run, out, fmt, overwrite)
+    check_export_args(run, out, fmt, overwrite, quantize)
     model_dir = Path(run) / "model"
     meta = read_meta(model_dir) if is_delta_folder(model_dir) else None
     method = meta["method"] if meta else "full"
@@ -121,18 +118,39 @@ def _export_gguf(predictor, out: Path, merge: bool, dtype: str) -> None:
     write_gguf(model, predictor.tokenizer, out, dtype=dtype)
 
 
-def _check_out(run: str | Path, out: Path, fmt: str, overwrite: bool) -> None:
-    """Refuse an ``out`` inside the run, an existing one without ``overwrite``, or one that is not an export.
+def check_export_args(run: str | Path, out: str | Path, fmt: str, overwrite: bool, quantize: str | None = None) -> None:
+    """The checks of an export that need no model (torch-free: the CLI runs them first).
+
+    Refuses an unknown ``fmt``, ``quantize`` without ONNX, an ``out`` inside the run, an
+    existing one without ``overwrite``, and with ``overwrite`` one that is not an export of
+    this kind (a folder without a model config; a file that is not GGUF).
 
     Raises:
-        DeltatuneError: naming ``out`` and what to do.
+        DeltatuneError: naming ``out`` (or the flag) and what to do.
     """
+    out = Path(out)
+    if fmt not in FORMATS:
+        raise DeltatuneError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if quantize is not None and fmt != "onnx":
+        raise DeltatuneError("--quantize applies to --format onnx only")
+    rd = RunDir(run)
+    rd.check_loadable()
+    if fmt == "gguf":
+        from deltatune.config import build_config
+        from deltatune.tasks.registry import REGISTRY
+
+        task = build_config(rd.config).task
+        if REGISTRY[task].family != "decoder":
+            raise DeltatuneError(
+                f"--format gguf is for decoder runs (instruction, causal-lm, prompted tasks); this is a {task} run: "
+                "use --format onnx (encoder tasks) or --merge"
+            )
     resolved, run_root = out.resolve(), Path(run).resolve()
     inside = [k for k in RunDir(run).own_paths() if resolved == k.resolve() or k.resolve() in resolved.parents]
-    if inside or resolved == run_root or resolved in run_root.parents:
+    if inside or resolved == run_root or resolved in run_root.parents or run_root in resolved.parents:
         raise DeltatuneError(
-            f"--out {out} would replace {inside[0] if inside else 'the folder holding'} run {run}'s own files; "
-            "export to a new folder outside the run (--overwrite never replaces a run's files)"
+            f"--out {out} is inside run {run} (or holds it), where an export could replace the run's own files; "
+            "export to a new place outside the run (--overwrite never replaces a run's files)"
         )
     if fmt == "gguf":
         if out.suffix.lower() != ".gguf":
@@ -141,6 +159,10 @@ def _check_out(run: str | Path, out: Path, fmt: str, overwrite: bool) -> None:
             raise DeltatuneError(f"--out {out} is a folder; give a .gguf file name")
         if out.exists() and not overwrite:
             raise DeltatuneError(f"{out} already exists; choose a new --out file or pass --overwrite")
+        if out.exists():
+            with out.open("rb") as f:
+                if f.read(4) != b"GGUF":
+                    raise DeltatuneError(f"{out} is not a GGUF file: --overwrite only replaces an earlier export; choose a new --out")
         return
     if out.is_file():
         raise DeltatuneError(f"--out {out} is a file; give a new folder name")

@@ -53,3 +53,25 @@ def field_path(loc: tuple | list) -> str:
         elif not _is_union_member(str(p)):
             out += ("." if out else "") + str(p)
     return out or "body"
+
+
+def check_unicode(value: Any, path: str = "body") -> None:
+    """Refuse strings that are not valid Unicode text: JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no tokenizer or UTF-8 encoder takes.
+
+    Raises:
+        ApiError: 400 naming the field (``messages[0].content``, ``inputs[1]``).
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, f"{path}: the text holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); send valid Unicode",
+                           param=path, code="invalid_unicode") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_unicode(k, path)
+            check_unicode(v, f"{path}.{k}" if path != "body" else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_unicode(v, f"{path}[{i}]")

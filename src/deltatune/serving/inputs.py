@@ -131,6 +131,8 @@ def predict_located(predict: Callable[[datasets.Dataset], list], rows: list[tupl
 
 def _located(message: str, where: str) -> str:
     """The task's message about a one-row dataset, said of the request field ``where``."""
+    if "is empty in every row" in message:  # said of a file's column; here it is one input
+        return f"{where}: the text is empty; send some text"
     return message.replace("inputs: row 1", where).replace("inputs row 1", where).replace(" row 1", "") if message.startswith(
         "inputs"
     ) else f"{where}: {message}"

@@ -24,6 +24,7 @@ body naming the field as ``param``). Generation itself is :mod:`deltatune.servin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -33,7 +34,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from deltatune.errors import DeltatuneError
-from deltatune.serving.http_errors import ApiError
+from deltatune.serving.http_errors import ApiError, check_unicode
 from deltatune.serving.openai_schemas import (
     ChatChoice,
     ChatCompletion,
@@ -135,6 +136,7 @@ class OpenAIRoutes:
             ApiError: unknown model (404); a run that does not take chat messages, a template
                 that fails on the messages, limits exceeded (400, naming the field).
         """
+        check_unicode(req.model_dump())
         served = self.pool.get(req.model)
         if not served.chat:
             raise ApiError(400, f"model {served.name!r} is a {served.task_name} run{_kind(served)}; it does not answer chat messages: send its inputs to POST /v1/predict", param="model")
@@ -166,6 +168,7 @@ class OpenAIRoutes:
             ApiError: unknown model (404); not a decoder run, an empty prompt, token ids
                 outside the vocabulary, too many prompts, limits exceeded (400, naming the field).
         """
+        check_unicode(req.model_dump())
         served = self.pool.get(req.model)
         if not served.decoder:
             raise ApiError(400, f"model {served.name!r} is a {served.task_name} run{_kind(served)}; completions need a decoder run: send its inputs to POST /v1/predict", param="model")
@@ -266,12 +269,13 @@ class OpenAIRoutes:
         for j in range(n):
             yield chunk([ChunkChoice(index=j, delta=ChunkDelta(role="assistant", content=""))])
         completion = 0
-        async for ev in stream_choices(served, [prompt], params, n, self.settings.max_batch_size):
-            if ev.delta:
-                yield chunk([ChunkChoice(index=ev.index, delta=ChunkDelta(content=ev.delta))])
-            if ev.finish_reason is not None:
-                completion += ev.completion_tokens
-                yield chunk([ChunkChoice(index=ev.index, delta=ChunkDelta(), finish_reason=ev.finish_reason)])
+        async with contextlib.aclosing(stream_choices(served, [prompt], params, n, self.settings.max_batch_size)) as events:
+            async for ev in events:
+                if ev.delta:
+                    yield chunk([ChunkChoice(index=ev.index, delta=ChunkDelta(content=ev.delta))])
+                if ev.finish_reason is not None:
+                    completion += ev.completion_tokens
+                    yield chunk([ChunkChoice(index=ev.index, delta=ChunkDelta(), finish_reason=ev.finish_reason)])
         if include_usage:
             yield chunk([], Usage(prompt_tokens=len(prompt), completion_tokens=completion, total_tokens=len(prompt) + completion))
 
@@ -289,10 +293,11 @@ class OpenAIRoutes:
                 if echo:
                     yield chunk([CompletionChoice(index=i * n + j, text=echo)])
         completion = 0
-        async for ev in stream_choices(served, prompts, params, n, self.settings.max_batch_size):
-            if ev.delta or ev.finish_reason is not None:
-                completion += ev.completion_tokens
-                yield chunk([CompletionChoice(index=ev.index, text=ev.delta, finish_reason=ev.finish_reason)])
+        async with contextlib.aclosing(stream_choices(served, prompts, params, n, self.settings.max_batch_size)) as events:
+            async for ev in events:
+                if ev.delta or ev.finish_reason is not None:
+                    completion += ev.completion_tokens
+                    yield chunk([CompletionChoice(index=ev.index, text=ev.delta, finish_reason=ev.finish_reason)])
         if include_usage:
             prompt_tokens = sum(len(p) for p in prompts)
             yield chunk([], Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion))
@@ -344,11 +349,14 @@ def _sse(events: AsyncIterator[str]) -> StreamingResponse:
 
     async def body() -> AsyncIterator[str]:
         try:
-            async for e in events:
-                yield e
-        except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
-            err = ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
-            yield f"data: {json.dumps(err.body())}\n\n"
-        yield "data: [DONE]\n\n"
+            try:
+                async for e in events:
+                    yield e
+            except Exception as e:  # noqa: BLE001 - the status line is sent: report it in the stream
+                err = ApiError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
+                yield f"data: {json.dumps(err.body())}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client went away: generation stops at its next step
+            await events.aclose()
 
     return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

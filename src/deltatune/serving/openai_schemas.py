@@ -72,7 +72,7 @@ class _SamplingFields(_Request):
     stop: Optional[Union[str, list[str]]] = Field(
         default=None, description="up to 4 non-empty sequences that end a choice (not returned); checked by the route"
     )
-    seed: Optional[int] = Field(default=None, description="same seed and request: same samples")
+    seed: Optional[int] = Field(default=None, ge=0, le=2**63 - 1, description="same seed and request: same samples (0 to 2**63-1)")
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
 

@@ -95,6 +95,8 @@ def parse_run_args(runs: list[str]) -> list[tuple[str, Path]]:
         path = Path(folder if sep else arg)
         if sep and not name.strip():
             raise DeltatuneError(f"{arg!r}: the model id before '=' is empty; write NAME=RUN")
+        if path.is_file():
+            raise DeltatuneError(f"{path} is a file; give the run folder (the one deltatune train wrote)")
         if not path.is_dir():
             raise DeltatuneError(f"{path}: no such run folder")
         model_id = name.strip() if sep else path.resolve().name

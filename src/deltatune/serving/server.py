@@ -39,6 +39,8 @@ def served_tasks(runs: list[tuple[str, Path]], backend: str) -> list[str]:
 
     out = []
     for _, folder in runs:
+        if (folder / "deltatune_onnx.json").is_file():
+            raise DeltatuneError(f"{folder} is an ONNX export: serve it with --backend onnx")
         rd = RunDir(folder)
         rd.check_loadable()
         out.append(build_config(rd.config).task)
@@ -64,14 +66,14 @@ def serve(runs: list[str], settings: ServeSettings) -> int:
     Raises:
         DeltatuneError: bad run arguments, folders that are not runs, or a port in use.
     """
+    pairs = parse_run_args(runs)
+    tasks = served_tasks(pairs, settings.backend)
+    sock = _bind(settings.host, settings.port)  # before the slow imports: a port in use is reported at once
     import uvicorn
 
     from deltatune.serving.app import create_app
 
-    pairs = parse_run_args(runs)
-    tasks = served_tasks(pairs, settings.backend)
     pool = ModelPool(pairs, settings)
-    sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     failed: dict[str, str] = {}
@@ -80,14 +82,18 @@ def serve(runs: list[str], settings: ServeSettings) -> int:
     def load() -> None:
         try:
             pool.load()
-        except (DeltatuneError, OSError) as e:
-            pool.error = failed["error"] = str(e)
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - any failure to load ends the server with one line (never a server stuck "loading")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            message = first if isinstance(e, (DeltatuneError, OSError)) else f"loading the models failed: {type(e).__name__}: {first}"
+            pool.error = failed["error"] = message
+            print(f"error: {message}", file=sys.stderr, flush=True)
             if server is not None:
                 server.should_exit = True
             return
         names = ", ".join(m.name for m in pool.models())
-        print(f"ready: serving {names} at {url} (GET /health, POST /v1/predict, /v1/chat/completions; Ctrl-C stops)", flush=True)
+        routes = ["POST /v1/predict"] + (["/v1/chat/completions"] if any(m.chat for m in pool.models()) else []) + (
+            ["/v1/completions"] if any(m.decoder for m in pool.models()) else [])
+        print(f"ready: serving {names} at {url} ({', '.join(routes)}; GET /health, /metrics; Ctrl-C stops)", flush=True)
 
     app = create_app(pool, settings, tasks, on_start=lambda: threading.Thread(target=load, name="deltatune-load", daemon=True).start())
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
