@@ -559,7 +559,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not is_loopback(settings.host) and not settings.api_key:
         print(f"warning: listening on {settings.host} without an API key: anyone who reaches this port can use the models "
               "(set --api-key or $DELTATUNE_API_KEY)", file=sys.stderr)
-    from deltatune.api import serve
+    # the server module directly (not deltatune.api, which imports torch): it takes the port before its slow imports
+    from deltatune.serving.server import serve
 
     return serve(args.runs, settings)
 

@@ -414,3 +414,10 @@ def test_lone_surrogates_and_huge_seeds_are_400_before_any_stream(server, raw, p
     r = httpx.post(server[0] + "/v1/chat/completions", content=raw, timeout=60,
                    headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_a_top_p_or_temperature_that_rounds_to_zero_still_samples(server):
+    for body in ({"top_p": 1e-320, "temperature": 1}, {"temperature": 1e-30}):
+        r = httpx.post(server[0] + "/v1/chat/completions", timeout=60, headers={"Authorization": f"Bearer {API_KEY}"},
+                       json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **body})
+        assert r.status_code == 200, r.text

@@ -28,9 +28,10 @@ import contextlib
 import json
 import time
 import uuid
-from typing import AsyncIterator, Callable, TypeVar, Union
+import threading
+from typing import AsyncIterator, Awaitable, Callable, TypeVar, Union
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from deltatune.errors import DeltatuneError
@@ -90,8 +91,8 @@ def openai_router(pool: ModelPool, settings: ServeSettings, on_batch: Callable[[
         responses={200: {"model": ChatCompletion, "description": "the completion; with stream: server-sent chat.completion.chunk events"}},
         summary="Answer a conversation (decoder runs)",
     )
-    async def chat_completions(body: ChatCompletionRequest) -> Union[ChatCompletion, StreamingResponse]:
-        return await api.chat(body)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Union[ChatCompletion, StreamingResponse]:
+        return await api.chat(body, request)
 
     @router.post(
         "/v1/completions",
@@ -99,8 +100,8 @@ def openai_router(pool: ModelPool, settings: ServeSettings, on_batch: Callable[[
         responses={200: {"model": Completion, "description": "the completion; with stream: server-sent text_completion events"}},
         summary="Continue a prompt (decoder runs)",
     )
-    async def completions(body: CompletionRequest) -> Union[Completion, StreamingResponse]:
-        return await api.complete(body)
+    async def completions(body: CompletionRequest, request: Request) -> Union[Completion, StreamingResponse]:
+        return await api.complete(body, request)
 
     router.close = api.close  # type: ignore[attr-defined]
     return router
@@ -129,7 +130,7 @@ class OpenAIRoutes:
             self._batchers[served.name] = CompletionBatcher(served, self.settings, hook)
         return self._batchers[served.name]
 
-    async def chat(self, req: ChatCompletionRequest) -> Union[ChatCompletion, StreamingResponse]:
+    async def chat(self, req: ChatCompletionRequest, request: Request | None = None) -> Union[ChatCompletion, StreamingResponse]:
         """``POST /v1/chat/completions``.
 
         Raises:
@@ -152,7 +153,7 @@ class OpenAIRoutes:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return _sse(self._chat_chunks(served, prompt, params, req.n, rid, created, usage))
-        choices = (await self._batcher(served).generate([prompt], params, req.n))[0]
+        choices = (await _unless_gone(request, lambda gone: self._batcher(served).generate([prompt], params, req.n, gone)))[0]
         return ChatCompletion(
             id=rid,
             created=created,
@@ -161,7 +162,7 @@ class OpenAIRoutes:
             usage=_usage([prompt], choices),
         )
 
-    async def complete(self, req: CompletionRequest) -> Union[Completion, StreamingResponse]:
+    async def complete(self, req: CompletionRequest, request: Request | None = None) -> Union[Completion, StreamingResponse]:
         """``POST /v1/completions``.
 
         Raises:
@@ -180,7 +181,7 @@ class OpenAIRoutes:
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return _sse(self._completion_chunks(served, prompts, echoes, params, req.n, rid, created, usage))
-        results = await self._batcher(served).generate(prompts, params, req.n)
+        results = await _unless_gone(request, lambda gone: self._batcher(served).generate(prompts, params, req.n, gone))
         choices = [
             CompletionChoice(index=i * req.n + j, text=echoes[i] + c.text, finish_reason=c.finish_reason)
             for i, per_prompt in enumerate(results)
@@ -301,6 +302,30 @@ class OpenAIRoutes:
         if include_usage:
             prompt_tokens = sum(len(p) for p in prompts)
             yield chunk([], Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion))
+
+
+async def _unless_gone(request: Request | None, start: Callable[[threading.Event], Awaitable[T]]) -> T:
+    """``await start(gone)``, setting ``gone`` when the client disconnects first (the generation
+    then stops at its next step, once no other client waits for its batch)."""
+    gone = threading.Event()
+    work = asyncio.ensure_future(start(gone))
+    if request is None:
+        return await work
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        gone.set()
+        work.cancel()
+        raise ApiError(499, "the client closed the connection before the answer", code="client_closed_request")  # nobody reads it
+    return work.result()
 
 
 async def _tokenizing(served: ServedModel, fn: Callable[[], T]) -> T:

@@ -86,6 +86,9 @@ class StreamEvent:
     completion_tokens: int = 0
 
 
+MIN_TEMPERATURE = 1e-4  # temperatures at or below it decode greedily
+
+
 class Sampler(LogitsProcessor):
     """Chooses each row's next token (greedy or temperature/top-p sampling) with its own generator.
 
@@ -105,13 +108,15 @@ class Sampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float()
         choice = scores.argmax(-1)
-        rows = self.temperatures > 0
+        rows = self.temperatures > MIN_TEMPERATURE  # below it, as at 0: greedy (a tiny float32 temperature overflows the softmax)
         if bool(rows.any()):
             probs = torch.softmax(scores[rows] / self.temperatures[rows, None], dim=-1)
             top_p = self.top_ps[rows, None]
             sorted_p, order = probs.sort(dim=-1, descending=True)
             before = sorted_p.cumsum(-1) - sorted_p  # mass of the more probable tokens
-            sorted_p = sorted_p.masked_fill((before >= top_p) & (top_p < 1), 0.0)
+            drop = (before >= top_p) & (top_p < 1)
+            drop[:, 0] = False  # the most probable token always stays (a top_p that rounds to 0 in float32)
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
             choice[rows] = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
         out = torch.full_like(scores, float("-inf"))
@@ -284,6 +289,18 @@ class _Item:
     prompt: list[int]
     params: SamplingParams
     group: object | None  # seeded requests generate only with their own items
+    gone: threading.Event | None = None  # set when the requesting client disconnected
+
+
+class _AllGone:
+    """Cancel flag of a batch: set once every request with rows in it is gone (the others still
+    need their rows)."""
+
+    def __init__(self, events: list[threading.Event | None]):
+        self.events = events
+
+    def is_set(self) -> bool:
+        return all(e is not None and e.is_set() for e in self.events)
 
 
 class CompletionBatcher:
@@ -301,10 +318,16 @@ class CompletionBatcher:
         self.served, self.max_batch_size = served, settings.max_batch_size
         self.batcher = DynamicBatcher(self._run, settings.max_batch_size, settings.max_wait_ms, f"generate-{served.name}", on_batch)
 
-    async def generate(self, prompts: list[list[int]], params: SamplingParams, n: int) -> list[list[Choice]]:
-        """``n`` choices for each prompt: result ``[i][j]`` is choice ``j`` of prompt ``i``."""
+    async def generate(
+        self, prompts: list[list[int]], params: SamplingParams, n: int, gone: threading.Event | None = None
+    ) -> list[list[Choice]]:
+        """``n`` choices for each prompt: result ``[i][j]`` is choice ``j`` of prompt ``i``.
+
+        ``gone``: set it when the client disconnected; generation of a batch stops at its next
+        step once every request in it is gone.
+        """
         group = object() if params.seed is not None else None
-        items = [_Item(p, params, group) for p in prompts for _ in range(n)]
+        items = [_Item(p, params, group, gone) for p in prompts for _ in range(n)]
         flat = await self.batcher.submit(items)
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
 
@@ -321,7 +344,8 @@ class CompletionBatcher:
                 generator = torch.Generator(device=self.served.predictor.device).manual_seed(first.params.seed)
             for start in range(0, len(idx), self.max_batch_size):
                 chunk = idx[start : start + self.max_batch_size]
-                choices = generate_texts(self.served, [items[i].prompt for i in chunk], [items[i].params for i in chunk], generator)
+                cancel = _AllGone([items[i].gone for i in chunk])
+                choices = generate_texts(self.served, [items[i].prompt for i in chunk], [items[i].params for i in chunk], generator, cancel)
                 for i, c in zip(chunk, choices):
                     out[i] = c
         return out  # type: ignore[return-value]
