@@ -7,7 +7,7 @@ official ``openai`` client raises its typed errors (``BadRequestError``, ``NotFo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 
 class ApiError(Exception):
@@ -55,6 +55,19 @@ def field_path(loc: tuple | list) -> str:
     return out or "body"
 
 
+def strings(value: Any, path: str = "body") -> Iterator[tuple[str, str]]:
+    """Every string in a parsed JSON value (dict keys too) with its field path (``inputs[1].text``)."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield path, str(k)
+            yield from strings(v, f"{path}.{k}" if path != "body" else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from strings(v, f"{path}[{i}]")
+
+
 def check_unicode(value: Any, path: str = "body") -> None:
     """Refuse strings that are not valid Unicode text: JSON's ``\\ud800`` escapes decode to lone
     surrogates, which no tokenizer or UTF-8 encoder takes.
@@ -62,16 +75,9 @@ def check_unicode(value: Any, path: str = "body") -> None:
     Raises:
         ApiError: 400 naming the field (``messages[0].content``, ``inputs[1]``).
     """
-    if isinstance(value, str):
+    for where, text in strings(value, path):
         try:
-            value.encode("utf-8")
+            text.encode("utf-8")
         except UnicodeEncodeError:
-            raise ApiError(400, f"{path}: the text holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); send valid Unicode",
-                           param=path, code="invalid_unicode") from None
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            check_unicode(k, path)
-            check_unicode(v, f"{path}.{k}" if path != "body" else str(k))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            check_unicode(v, f"{path}[{i}]")
+            raise ApiError(400, f"{where}: the text holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); send valid Unicode",
+                           param=where, code="invalid_unicode") from None

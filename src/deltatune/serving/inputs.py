@@ -16,7 +16,7 @@ import datasets
 from pydantic import BaseModel
 
 from deltatune.errors import DeltatuneError
-from deltatune.serving.http_errors import ApiError
+from deltatune.serving.http_errors import ApiError, strings
 from deltatune.tasks import Task
 
 
@@ -66,18 +66,9 @@ def _plain_row(item: Any, task: Task, where: str) -> dict[str, Any]:
 
 def check_lengths(item: Any, limit: int, where: str) -> None:
     """Refuse an input holding a text longer than ``limit`` characters (400 naming the field)."""
-    def walk(value: Any, path: str) -> None:
-        if isinstance(value, str):
-            if len(value) > limit:
-                raise ApiError(400, f"{path}: {len(value)} characters, more than the server's limit of {limit}", param=path)
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{path}.{k}")
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, f"{path}[{i}]")
-
-    walk(item, where)
+    for path, text in strings(item, where):
+        if len(text) > limit:
+            raise ApiError(400, f"{path}: {len(text)} characters, more than the server's limit of {limit}", param=path)
 
 
 def request_rows(inputs: Any, task: Task, max_inputs: int, max_chars: int) -> list[tuple[str, dict[str, Any]]]:

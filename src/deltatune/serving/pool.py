@@ -118,24 +118,25 @@ def check_memory(folders: list[Path], available: int | None = None) -> None:
     """
     import psutil
 
-    from deltatune.delta.storage import is_delta_folder, read_meta
+    from deltatune.delta.storage import folder_size, is_delta_folder, read_meta
     from deltatune.models import resolve_model
 
-    weight = (".safetensors", ".bin", ".onnx", ".pt")
+    def weights(folder: Path) -> int:  # the run's weight files, and an ONNX export's graph
+        return folder_size(folder, weights_only=True) + sum(p.stat().st_size for p in folder.rglob("*.onnx"))
+
     seen: set[str] = set()
     total = 0
     for folder in folders:
         model_dir = folder / "model" if (folder / "model").is_dir() else folder
-        total += sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file() and p.name.endswith(weight))
+        total += weights(model_dir)
         if is_delta_folder(model_dir):
             base = read_meta(model_dir)["base"]
             if base["sha256"] not in seen:
                 seen.add(base["sha256"])
                 try:
-                    base_dir = Path(resolve_model(base["name_or_path"]))
+                    total += weights(Path(resolve_model(base["name_or_path"])))
                 except DeltatuneError:
                     continue  # loading names the missing base
-                total += sum(p.stat().st_size for p in base_dir.rglob("*") if p.is_file() and p.name.endswith(weight))
     free = available if available is not None else psutil.virtual_memory().available
     if total > 0.9 * free:
         raise DeltatuneError(
