@@ -29,12 +29,14 @@ from deltatune.serving.predictor import Predictor, check_batch_size, load
 from deltatune.serving.server import serve  # deltatune serve: the HTTP API
 from deltatune.tasks import GenerativeTask, Task, create_task
 from deltatune.tasks.base import Features
+from deltatune.tasks.examples import compared_generations, worst_examples
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
 from deltatune.training.checkpoint import replace_dir_atomically
 from deltatune.training.loop import check_launch, process_state
 from deltatune.training.memory import estimate_run_memory
 from deltatune.training.progress import format_rate
 from deltatune.training.packing import pack_training_features, packing_report
+from deltatune.training.tracking import check_report_to
 
 datasets.disable_progress_bars()
 
@@ -76,6 +78,7 @@ def _check_resume_config(cfg: RunConfig, run_dir: RunDir) -> None:
     # load permissions come from the resuming caller, never from the folder (see finetune)
     cosmetic = {"output_dir", "train.progress_bar", "model.trust_remote_code", "model.allow_pickle_weights"}
     cosmetic |= {"train.micro_batch_size", "train.log_interval_seconds"}  # same steps and results
+    cosmetic |= {"train.report_to", "train.tracking_uri", "train.tracking_project", "eval.worst_examples", "eval.compare_generations"}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in cosmetic)
     if diff:
         k = diff[0]
@@ -133,7 +136,12 @@ def finetune(
 
     Returns:
         :class:`Run` with the run directory, resolved config and final metrics. An interrupted
-        run (Ctrl-C) returns with ``result.interrupted`` true and a checkpoint to resume from.
+        run (Ctrl-C) returns with ``result.interrupted`` true and a checkpoint to resume from
+        (and writes neither analysis.json nor eval.json).
+
+    A finished run's folder holds analysis.json (the worst-scored validation rows and, for
+    generative tasks scored against references, generations before and after training; see
+    :mod:`deltatune.tasks.examples`) and then eval.json, written last.
 
     Raises:
         DeltatuneError: any input problem (config, data, model, run directory), before anything
@@ -141,27 +149,26 @@ def finetune(
     """
     cfg = _build_run_config(config, overrides, resume, trust_remote_code, allow_pickle_weights)
     run_dir = _check_run_dir(cfg, overwrite, resume)
+    check_report_to(cfg.train.report_to)
     task, splits = _load_splits(cfg)
     model_path = resolve_model(cfg.model.name_or_path)
     tokenizer, encoded = _encode(cfg, task, splits, model_path, strict)
     model = _build_model(cfg, task, model_path)
     _prepare_run_dir(cfg, run_dir, overwrite, resume)
+    before = _generate_before(cfg, task, model, tokenizer, splits.validation)
     trainer, result, saved = _train(cfg, task, model, encoded, run_dir, tokenizer, model_path, callbacks, verbose, resume, trust_checkpoint)
     run = Run(run_dir.root, cfg, result=result)
     if result.interrupted:
         if verbose and trainer.is_main:
             print(f"interrupted at step {result.global_step}; continue with: deltatune train --resume {run_dir.root}")
         return run
-    metrics = _final_metrics(trainer, task, tokenizer, splits, encoded)
-    if encoded.report:
-        metrics["data"] = encoded.report
-    metrics["train"] = _train_summary(result, trainer, model, saved)
-    if "compression" in saved:
-        metrics["compressed_delta"] = _compressed_metrics(cfg, run_dir, task, splits.validation, saved)
-    if trainer.is_main:
-        _write_eval(run_dir, metrics)
-        if verbose:
-            _print_results(metrics, run_dir)
+    try:
+        metrics = _conclude(cfg, run_dir, trainer, task, tokenizer, splits, encoded, before, result, model, saved, verbose)
+    except BaseException:
+        trainer.trackers.finish([], "FAILED")  # an MLflow/W&B run is not left RUNNING
+        raise
+    trainer.trackers.log_final(metrics)  # main process only, like the files
+    trainer.trackers.finish([run_dir.report, run_dir.eval], "FINISHED")
     run.metrics = metrics
     return run
 
@@ -332,6 +339,41 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: RunDir, overwrite: bool, resume: b
     processes.wait_for_everyone()
 
 
+def _generate_before(cfg: RunConfig, task: Task, model, tokenizer, validation: datasets.Dataset) -> Optional[list[str]]:
+    """Step 7 of :func:`finetune`: the "before" half of analysis.json's ``generations``.
+
+    The model as training starts (the Δθ method applied: LoRA starts as the identity, full
+    fine-tuning is the pretrained model) generates, with the run's generation settings, for the
+    first ``eval.compare_generations`` validation rows, at most ``eval.generation_max_samples``
+    (the rows the final evaluation generates for, the "after" half). Only for generative tasks
+    scored against references (:attr:`GenerativeTask.scores_generations`), on the main process;
+    the random number generators are restored afterwards, so training is the same with or
+    without it.
+
+    Returns:
+        The generated texts in row order, or ``None`` when nothing is compared
+        (``eval.compare_generations: 0``, another task, another process).
+    """
+    import torch
+
+    n = min(cfg.eval.compare_generations, cfg.eval.generation_max_samples, len(validation))
+    if n == 0 or not isinstance(task, GenerativeTask) or not task.scores_generations:
+        return None
+    processes = process_state()
+    if not processes.is_main_process:
+        return None
+    device = processes.device
+    accelerated = device.type != "cpu"  # the CPU generator is always forked; an accelerator's when used
+    with torch.random.fork_rng(devices=[device] if accelerated else [], device_type=device.type if accelerated else None):
+        texts, _ = task.generate_rows(model.to(device), tokenizer, validation.select(range(n)), device, _validation_source(cfg))
+    return texts
+
+
+def _validation_source(cfg: RunConfig) -> str:
+    """The file the validation rows come from (named in error messages)."""
+    return cfg.data.validation_file or cfg.data.train_file or "validation"
+
+
 def _train(
     cfg: RunConfig,
     task: Task,
@@ -345,7 +387,7 @@ def _train(
     resume: bool,
     trust_checkpoint: bool,
 ) -> tuple[Trainer, TrainResult, dict[str, Any]]:
-    """Step 7 of :func:`finetune`: print the run's summary and train; the trainer saves the model
+    """Step 8 of :func:`finetune`: print the run's summary and train; the trainer saves the model
     (:func:`deltatune.delta.save_trained`) into the run's model/ at the end.
 
     Returns:
@@ -374,19 +416,57 @@ def _train(
     return trainer, result, saved
 
 
-def _final_metrics(trainer: Trainer, task: Task, tokenizer, splits: _Splits, encoded: _Encoded) -> dict[str, Any]:
-    """Step 8 of :func:`finetune`: the final model's metrics per split (``{"validation": ..., "test": ...}``),
-    with the generation metrics of decoder tasks."""
-    metrics: dict[str, Any] = {"validation": trainer.evaluate(encoded.validation)}
+def _final_metrics(
+    cfg: RunConfig, trainer: Trainer, task: Task, tokenizer, splits: _Splits, encoded: _Encoded, before: Optional[list[str]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Step 9 of :func:`finetune`: the final model's metrics per split (``{"validation": ..., "test": ...}``),
+    with the generation metrics of decoder tasks, and analysis.json's content.
+
+    The validation split is run through the model once: its outputs give both the metrics and
+    the worst rows (:meth:`Task.worst_examples`; generative tasks: the worst of their scored
+    generations, :meth:`GenerativeTask.scored_generations`, the same generations that give
+    the generation metrics).
+
+    Returns:
+        ``(metrics, analysis)``; ``analysis`` is ``{"split", "task"}`` with ``worst_examples``
+        and ``generations`` where there are some (see :mod:`deltatune.tasks.examples`).
+    """
+    outputs = trainer.predict_outputs(encoded.validation)
+    metrics: dict[str, Any] = {"validation": task.compute_metrics(outputs, encoded.validation)}
     if encoded.test is not None:
         metrics["test"] = trainer.evaluate(encoded.test)
+    k = cfg.eval.worst_examples
+    analysis: dict[str, Any] = {"split": "validation", "task": cfg.task}
+    worst = task.worst_examples(outputs, encoded.validation, splits.validation, k) if k > 0 else None
+    generations = None
     if isinstance(task, GenerativeTask):  # decoder tasks: generate and score
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        with trainer.autocast():
-            metrics["validation"].update(task.final_metrics(unwrapped, tokenizer, splits.validation, trainer.accelerator.device))
-            if splits.test is not None:
-                metrics["test"].update(task.final_metrics(unwrapped, tokenizer, splits.test, trainer.accelerator.device))
-    return metrics
+        worst, generations = _final_generations(cfg, trainer, task, tokenizer, splits, metrics, before)
+    if worst is not None:
+        analysis["worst_examples"] = worst
+    if generations is not None:
+        analysis["generations"] = generations
+    return metrics, analysis
+
+
+def _final_generations(
+    cfg: RunConfig, trainer: Trainer, task: GenerativeTask, tokenizer, splits: _Splits, metrics: dict[str, Any], before: Optional[list[str]]
+) -> tuple[Optional[dict[str, Any]], Optional[list[dict[str, Any]]]]:
+    """Part of step 9: the trained model generates for each split once; the generation metrics go
+    into ``metrics``, the validation rows' scores into analysis.json.
+
+    Returns:
+        ``(worst_examples or None, generations or None)`` of the validation split.
+    """
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    device = trainer.accelerator.device
+    with trainer.autocast():
+        scored = task.scored_generations(unwrapped, tokenizer, splits.validation, device, _validation_source(cfg))
+        metrics["validation"].update(scored.metrics)
+        if splits.test is not None:
+            metrics["test"].update(task.final_metrics(unwrapped, tokenizer, splits.test, device))
+    worst = worst_examples(scored.score or "", scored.higher_is_better, scored.rows, cfg.eval.worst_examples)
+    generations = compared_generations(before, scored.rows) if before is not None and scored.rows else None
+    return worst, generations
 
 
 def _train_summary(result: TrainResult, trainer: Trainer, model, saved: dict[str, Any]) -> dict[str, Any]:
@@ -418,8 +498,20 @@ def _compressed_metrics(cfg: RunConfig, run_dir: RunDir, task: Task, validation:
     }
 
 
+def _write_analysis(run_dir: RunDir, analysis: dict[str, Any]) -> None:
+    """Step 10 of :func:`finetune`: write analysis.json atomically (main process), before eval.json.
+
+    Raises:
+        DeltatuneError: it cannot be written (one line with the ``--resume`` command that finishes the run).
+    """
+    try:
+        write_atomically(run_dir.analysis, lambda f: f.write(json.dumps(analysis, indent=2, ensure_ascii=False)))
+    except OSError as e:
+        raise write_failure(run_dir.analysis, e, f"then finish the run with: deltatune train --resume {run_dir.root}") from None
+
+
 def _write_eval(run_dir: RunDir, metrics: dict[str, Any]) -> None:
-    """Step 9 of :func:`finetune`: write eval.json, last and atomically: its presence marks a finished run.
+    """Step 11 of :func:`finetune`: write eval.json, last and atomically: its presence marks a finished run.
 
     Raises:
         DeltatuneError: it cannot be written (one line with the ``--resume`` command that finishes the run).
@@ -431,7 +523,7 @@ def _write_eval(run_dir: RunDir, metrics: dict[str, Any]) -> None:
 
 
 def _print_results(metrics: dict[str, Any], run_dir: RunDir) -> None:
-    """Step 10 of :func:`finetune`: print the metric tables and a line on training time, speed and size."""
+    """Step 12 of :func:`finetune`: print the metric tables and a line on training time, speed and size."""
     for split in ("validation", "test"):
         if split in metrics:
             print(format_table(metrics[split], f"{split} metrics"))
@@ -441,6 +533,54 @@ def _print_results(metrics: dict[str, Any], run_dir: RunDir) -> None:
         f"micro-batch {t['micro_batch_size']} x {t['micro_batches_per_step']} per step), "
         f"peak RSS {t['peak_rss_mib'] / 1024:.2f} GiB; saved {t['saved_bytes'] / 2**20:.1f} MiB in {run_dir.model}"
     )
+
+
+def _conclude(
+    cfg: RunConfig, run_dir: RunDir, trainer: Trainer, task: Task, tokenizer, splits: _Splits, encoded: _Encoded,
+    before: Any, result: TrainResult, model, saved: dict[str, Any], verbose: bool,
+) -> dict[str, Any]:
+    """Steps after training (not interrupted): the final metrics and the per-row analysis, then
+    (main process) analysis.json, eval.json (last: it marks a finished run), the printed tables
+    and report.html.
+
+    Returns:
+        eval.json's content.
+
+    Raises:
+        DeltatuneError: a file that cannot be written (one line with the ``--resume`` command).
+    """
+    metrics, analysis = _final_metrics(cfg, trainer, task, tokenizer, splits, encoded, before)
+    if encoded.report:
+        metrics["data"] = encoded.report
+    metrics["train"] = _train_summary(result, trainer, model, saved)
+    if "compression" in saved:
+        metrics["compressed_delta"] = _compressed_metrics(cfg, run_dir, task, splits.validation, saved)
+    if trainer.is_main:
+        _write_analysis(run_dir, analysis)
+        _write_eval(run_dir, metrics)
+        if verbose:
+            _print_results(metrics, run_dir)
+        _write_report(run_dir, verbose)
+    return metrics
+
+
+def _write_report(run_dir: RunDir, verbose: bool) -> None:
+    """Last step of :func:`finetune`: report.html from the run folder's files (:mod:`deltatune.report`)
+    and the overfitting verdict in one line. The run is finished and saved by now, so a report
+    that cannot be written is a warning naming the command that writes it later."""
+    from deltatune.report import write_report
+    from deltatune.report.overfitting import diagnose_run
+
+    try:
+        path = write_report([run_dir.root])
+    except (DeltatuneError, OSError) as e:
+        print(f"warning: report.html not written ({e}); write it later with: deltatune report {run_dir.root}", file=sys.stderr)
+        return
+    if verbose:
+        diagnosis = diagnose_run(run_dir.root)
+        if diagnosis is not None:
+            print(f"overfitting check: {diagnosis.message}")
+        print(f"report: {path}")
 
 
 def _encode_splits(task: Task, tokenizer, train, validation, test, cfg: RunConfig):

@@ -248,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out (never other files or folders)")
     _add_load_permission_args(x)
     _serve_parser(sub)
+    r = sub.add_parser("report", help="write report.html for a run, an auto search, or a comparison of runs")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run directory (or deltatune auto folder); several: compare them")
+    r.add_argument("--output", help="HTML file to write (default: RUN/report.html for one run; required to compare runs)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --output file (a run's own report.html is always rewritten)")
+    u = sub.add_parser("ui", help="local web UI: start training, watch curves, browse and compare runs, try models")
+    u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
+    u.add_argument("--runs-dir", default="runs", help="folder of the runs the UI lists and creates (default runs/)")
     for sp in sub.choices.values():
         sp.set_defaults(_subparser=sp)  # parse_args reports leftovers with the command's own usage
     return parser
@@ -401,6 +409,7 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
             in the order :func:`deltatune.api.finetune` makes these checks.
     """
     from deltatune.config import build_config
+    from deltatune.training.tracking import check_report_to  # torch-free
 
     source, overrides = _config_source(args), _overrides(args)
     if getattr(args, "resume", False):  # a resumed run's config is read from its folder by finetune
@@ -410,6 +419,7 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
     cfg = build_config(source, overrides)
     if run_dir:
         RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
+        check_report_to(cfg.train.report_to)  # a tracker package that is missing
     d = cfg.data
     columns = REGISTRY[cfg.task].columns
     for ref in (d.train_file, d.validation_file, d.test_file):  # in finetune's order (all with labels)
@@ -565,6 +575,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.runs, settings)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from deltatune.report import write_report  # torch-free: reads the run folders' files
+
+    out = write_report([Path(r) for r in args.runs], Path(args.output) if args.output else None, overwrite=args.overwrite)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from deltatune.serving.server import is_loopback  # torch-free
+    from deltatune.ui.server import run_ui
+
+    if not is_loopback(args.host):
+        print(f"warning: the UI on {args.host} lets anyone who reaches this port train models and read runs; "
+              "it has no login (keep 127.0.0.1 and use an SSH tunnel)", file=sys.stderr)
+    return run_ui(args.host, args.port, Path(args.runs_dir))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deltatune`` console script; returns the exit status."""
     parser = build_parser()
@@ -578,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handlers = {"auto": cmd_auto, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check,
-                "serve": cmd_serve}
+                "serve": cmd_serve, "report": cmd_report, "ui": cmd_ui}
     try:
         return handlers[args.command](args)
     except DeltatuneError as e:

@@ -11,12 +11,13 @@ deltatune module from a higher layer, lazy imports inside functions included. Th
    imported on use) that ``config`` validates against, kept in their packages next to the
    implementations but importing nothing above this layer;
 1. ``models``, ``delta`` (Δθ math and storage), ``data``, ``metrics``, ``rundir`` (the run
-   folder's layout and failure messages);
+   folder's layout and failure messages), ``report`` (report.html from a run folder's files, torch-free);
 2. ``tasks``;
 3. ``training``;
 4. ``auto``, ``serving`` (loading a run to predict or export it);
 5. ``api``;
-6. ``cli``, ``__main__`` and the package facade ``deltatune`` itself (``deltatune/__init__.py``).
+6. ``cli``, ``__main__``, ``ui`` (the local web UI, a front end like the CLI) and the package
+   facade ``deltatune`` itself (``deltatune/__init__.py``).
 
 A module is placed by its longest dotted prefix in :data:`LAYERS` (``deltatune.data.paths`` by
 ``data``). Lower layers that need something from above take it as an argument: ``auto`` gets
@@ -27,12 +28,12 @@ from __future__ import annotations
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "config", "version", "layers", "files", "output_files", "tasks.registry", "tasks.options", "delta.registry"),
-    ("models", "delta", "data", "metrics", "rundir"),
+    ("models", "delta", "data", "metrics", "rundir", "report"),
     ("tasks",),
     ("training",),
     ("auto", "serving"),
     ("api",),
-    ("cli", "__main__", ""),
+    ("cli", "__main__", "ui", ""),
 )
 
 

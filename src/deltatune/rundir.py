@@ -29,7 +29,9 @@ from deltatune.version import __version__
 
 MARKER = ".deltatune-run"
 # everything a run of any deltatune version writes at its top level
-RUN_ENTRIES = frozenset({MARKER, "config.yaml", "metrics.jsonl", "checkpoints", "model", "eval.json"})
+RUN_ENTRIES = frozenset(
+    {MARKER, "config.yaml", "metrics.jsonl", "checkpoints", "model", "eval.json", "analysis.json", "report.html", "tensorboard", "tracking.json"}
+)
 
 
 def write_failure(target: Path, error: BaseException, remedy: str) -> DeltatuneError:
@@ -65,6 +67,10 @@ class RunDir:
     checkpoints = property(lambda self: self.root / "checkpoints")
     model = property(lambda self: self.root / "model")
     eval = property(lambda self: self.root / "eval.json")
+    analysis = property(lambda self: self.root / "analysis.json")  # per-example results for the report
+    report = property(lambda self: self.root / "report.html")
+    tensorboard = property(lambda self: self.root / "tensorboard")  # train.report_to: [tensorboard]
+    tracking = property(lambda self: self.root / "tracking.json")  # tracker run ids, to continue them on --resume
 
     def exists(self) -> bool:
         """Whether the run directory exists and holds anything (a file at the path counts)."""

@@ -54,16 +54,25 @@ def start_server(args: list[str], log: Path, timeout: float = 180.0, env: dict[s
     proc = subprocess.Popen(
         [sys.executable, "-m", "deltatune", "serve", *args, "--port", str(port)], stdout=f, stderr=subprocess.STDOUT, env=full_env
     )
-    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    return wait_ready(Server(f"http://127.0.0.1:{port}", proc, log), "/health", "deltatune serve", timeout)
+
+
+def wait_ready(server: "Server", path: str, what: str, timeout: float):
+    """Poll ``GET server.url + path`` until it answers 200; returns ``server``.
+
+    Raises:
+        RuntimeError: the process exited or did not answer within ``timeout`` seconds (with its
+            output); the process is stopped then.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"deltatune serve exited with {proc.returncode}:\n{server.output()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {server.process.returncode}:\n{server.output()}")
         try:
-            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}{path}", timeout=2).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
     server.stop()
-    raise RuntimeError(f"deltatune serve was not ready within {timeout} s:\n{server.output()}")
+    raise RuntimeError(f"{what} was not ready within {timeout} s:\n{server.output()}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from deltatune.auto.timing import TimeBudget
 from deltatune.config import RunConfig, apply_overrides, build_config, flatten_dict, read_yaml
 from deltatune.delta.registry import METHOD_NAMES, searched_methods
 from deltatune.errors import DeltatuneError
+from deltatune.files import write_atomically
+from deltatune.report import write_report
 
 DEFAULT_TRIALS = 10
 MAX_SKIPPED_IN_A_ROW = 3  # sampled trials in a row too long for the time left: the search ends
@@ -594,9 +597,15 @@ def _report(
 
 
 def _write_results(rows: list[dict[str, Any]], report: dict[str, Any], out: Path) -> None:
-    """Step 11 of :func:`auto`: write leaderboard.csv/.json and auto_report.json into ``out``."""
+    """Step 11 of :func:`auto`: write leaderboard.csv/.json, auto_report.json and report.html
+    (:mod:`deltatune.report`: leaderboard, optimization history, importances, the best trial) into ``out``.
+    A report that cannot be written is a warning: the search's results are already saved."""
     write_leaderboard(rows, out)
-    (out / "auto_report.json").write_text(json.dumps(report, indent=2, default=str))
+    write_atomically(out / "auto_report.json", lambda f: f.write(json.dumps(report, indent=2, default=str)))
+    try:
+        write_report([out])
+    except DeltatuneError as e:
+        print(f"warning: {e}; write it later with: deltatune report {out}", file=sys.stderr)
 
 
 def _print_results(plan: _Plan, outcome: _Outcome, report: dict[str, Any], out: Path, say: Callable[[str], None]) -> None:
@@ -611,7 +620,7 @@ def _print_results(plan: _Plan, outcome: _Outcome, report: dict[str, Any], out: 
         say(f"best run: {outcome.best_path} (reproduce: {report['best']['reproduce']})")
     else:
         say("no trial completed; see the notes in the leaderboard")
-    say(f"report: {out / 'auto_report.json'}")
+    say(f"report: {out / 'report.html'} (data: {out / 'auto_report.json'})")
 
 
 def _short(v: Any) -> str:

@@ -68,7 +68,7 @@ def serve(runs: list[str], settings: ServeSettings) -> int:
     """
     pairs = parse_run_args(runs)
     tasks = served_tasks(pairs, settings.backend)
-    sock = _bind(settings.host, settings.port)  # before the slow imports: a port in use is reported at once
+    sock = bind_port(settings.host, settings.port)  # before the slow imports: a port in use is reported at once
     import uvicorn
 
     from deltatune.serving.app import create_app
@@ -103,7 +103,7 @@ def serve(runs: list[str], settings: ServeSettings) -> int:
     return 1 if failed else 0
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_port(host: str, port: int) -> socket.socket:
     """A listening socket on (host, port); port 0 picks a free one.
 
     Raises:

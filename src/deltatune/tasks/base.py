@@ -14,6 +14,7 @@ give the same gradient.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import datasets
@@ -84,6 +85,12 @@ class Task(ABC):
     and never probe a task for a method. Tasks that answer by generating text also derive
     from :class:`GenerativeTask`. ``source`` arguments are human-readable origins (a file
     path) used in error messages.
+
+    Per-example analysis (analysis.json, report.html): :meth:`worst_examples` scores each
+    validation row from the final evaluation's outputs and returns the lowest-scored ones
+    (default ``None``: the task has no per-row score, e.g. masked-lm and causal-lm, whose
+    features are packed blocks rather than rows); generative tasks score their generations
+    instead (:meth:`GenerativeTask.scored_generations`).
     """
 
     name: str = ""
@@ -211,6 +218,25 @@ class Task(ABC):
     def decode(self, outputs: dict[str, np.ndarray], features: Features | None = None) -> list[dict[str, Any]]:
         """One prediction record per input row from concatenated :meth:`eval_step` outputs."""
 
+    def worst_examples(
+        self, outputs: dict[str, np.ndarray], features: Features, rows: datasets.Dataset, k: int
+    ) -> dict[str, Any] | None:
+        """The ``k`` validation rows this task scores lowest, worst first (analysis.json's ``worst_examples``).
+
+        Args:
+            outputs: concatenated :meth:`eval_step` outputs of ``features`` (as for :meth:`compute_metrics`).
+            features: the encoded ``rows`` (with labels).
+            rows: the labelled rows ``features`` were encoded from; a record's ``row`` is a
+                0-based index into them.
+            k: how many rows to return (``eval.worst_examples``, >= 1).
+
+        Returns:
+            ``{"score": what the score is, "higher_is_better": bool, "rows": [{"row", "input",
+            "reference", "prediction", "score"}, ...]}`` (:func:`deltatune.tasks.examples.worst_examples`),
+            or ``None`` (the default) when the task has no per-row score.
+        """
+        return None
+
     @classmethod
     @abstractmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "Task":
@@ -227,13 +253,51 @@ class Task(ABC):
         raise NotImplementedError(f"task {cls.name!r} declares no demo rows")
 
 
+@dataclass
+class ScoredGenerations:
+    """What one generation pass over labelled rows gives (:meth:`GenerativeTask.scored_generations`).
+
+    Attributes:
+        metrics: the split's generation metrics, exactly :meth:`GenerativeTask.final_metrics`.
+        rows: per generated row, in row order, ``{"row", "input", "reference", "prediction",
+            "score"}`` (:func:`deltatune.tasks.examples.example_row`); empty when the
+            generations are not scored per row.
+        score: what a row's ``score`` is (e.g. ``"ROUGE-L F (0-100)"``), ``None`` without rows.
+        higher_is_better: whether a higher row score is better.
+    """
+
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    score: str | None = None
+    higher_is_better: bool = True
+
+
 class GenerativeTask(ABC):
     """Mixin of the tasks that answer by generating text (decoder and encoder-decoder tasks).
 
     Callers test ``isinstance(task, GenerativeTask)``: prediction then generates
     (:meth:`generate_rows`) instead of decoding :meth:`Task.eval_step` outputs, and the final
     evaluation adds :meth:`final_metrics` to the token-loss metrics.
+
+    Tasks whose generations are scored against references (:attr:`scores_generations`) also
+    score each generated row (:meth:`scored_generations`, the same single generation pass as
+    :meth:`final_metrics`): the final evaluation's worst rows and the generations before and
+    after training in analysis.json come from it.
     """
+
+    # final_metrics scores generations against reference outputs, row by row in
+    # scored_generations; read by deltatune.api (generations before training, analysis.json)
+    scores_generations: bool = False
+
+    def scored_generations(
+        self, model: torch.nn.Module, tokenizer, ds: datasets.Dataset, device: torch.device | str = "cpu", source: str = "data"
+    ) -> ScoredGenerations:
+        """:meth:`final_metrics` of labelled rows ``ds`` with the per-row records of the same generations.
+
+        Default: the metrics alone (no rows), for tasks that score no generation per row.
+        ``source`` names ``ds`` in error messages.
+        """
+        return ScoredGenerations(self.final_metrics(model, tokenizer, ds, device))
 
     @abstractmethod
     def generate_rows(

@@ -27,6 +27,7 @@ from deltatune.metrics.classification import multi_label_metrics, single_label_m
 from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.collate import model_inputs, pad_batch
+from deltatune.tasks.examples import example_row, worst_examples
 
 
 def normalize_label(value: Any) -> str:
@@ -265,6 +266,34 @@ class ClassificationTask(Task):
                 label = self.labels[int(row.argmax())]
             records.append({"label": label, "probabilities": p})
         return records
+
+    def worst_examples(self, outputs, features, rows, k):
+        """The ``k`` rows with the lowest probability of their true label (single-label), or the
+        lowest Jaccard index of the predicted and true label sets (multi-label; two empty sets
+        count 1), worst first; see :meth:`Task.worst_examples`.
+
+        ``input`` is the text (``" || "`` and the pair text for sentence pairs), ``reference`` the
+        true label(s), ``prediction`` the predicted label(s) with their probability, e.g.
+        ``positive (0.93)``.
+        """
+        d = self.config.data
+        probs, labels = self.probabilities(outputs["logits"]), np.asarray(outputs["labels"])
+        texts = [str(t) for t in rows[d.text_column]]
+        if d.text_pair_column:
+            texts = [f"{t} || {u}" for t, u in zip(texts, rows[d.text_pair_column])]
+        records = []
+        for i, (p, y, text) in enumerate(zip(probs, labels, texts)):
+            if self.multi_label:
+                true = {name for j, name in enumerate(self.labels) if y[j] >= 0.5}
+                pred = {name for j, name in enumerate(self.labels) if p[j] >= 0.5}
+                score = len(true & pred) / len(true | pred) if true | pred else 1.0
+                shown = ", ".join(f"{self.labels[j]} ({p[j]:.2f})" for j in range(len(self.labels)) if p[j] >= 0.5)
+                records.append(example_row(i, text, ", ".join(sorted(true, key=_sort_key)) or "(none)", shown or "(none)", score))
+            else:
+                best = int(p.argmax())
+                records.append(example_row(i, text, self.labels[int(y)], f"{self.labels[best]} ({p[best]:.2f})", p[int(y)]))
+        name = "Jaccard of predicted and true labels" if self.multi_label else "p(true label)"
+        return worst_examples(name, True, records, k)
 
     @classmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "ClassificationTask":

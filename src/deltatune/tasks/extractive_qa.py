@@ -52,6 +52,7 @@ from deltatune.metrics.squad import squad_metrics
 from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.collate import pad_batch
+from deltatune.tasks.examples import ROW_SCORERS, example_row, joined_references, squad_f1, worst_examples
 
 # model-config attribute that records whether a run answers SQuAD v2.0 style (may abstain)
 V2_ATTRIBUTE = "deltatune_version_2_with_negative"
@@ -528,6 +529,23 @@ class ExtractiveQATask(Task):
         if features is None or features.meta is None:
             raise ValueError("question answering decoding needs the Features (windows and contexts)")
         return [p.record() for p in self.predictions(outputs, features)]
+
+    def worst_examples(self, outputs, features, rows, k):
+        """The ``k`` questions whose predicted answer has the lowest SQuAD F1 (×100, the best over
+        the gold answers, :func:`deltatune.metrics.squad.question_scores`), worst first; see
+        :meth:`Task.worst_examples`.
+
+        ``input`` is the question, " | " and the context; ``reference`` the gold answers joined
+        by " / " (``(no answer)`` for an unanswerable question); ``prediction`` the answer.
+        """
+        questions = [str(q).strip() for q in rows[self.config.data.question_column]]
+        records = []
+        for i, (q, ex, pred) in enumerate(zip(questions, features.examples, self.predictions(outputs, features))):
+            golds = [a.text for a in ex["answers"]]
+            records.append(
+                example_row(i, f"{q} | {ex['context']}", joined_references(golds), pred.text or "(no answer)", squad_f1(pred.text, golds))
+            )
+        return worst_examples(ROW_SCORERS["squad_em_f1"][1], True, records, k)
 
     @classmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "ExtractiveQATask":

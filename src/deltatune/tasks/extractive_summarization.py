@@ -38,6 +38,7 @@ from deltatune.errors import DeltatuneError
 from deltatune.metrics.text import rouge
 from deltatune.tasks.base import Features
 from deltatune.tasks.classification import ClassificationTask
+from deltatune.tasks.examples import ROW_SCORERS, example_row, joined_references, rouge_l, worst_examples
 from deltatune.tasks.sentences import greedy_oracle, split_sentences
 
 SENTENCE_LABELS = ["other", "summary"]  # class ids 0 and 1
@@ -243,6 +244,21 @@ class ExtractiveSummarizationTask(ClassificationTask):
                 {"summary": text, "sentence_indices": idx, "scores": [None if np.isnan(x) else float(x) for x in s]}
             )
         return records
+
+    def worst_examples(self, outputs, features, rows, k):
+        """The ``k`` documents whose extracted summary has the lowest ROUGE-L F (×100, the best
+        over the references, as the ``rougeL`` metric scores each), worst first; see
+        :meth:`deltatune.tasks.base.Task.worst_examples`.
+
+        ``input`` is the document's sentences joined by spaces, ``reference`` the reference
+        summaries joined by " / ", ``prediction`` the extracted summary.
+        """
+        summaries = self.summaries(self.document_scores(outputs, features), features)
+        records = [
+            example_row(i, " ".join(s for s in ex["sentences"] if s), joined_references(ex["references"]), text, rouge_l(text, ex["references"]))
+            for i, (ex, (text, _)) in enumerate(zip(features.examples, summaries))
+        ]
+        return worst_examples(ROW_SCORERS["rouge"][1], True, records, k)
 
     @classmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "ExtractiveSummarizationTask":

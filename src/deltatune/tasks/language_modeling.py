@@ -264,6 +264,14 @@ class InstructionTask(GenerationMetrics, LanguageModelTask):
         msgs = row_to_messages(row, self.format, 0, "data")
         return [msgs[-1]["content"]] if msgs[-1]["role"] == "assistant" else []
 
+    def example_input(self, row: dict[str, Any], row_number: int, source: str) -> str:
+        """The conversation of one row without its answer, as analysis.json shows it: the message
+        contents (``role: content`` lines when there are several)."""
+        msgs = self.messages(row, row_number, source, with_answer=False)
+        if len(msgs) == 1:
+            return msgs[0]["content"]
+        return "\n".join(f"{m['role']}: {m['content']}" for m in msgs)
+
     def score(self, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
         """Generation metrics for this task (its registry scorer; instruction: ROUGE against the reference answers)."""
         return SCORERS[self.name](predictions, references)

@@ -14,7 +14,8 @@ way:
   for generative QA (see :mod:`deltatune.metrics.text`), as the task registry
   (:mod:`deltatune.tasks.registry`) names them.
 - :class:`GenerationMetrics`: the final evaluation generates for up to
-  ``eval.generation_max_samples`` rows and scores them.
+  ``eval.generation_max_samples`` rows and scores them (the corpus metrics, and each row on its
+  own for analysis.json).
 - :func:`token_loss_metrics`: loss and perplexity from summed token losses.
 """
 
@@ -32,6 +33,8 @@ from deltatune.data.columns import require_columns
 from deltatune.errors import DeltatuneError
 from deltatune.metrics import text as text_metrics
 from deltatune.metrics.text import perplexity
+from deltatune.tasks.base import ScoredGenerations
+from deltatune.tasks.examples import ROW_SCORERS, example_row, joined_references
 from deltatune.tasks.registry import REGISTRY
 
 # generation metrics per task name: (predictions, references per prediction) -> {metric: value};
@@ -193,6 +196,10 @@ class PromptedColumns:
         except (ValueError, IndexError, AttributeError) as e:
             raise DeltatuneError(f"data.prompt_template {self.template!r} cannot be filled ({e}); use plain {{column}} placeholders") from None
 
+    def example_input(self, row: dict[str, Any], row_number: int, source: str) -> str:
+        """The input of one row as analysis.json shows it: the filled template (:meth:`fill_template`)."""
+        return self.fill_template(row, source, row_number)
+
     @classmethod
     def demo_rows(cls) -> dict[str, Any]:
         """Eight rows of this text-to-text task (both implementations share them); see
@@ -213,11 +220,15 @@ class PromptedColumns:
 
 
 class GenerationMetrics:
-    """Mixin: the final evaluation of a generative task (``final_metrics``, called by the API).
+    """Mixin: the final evaluation of a generative task (``final_metrics``, called by the API) and
+    its per-row scores (``scored_generations``: analysis.json's worst rows and generations).
 
-    Needs ``config``, ``generate_rows(model, tokenizer, ds, device)``, ``references(row)`` and
-    ``score(predictions, references)``.
+    Needs ``config``, ``name``, ``generate_rows(model, tokenizer, ds, device)``,
+    ``references(row)``, ``score(predictions, references)`` and ``example_input(row,
+    row_number, source)`` (the input as report.html shows it).
     """
+
+    scores_generations = True
 
     def final_metrics(self, model, tokenizer, ds: datasets.Dataset, device="cpu") -> dict[str, Any]:
         """Generate for up to ``eval.generation_max_samples`` rows and score them.
@@ -226,9 +237,19 @@ class GenerationMetrics:
             The task's scores, ``generation_eos_share`` (share of generations that ended with
             EOS within ``eval.max_new_tokens``), ``generated_examples`` and three ``samples``.
         """
+        return self._generate_and_score(model, tokenizer, ds, device, "data", per_row=False).metrics
+
+    def scored_generations(self, model, tokenizer, ds: datasets.Dataset, device="cpu", source: str = "data") -> ScoredGenerations:
+        """:meth:`final_metrics` and, from the same generations, one record per generated row
+        scored with the task's metric family (:data:`deltatune.tasks.examples.ROW_SCORERS`:
+        ROUGE-L F, sentence chrF or SQuAD F1, each 0-100)."""
+        return self._generate_and_score(model, tokenizer, ds, device, source, per_row=True)
+
+    def _generate_and_score(self, model, tokenizer, ds: datasets.Dataset, device, source: str, per_row: bool) -> ScoredGenerations:
+        """One generation pass over the first ``eval.generation_max_samples`` rows, scored."""
         n = min(len(ds), self.config.eval.generation_max_samples)
         if n == 0:
-            return {}
+            return ScoredGenerations({})
         ds = ds.select(range(n))
         preds, ended = self.generate_rows(model, tokenizer, ds, device)
         refs = [self.references(row) for row in ds]
@@ -236,4 +257,14 @@ class GenerationMetrics:
         metrics["generation_eos_share"] = float(np.mean(ended))
         metrics["generated_examples"] = n
         metrics["samples"] = [{"prediction": p, "reference": r[0] if r else ""} for p, r in list(zip(preds, refs))[:3]]
-        return metrics
+        if not per_row:
+            return ScoredGenerations(metrics)
+        spec = REGISTRY.get(self.name)
+        if spec is None or spec.scorer not in ROW_SCORERS:  # a scorer with no per-row form: metrics only
+            return ScoredGenerations(metrics)
+        row_score, score_name = ROW_SCORERS[spec.scorer]
+        rows = [
+            example_row(i, self.example_input(row, i + 1, source), joined_references(r), p, row_score(p, r))
+            for i, (row, p, r) in enumerate(zip(ds, preds, refs))
+        ]
+        return ScoredGenerations(metrics, rows, score_name, higher_is_better=True)

@@ -52,6 +52,7 @@ from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features, Task
 from deltatune.tasks.classification import normalize_label
 from deltatune.tasks.collate import model_inputs, pad_batch
+from deltatune.tasks.examples import example_row, worst_examples
 
 IGNORE_INDEX = -100
 _WORD = re.compile(r"\S+")
@@ -106,6 +107,11 @@ def first_subword_positions(word_ids: list[int | None], n_words: int) -> list[in
         if w is not None and pos[w] < 0:
             pos[w] = t
     return pos
+
+
+def tagged_words(words: list[str], tags: list[str]) -> str:
+    """The words joined by spaces, each followed by ``/`` and its tag unless the tag is ``O``."""
+    return " ".join(w if t == "O" else f"{w}/{t}" for w, t in zip(words, tags))
 
 
 class TokenClassificationTask(Task):
@@ -372,6 +378,22 @@ class TokenClassificationTask(Task):
                 stacklevel=2,
             )
         return records
+
+    def worst_examples(self, outputs, features, rows, k):
+        """The ``k`` sentences with the lowest word accuracy (share of words whose predicted tag
+        is the gold one, ``O`` included, words cut by ``max_seq_length`` predicted ``O``: the
+        ``accuracy`` metric per sentence), worst first; see :meth:`Task.worst_examples`.
+
+        ``input`` is the words joined by spaces; ``reference`` and ``prediction`` the words with
+        their gold / predicted tag after a slash where it is not ``O`` (``EU/B-ORG rejects
+        German/B-MISC call``).
+        """
+        records = []
+        for i, (ex, (tags, _, _)) in enumerate(zip(features.examples, self._word_predictions(outputs, features))):
+            gold = ex["tags"]
+            accuracy = sum(g == t for g, t in zip(gold, tags)) / max(len(gold), 1)
+            records.append(example_row(i, ex["text"], tagged_words(ex["words"], gold), tagged_words(ex["words"], tags), accuracy))
+        return worst_examples("word accuracy", True, records, k)
 
     @classmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "TokenClassificationTask":

@@ -53,6 +53,7 @@ from deltatune.training.inference import batched_outputs, merge_outputs
 from deltatune.training.memory import estimate_run_memory
 from deltatune.training.optim import add_l1_gradient, build_optimizer, build_scheduler, regularized_parameters
 from deltatune.training.progress import Progress
+from deltatune.training.tracking import Trackers
 
 # the batch of ``train.per_device_train_batch_size: auto`` (its micro-batch is planned)
 AUTO_BATCH_SIZE = 32
@@ -236,6 +237,8 @@ class Trainer:
         self.stopper = EarlyStopping(metric, greater, ec.early_stopping_patience, ec.early_stopping_threshold)
         self.l1_params = regularized_parameters(self.model) if tc.l1_lambda > 0 else []
         self.state = TrainState()
+        # train.report_to (main process); Trainer.train starts it, the API finishes a finished run
+        self.trackers = Trackers(config, run_dir, active=self.is_main)
 
     # ---- helpers ------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -450,20 +453,61 @@ class Trainer:
         Each batch runs in micro-batches of ``self.plan.micro_batch_size`` examples (the loss is
         normalized over the targets of the whole optimizer step, so the gradient is the same).
 
-        The steps: resume (:meth:`_resume`), then :meth:`_train_epochs` (each optimizer step:
-        :meth:`_collect_window`, :meth:`_forward_backward`, :meth:`_optimizer_step`,
-        :meth:`_after_step`), then the last evaluation and the model (:meth:`_wrap_up`).
+        The steps: resume (:meth:`_resume`), start the ``train.report_to`` trackers
+        (:class:`deltatune.training.tracking.Trackers`, ``self.trackers``), then
+        :meth:`_train_epochs` (each optimizer step: :meth:`_collect_window`,
+        :meth:`_forward_backward`, :meth:`_optimizer_step`, :meth:`_after_step`), then the last
+        evaluation and the model (:meth:`_wrap_up`). The trackers are ended KILLED after an
+        interrupt and FAILED when an error goes up; after a normal finish the caller logs the
+        final metrics and ends them (``trackers.log_final``, ``trackers.finish``).
 
         Returns:
             :class:`TrainResult`; ``interrupted`` is True when stopped by KeyboardInterrupt.
 
         Raises:
             DeltatuneError: out of memory during training (one line naming the settings to change
-                and the ``--resume`` command), after a checkpoint of the last completed step.
+                and the ``--resume`` command), after a checkpoint of the last completed step; a
+                tracker of ``train.report_to`` cannot start.
         """
         set_seed(self.cfg.seed)
         if resume:
             self._resume(trust_checkpoint)
+        self._start_trackers()
+        try:
+            result = self._train_tracked()
+        except KeyboardInterrupt:
+            self.trackers.finish([], "KILLED")
+            raise
+        except BaseException:
+            self.trackers.finish([], "FAILED")
+            raise
+        if result.interrupted:
+            self.trackers.finish([], "KILLED")
+        return result
+
+    def _start_trackers(self) -> None:
+        """Start the ``train.report_to`` trackers (main process), continuing from the resumed step.
+
+        Raises:
+            DeltatuneError: on every process, when a tracker could not start on the main one (the
+                others would wait for it forever).
+        """
+        failure = None
+        try:
+            self.trackers.start(self.state.global_step)
+        except DeltatuneError as e:
+            failure = str(e)
+        if self.world > 1:
+            failure = broadcast_object_list([failure])[0]
+        if failure:
+            raise DeltatuneError(failure)
+
+    def _train_tracked(self) -> TrainResult:
+        """The body of :meth:`train` after the resume: train, handle an interrupt or out-of-memory, wrap up.
+
+        Raises:
+            DeltatuneError: out of memory (see :meth:`train`).
+        """
         self.model.train()
         loop = self._start_loop()
         out_of_memory: Optional[str] = None
@@ -713,9 +757,18 @@ class Trainer:
             "learning_rate": self.scheduler.get_last_lr()[0],
             "examples_per_second": (self.state.examples_seen - examples_at_start) / elapsed if elapsed > 0 else 0.0,
         }
-        if self.is_main:
-            self.run_dir.log(rec)
+        self._log(rec)
         return loss
+
+    def _log(self, record: dict[str, Any]) -> None:
+        """One record to metrics.jsonl and to the trackers of ``train.report_to`` (main process only).
+
+        Raises:
+            DeltatuneError: metrics.jsonl cannot be written (:meth:`RunDir.log`).
+        """
+        if self.is_main:
+            self.run_dir.log(record)
+            self.trackers.log(record)
 
     def _epoch_progress(self) -> float:
         """Epochs done so far as a fraction (2.5: half-way through the third epoch)."""
@@ -740,15 +793,13 @@ class Trainer:
         improved = self.stopper.update(float(metrics[name]), step)
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         self.state.last_eval_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        if self.is_main:
-            self.run_dir.log({"step": step, "epoch": self._epoch_progress(), **scalars})
-            if improved:
-                save_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
+        self._log({"step": step, "epoch": self._epoch_progress(), **scalars})
+        if self.is_main and improved:
+            save_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
         self.accelerator.wait_for_everyone()
         if self.stopper.should_stop:
             self.state.early_stopped = True
-            if self.is_main:
-                self.run_dir.log({"step": step, "event": "early_stopping", "best_step": self.stopper.best_step})
+            self._log({"step": step, "event": "early_stopping", "best_step": self.stopper.best_step})
         return f"{name}={metrics[name]:.4f}"
 
     def _finish(self) -> None:

@@ -1,0 +1,272 @@
+"""The report's figures as inline SVG strings (matplotlib without pyplot, imported on first use).
+
+Every function returns an ``<svg ...>`` element (no XML header) that scales to its container
+(``width="100%"``, the ``viewBox`` kept), or ``""`` when there is nothing to draw. Text stays
+text (``svg.fonttype: none``), escaped by matplotlib; ``$`` in user labels is escaped so it
+is not read as mathtext. Element ids are salted per figure, so several figures can be inlined
+in one page, and the output is deterministic.
+
+- :func:`curves_svg`: training/validation loss, the validation metric and the learning rate
+  per step, with the best step marked (also used by the web UI for live runs).
+- :func:`gap_svg`: validation minus training loss per evaluation (the overfitting monitor).
+- :func:`overlay_svg`: validation loss and metric of several runs on shared axes.
+- :func:`history_svg`, :func:`importances_svg`: a ``deltatune auto`` search.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import re
+import threading
+from typing import Any, Callable, Optional, Sequence
+
+_WIDTH = 5.2  # inches: narrow enough that 9-pt text stays readable on a phone (scaled to ~370 px)
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+_STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100}
+_LOCK = threading.Lock()  # rcParams are global: one figure at a time (the web UI draws from several threads)
+
+
+def _styled(salt: str) -> Callable:
+    """Decorator: draw inside ``matplotlib.rc_context`` (:data:`_STYLE`, ``svg.hashsalt=salt``) under
+    :data:`_LOCK`. pyplot is never used, so no backend is chosen and a user's own plotting state
+    (a notebook's backend, their rcParams) is left alone."""
+    def wrap(draw: Callable[..., str]) -> Callable[..., str]:
+        @functools.wraps(draw)
+        def styled(*args: Any, **kwargs: Any) -> str:
+            import matplotlib
+
+            with _LOCK, matplotlib.rc_context({**_STYLE, "svg.hashsalt": salt}):
+                return draw(*args, **kwargs)
+        return styled
+    return wrap
+
+
+def _subplots(nrows: int = 1, figsize: tuple[float, float] = (5.2, 2.6), **kwargs: Any):
+    """``(figure, axes)`` like ``pyplot.subplots`` but on a bare :class:`matplotlib.figure.Figure` (no pyplot)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, 1, **kwargs)
+
+
+def _label(text: Any) -> str:
+    """User text as a matplotlib label: ``$`` escaped (no mathtext), cut to 60 characters."""
+    s = str(text)
+    s = s if len(s) <= 60 else s[:59] + "…"
+    return s.replace("$", r"\$")
+
+
+def _svg(fig) -> str:
+    """The figure as an inline ``<svg>`` element scaled to its container."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)  # RDF with namespace URLs, no content
+    head_end = text.index(">")
+    # inline SVG in HTML needs no namespace declarations (the HTML parser maps xlink:href itself)
+    head = re.sub(r'\s(width|height|xmlns(:xlink)?)="[^"]*"', "", text[:head_end])
+    return f'{head} width="100%" preserveAspectRatio="xMidYMid meet" role="img">' + text[head_end + 1:]
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _series(records: Sequence[dict[str, Any]], key: str, evals: bool) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key`` over train records (``evals`` false) or eval records, one per step, by step."""
+    points: dict[int, float] = {}
+    for r in records:
+        if "event" in r or not isinstance(r.get("step"), int) or not _finite(r.get(key)):
+            continue
+        if evals != any(k.startswith("eval_") for k in r):
+            continue
+        points[r["step"]] = float(r[key])
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def default_metric(records: Sequence[dict[str, Any]]) -> Optional[str]:
+    """The first ``eval_<name>`` (not the loss) in the eval records, as ``<name>``; ``None`` if none."""
+    for r in records:
+        for k, v in r.items():
+            if k.startswith("eval_") and k != "eval_loss" and _finite(v):
+                return k[len("eval_"):]
+    return None
+
+
+def _mark_best(ax, best_step: Optional[int], label: bool) -> None:
+    if best_step is None:
+        return
+    ax.axvline(best_step, color="#555555", linestyle="--", linewidth=1)
+    if label:  # above the panel, on the side of the line with more room
+        lo, hi = ax.get_xlim()
+        right_half = best_step > (lo + hi) / 2
+        ax.annotate(f"best step {best_step}", xy=(best_step, 1), xycoords=("data", "axes fraction"), xytext=(0, 2),
+                    textcoords="offset points", fontsize=8, color="#333333", ha="right" if right_half else "left", va="bottom")
+
+
+@_styled("curves")
+def curves_svg(
+    records: Sequence[dict[str, Any]],
+    metric: Optional[str] = None,
+    best_step: Optional[int] = None,
+    *,
+    learning_rate: bool = True,
+    title: Optional[str] = None,
+) -> str:
+    """The learning curves of one run as an SVG string.
+
+    Panels, stacked with a shared step axis: training loss and validation loss per step; the
+    validation metric ``eval_<metric>`` per evaluation (when logged); the learning rate per
+    logged step (``learning_rate=True``). The best step is a dashed vertical line on every
+    panel, labelled on the first.
+
+    Args:
+        records: metrics.jsonl records (train: ``step, loss, learning_rate``; eval:
+            ``step, eval_loss, eval_<metric>``); non-finite values are skipped.
+        metric: the validation metric's name without ``eval_`` (default: the first logged one).
+        best_step: the step whose weights were kept, or ``None``.
+        title: a title over the figure (user text; escaped).
+
+    Returns:
+        ``<svg ...>...</svg>``, or ``""`` when no record has a loss, metric or learning rate.
+    """
+    metric = metric or default_metric(records)
+    train = _series(records, "loss", evals=False)
+    val = _series(records, "eval_loss", evals=True)
+    met = _series(records, f"eval_{metric}", evals=True) if metric and metric != "loss" else ([], [])
+    lr = _series(records, "learning_rate", evals=False) if learning_rate else ([], [])
+    panels = [p for p, has in (("loss", train[0] or val[0]), ("metric", met[0]), ("lr", lr[0])) if has]
+    if not panels:
+        return ""
+    heights = {"loss": 2.4, "metric": 1.8, "lr": 1.4}
+    fig, axes = _subplots(len(panels), figsize=(_WIDTH, sum(heights[p] for p in panels)), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [heights[p] for p in panels]})
+    for i, (panel, ax) in enumerate(zip(panels, axes[:, 0])):
+        if panel == "loss":
+            if train[0]:
+                ax.plot(*train, color=_COLORS[0], linewidth=1.2, label="training loss")
+            if val[0]:
+                ax.plot(*val, color=_COLORS[1], marker="o", markersize=3, linewidth=1.2, label="validation loss")
+            ax.set_ylabel("loss")
+            ax.legend(loc="best", fontsize=8)
+        elif panel == "metric":
+            ax.plot(*met, color=_COLORS[2], marker="o", markersize=3, linewidth=1.2)
+            ax.set_ylabel(_label(f"validation {metric}"))
+        else:
+            ax.plot(*lr, color=_COLORS[4], linewidth=1.2)
+            ax.set_ylabel("learning rate")
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        _mark_best(ax, best_step, label=i == 0)
+    axes[-1, 0].set_xlabel("step")
+    axes[-1, 0].xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        axes[0, 0].set_title(_label(title))
+    fig.tight_layout()
+    return _svg(fig)
+
+
+@_styled("gap")
+def gap_svg(pairs: Sequence[tuple[int, float, Optional[float]]]) -> str:
+    """Validation loss minus training loss per evaluation (the generalization gap) as an SVG string.
+
+    Args:
+        pairs: ``(step, validation loss, training loss or None)`` per evaluation
+            (:func:`deltatune.report.overfitting.loss_pairs`).
+
+    Returns:
+        ``<svg ...>``, or ``""`` with fewer than 2 evaluations that have both losses.
+    """
+    points = [(s, v - t) for s, v, t in pairs if t is not None]
+    if len(points) < 2:
+        return ""
+    fig, ax = _subplots(1, figsize=(_WIDTH, 2.2))
+    ax.plot([s for s, _ in points], [g for _, g in points], color=_COLORS[3], marker="o", markersize=3, linewidth=1.2)
+    ax.axhline(0, color="#999999", linewidth=0.8)
+    ax.set_xlabel("step")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("validation − training loss")
+    fig.tight_layout()
+    return _svg(fig)
+
+
+@_styled("overlay")
+def overlay_svg(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], metrics: Sequence[Optional[str]]) -> str:
+    """Validation loss (top) and each run's validation metric (bottom) of several runs, overlaid.
+
+    Args:
+        runs: ``(label, metrics.jsonl records)`` per run (labels are user text; escaped).
+        metrics: the validation metric per run (``None``: none drawn for that run); runs with
+            different metrics share the lower panel, each line labelled with its metric.
+
+    Returns:
+        ``<svg ...>``, or ``""`` when no run has an evaluation.
+    """
+    losses = [(_label(name), _series(recs, "eval_loss", evals=True)) for name, recs in runs]
+    mets = [(_label(f"{name}: {m}"), _series(recs, f"eval_{m}", evals=True) if m and m != "loss" else ([], []))
+            for (name, recs), m in zip(runs, metrics)]
+    panels = [p for p, has in (("loss", any(s[0] for _, s in losses)), ("metric", any(s[0] for _, s in mets))) if has]
+    if not panels:
+        return ""
+    fig, axes = _subplots(len(panels), figsize=(_WIDTH, 2.6 * len(panels)), squeeze=False)
+    for panel, ax in zip(panels, axes[:, 0]):
+        for i, (name, (steps, values)) in enumerate(losses if panel == "loss" else mets):
+            if steps:
+                ax.plot(steps, values, color=_COLORS[i % len(_COLORS)], marker="o", markersize=3, linewidth=1.2, label=name)
+        ax.set_ylabel("validation loss" if panel == "loss" else "validation metric")
+        ax.set_xlabel("step")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _svg(fig)
+
+
+@_styled("history")
+def history_svg(rows: Sequence[dict[str, Any]], metric: str, maximize: bool) -> str:
+    """A search's optimization history: each completed trial's objective and the best so far.
+
+    Args:
+        rows: leaderboard rows (``trial``, ``state``, ``value``), any order.
+        metric: the objective's name (axis label).
+        maximize: whether higher is better (for the best-so-far line).
+
+    Returns:
+        ``<svg ...>``, or ``""`` when no trial has a value.
+    """
+    points = sorted((int(r["trial"]), float(r["value"])) for r in rows
+                    if r.get("state") == "COMPLETE" and _finite(r.get("value")) and r.get("trial") is not None)
+    if not points:
+        return ""
+    best, best_so_far = None, []
+    for _, v in points:
+        best = v if best is None else (max(best, v) if maximize else min(best, v))
+        best_so_far.append(best)
+    fig, ax = _subplots(1, figsize=(_WIDTH, 2.6))
+    xs = [t for t, _ in points]
+    ax.plot(xs, [v for _, v in points], linestyle="none", marker="o", markersize=4, color=_COLORS[0], label="trial")
+    ax.step(xs, best_so_far, where="post", color=_COLORS[1], linewidth=1.2, label="best so far")
+    ax.set_xlabel("trial")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(_label(metric))
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _svg(fig)
+
+
+@_styled("importances")
+def importances_svg(values: dict[str, float]) -> str:
+    """Parameter importances as horizontal bars, largest on top (``{param: share}``; ``""`` when empty)."""
+    items = sorted(((k, float(v)) for k, v in values.items() if _finite(v)), key=lambda kv: kv[1])
+    if not items:
+        return ""
+    fig, ax = _subplots(1, figsize=(_WIDTH, 0.9 + 0.35 * len(items)))
+    ax.barh([_label(k) for k, _ in items], [v for _, v in items], color=_COLORS[0])
+    ax.set_xlabel("importance (share)")
+    ax.grid(axis="y", visible=False)
+    fig.tight_layout()
+    return _svg(fig)

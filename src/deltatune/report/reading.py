@@ -1,0 +1,272 @@
+"""Read a run folder (or a ``deltatune auto`` folder) into plain dataclasses, from its files only.
+
+Torch-free; every optional file may be missing (older runs, a run still training, an
+interrupted one, a run without a validation split): what is missing is ``None`` or empty.
+
+- :func:`read_run`: ``config.yaml``, ``metrics.jsonl``, ``eval.json``, ``analysis.json`` ->
+  :class:`RunData`.
+- :func:`read_auto`: ``auto_report.json``, ``leaderboard.json`` and the best trial ->
+  :class:`AutoData`.
+- :func:`folder_kind`: ``"run"``, ``"auto"``, or a :class:`DeltatuneError` naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from deltatune.config import build_config, read_yaml
+from deltatune.errors import DeltatuneError
+from deltatune.rundir import RunDir
+
+# the metric a task selects the best checkpoint by when eval.metric_for_best_model is unset
+# (each task class's ``default_metric``; tasks live in a higher layer, so the names are repeated
+# here; an unknown task falls back to the loss)
+TASK_DEFAULT_METRICS = {
+    "text-classification": "accuracy",
+    "token-classification": "f1",
+    "question-answering": "f1",
+    "extractive-summarization": "rougeL",
+}
+_GREATER_IS_BETTER = {"accuracy", "f1", "f1_micro", "f1_macro", "subset_accuracy", "exact_match", "rougeL", "rouge1",
+                      "rouge2", "rougeLsum", "bleu", "chrf", "precision", "recall"}
+
+WHAT_TO_GIVE = "give a run folder made by deltatune train (it holds config.yaml) or a deltatune auto folder (it holds auto_report.json)"
+
+
+def folder_kind(path: Path) -> str:
+    """``"auto"`` for a ``deltatune auto`` folder (it holds ``auto_report.json``), ``"run"`` for a run folder.
+
+    A run folder holds the ``.deltatune-run`` marker, or (older runs) ``config.yaml`` with
+    ``metrics.jsonl`` or ``eval.json`` beside it.
+
+    Raises:
+        DeltatuneError: the path does not exist, is a file, or is neither kind of folder.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DeltatuneError(f"{p} does not exist; {WHAT_TO_GIVE}")
+    if not p.is_dir():
+        raise DeltatuneError(f"{p} is a file, not a run folder; {WHAT_TO_GIVE}")
+    if (p / "auto_report.json").is_file():
+        return "auto"
+    rd = RunDir(p)
+    if rd.is_run() or (rd.config.is_file() and (rd.metrics.is_file() or rd.eval.is_file())):
+        return "run"
+    if (p / "trials").is_dir() and (p / "optuna.db").is_file():
+        raise DeltatuneError(
+            f"{p} is a deltatune auto folder whose search has not finished (no auto_report.json yet); "
+            f"report one of its trials ({p / 'trials'}/trial-NNN), or wait for the search to end"
+        )
+    raise DeltatuneError(f"{p} is not a deltatune run folder (no .deltatune-run marker or config.yaml); {WHAT_TO_GIVE}")
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or ``None`` when it is missing; a damaged file is an error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DeltatuneError(f"{path} is not valid JSON ({str(e).splitlines()[0]}); delete it or rerun the command that writes it") from None
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class RunData:
+    """What a run folder holds, read once.
+
+    Attributes:
+        root: the run folder.
+        config: the resolved config as nested dicts (``config.yaml`` completed with the defaults
+            of this version when it validates; as written otherwise; ``{}`` when missing).
+        records: ``metrics.jsonl`` records in file order (train: ``step, epoch, loss,
+            learning_rate, examples_per_second``; eval: ``step, epoch, eval_loss, eval_<metric>``;
+            events: ``step, event, best_step``).
+        eval: ``eval.json`` (``None`` until the run finished).
+        analysis: ``analysis.json`` (``None`` when absent).
+    """
+
+    root: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    eval: Optional[dict[str, Any]]
+    analysis: Optional[dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        """The folder's name."""
+        return self.root.resolve().name or str(self.root)
+
+    def setting(self, dotted: str, default: Any = None) -> Any:
+        """A config value by dotted key (``"train.learning_rate"``), ``default`` when unset."""
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return default if node is None else node
+
+    @property
+    def task(self) -> str:
+        """The task name (``"?"`` when the config is missing)."""
+        return str(self.setting("task", "?"))
+
+    @property
+    def train_records(self) -> list[dict[str, Any]]:
+        """Training records (those with a finite ``loss``), in step order."""
+        return sorted((r for r in self.records if _finite(r.get("loss")) and "event" not in r), key=lambda r: r.get("step", 0))
+
+    @property
+    def eval_records(self) -> list[dict[str, Any]]:
+        """Evaluation records (any ``eval_*`` key), in step order."""
+        return sorted((r for r in self.records if any(k.startswith("eval_") for k in r)), key=lambda r: r.get("step", 0))
+
+    @property
+    def train_summary(self) -> dict[str, Any]:
+        """eval.json's ``train`` section (``{}`` until the run finished)."""
+        return (self.eval or {}).get("train") or {}
+
+    @property
+    def metric(self) -> str:
+        """The validation metric that selects the best step: ``eval.metric_for_best_model``, else the
+        task's default (``f1_micro`` for multi-label classification, whose records have no accuracy)."""
+        chosen = self.setting("eval.metric_for_best_model")
+        if chosen:
+            return str(chosen)
+        default = TASK_DEFAULT_METRICS.get(self.task, "loss")
+        if default == "accuracy" and self.eval_records and not any("eval_accuracy" in r for r in self.eval_records):
+            return "f1_micro"
+        return default
+
+    @property
+    def greater_is_better(self) -> bool:
+        """Whether a higher :attr:`metric` is better (``eval.greater_is_better``, else by the metric's name)."""
+        g = self.setting("eval.greater_is_better")
+        if isinstance(g, bool):
+            return g
+        return self.metric in _GREATER_IS_BETTER
+
+    @property
+    def last_step(self) -> Optional[int]:
+        """The last optimizer step: eval.json's ``global_step``, else the highest step logged."""
+        if "global_step" in self.train_summary:
+            return int(self.train_summary["global_step"])
+        steps = [r["step"] for r in self.records if isinstance(r.get("step"), int)]
+        return max(steps) if steps else None
+
+    @property
+    def best_step(self) -> Optional[int]:
+        """The step whose weights were kept: eval.json's ``best_step``, else the early-stopping event's,
+        else the evaluation with the best :attr:`metric` so far (``None`` without evaluations)."""
+        if self.train_summary.get("best_step") is not None:
+            return int(self.train_summary["best_step"])
+        events = [r for r in self.records if r.get("event") == "early_stopping" and r.get("best_step") is not None]
+        if events:
+            return int(events[-1]["best_step"])
+        key = f"eval_{self.metric}"
+        scored = [r for r in self.eval_records if _finite(r.get(key))]
+        if not scored:
+            return None
+        pick = max if self.greater_is_better else min
+        return int(pick(scored, key=lambda r: r[key])["step"])
+
+    @property
+    def status(self) -> str:
+        """``"finished"``, ``"early-stopped"``, ``"unfinished"`` (still training, or interrupted) or ``"not started"``."""
+        if self.eval is not None:
+            return "early-stopped" if self.train_summary.get("early_stopped") else "finished"
+        return "unfinished" if self.records or RunDir(self.root).checkpoints.is_dir() else "not started"
+
+
+def _config(root: Path) -> dict[str, Any]:
+    """config.yaml completed with this version's defaults (as written when it does not validate; ``{}`` if missing)."""
+    path = RunDir(root).config
+    if not path.is_file():
+        return {}
+    raw = read_yaml(path)
+    try:
+        return build_config(raw).to_dict()
+    except DeltatuneError:  # an older or newer version's keys: show what is there
+        return raw
+
+
+def read_run(path: str | Path) -> RunData:
+    """Read the run folder ``path`` (see :class:`RunData`).
+
+    Raises:
+        DeltatuneError: ``path`` is not a run folder (:func:`folder_kind`); config.yaml is not
+            YAML; a line of metrics.jsonl other than the last is damaged; eval.json or
+            analysis.json is not JSON.
+    """
+    root = Path(path)
+    if folder_kind(root) != "run":
+        raise DeltatuneError(f"{root} is a deltatune auto folder, not a run; give it alone (or one of its trials/trial-NNN folders)")
+    rd = RunDir(root)
+    ev = _read_json(rd.eval)
+    an = _read_json(rd.analysis)
+    return RunData(
+        root=root,
+        config=_config(root),
+        records=rd.read_log(),
+        eval=ev if isinstance(ev, dict) else None,
+        analysis=an if isinstance(an, dict) else None,
+    )
+
+
+@dataclass
+class AutoData:
+    """A ``deltatune auto`` folder.
+
+    Attributes:
+        root: the folder.
+        report: ``auto_report.json`` (task, metric, direction, best, importances, leaderboard, ...).
+        leaderboard: the leaderboard rows (``leaderboard.json``, else the report's).
+        best: the best trial's run (``None`` when no trial completed or its folder is gone).
+    """
+
+    root: Path
+    report: dict[str, Any]
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    best: Optional[RunData] = None
+
+    @property
+    def best_path(self) -> Optional[Path]:
+        """The best trial's folder: ``trials/<name of auto_report.json's best.path>`` inside this
+        folder (it may have been moved or copied), else that path as written, else ``<auto>/best``."""
+        best = self.report.get("best") or {}
+        for candidate in (best.get("path"), best.get("trial") is not None and f"trials/trial-{int(best['trial']):03d}"):
+            if not candidate:
+                continue
+            p = Path(candidate)
+            for q in (self.root / "trials" / p.name, self.root / p, p):  # inside this folder first (it may have been moved)
+                if q.is_dir():
+                    return q
+        return self.root / "best" if (self.root / "best").is_dir() else None
+
+
+def read_auto(path: str | Path) -> AutoData:
+    """Read the ``deltatune auto`` folder ``path`` (see :class:`AutoData`).
+
+    Raises:
+        DeltatuneError: auto_report.json or leaderboard.json is not JSON; the best trial's folder
+            cannot be read (:func:`read_run`).
+    """
+    root = Path(path)
+    report = _read_json(root / "auto_report.json") or {}
+    rows = _read_json(root / "leaderboard.json")
+    data = AutoData(root=root, report=report if isinstance(report, dict) else {})
+    data.leaderboard = rows if isinstance(rows, list) else list(data.report.get("leaderboard") or [])
+    best = data.best_path
+    if best is not None:
+        try:
+            data.best = read_run(best)
+        except DeltatuneError:
+            data.best = None
+    return data

@@ -1,0 +1,1 @@
+"""``deltatune ui``: a local web UI (FastAPI + plain HTML/JS, no assets from the internet)."""
