@@ -21,6 +21,26 @@ def test_validation_split_is_carved_and_config_is_reproducible(tiny_model_dir, t
     assert again.metrics["validation"]["loss"] == run.metrics["validation"]["loss"]  # same seed, same result
     cfg = json.loads((run.path / "model" / "config.json").read_text())
     assert cfg["id2label"] == {"0": "neg", "1": "pos"}
+    # eval.json keeps what the data files were (a report made elsewhere later still knows), and the run
+    # folder no longer says it is being trained
+    files = json.loads((run.path / "eval.json").read_text())["train"]["data_files"]
+    assert files["train"] == {"file": str(train), "rows": 54, "path": str(train.resolve()), "bytes": train.stat().st_size}
+    assert files["validation"] == {"file": None, "rows": 6, "carved_from": str(train)}
+    assert (run.path / "report.html").is_file() and not (run.path / ".training").exists()
+
+
+def test_an_interrupted_run_gets_its_report_and_says_it_is_no_longer_trained(tiny_model_dir, tmp_path):
+    train = write_csv(tmp_path / "all.csv", make_sentiment_rows(60))
+    seen = []
+
+    def stop_at_two(trainer, state):
+        seen.append((trainer.run_dir.root / ".training").is_file())
+        if state.global_step == 2:
+            raise KeyboardInterrupt
+
+    run = deltatune.finetune(tiny_config(tiny_model_dir, train, None, tmp_path / "r", num_train_epochs=3), callbacks=(stop_at_two,), verbose=False)
+    assert run.result.interrupted and all(seen) and not (run.path / ".training").exists()
+    assert (run.path / "report.html").is_file() and not (run.path / "eval.json").exists()
 
 
 def test_multi_label_jsonl_run_and_predict(tiny_model_dir, tmp_path):

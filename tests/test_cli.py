@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -461,3 +462,21 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, needle, capsys):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: deltatune"), err
     assert needle in lines[0] and "--help)" in lines[0]
+
+
+def test_a_bad_mlflow_store_is_refused_before_torch_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    config = Path(__file__).resolve().parents[1] / "examples" / "support_tickets.yaml"
+    code = (
+        "import sys; from deltatune.cli import main; "
+        f"rc = main(['train', '{config}', 'output_dir={out}', 'train.report_to=[mlflow]', 'train.tracking_uri=foo://x']); "
+        "print('torch' in sys.modules); sys.exit(rc)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode != 0 and p.stdout.strip() == "False", (p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: train.tracking_uri: MLflow has no foo:// store"), p.stderr
+    assert not out.exists()

@@ -146,3 +146,38 @@ def test_overwrite_of_a_run_keeps_the_users_files_in_it(tmp_path):
     with pytest.raises(DeltatuneError, match="preds.jsonl, train.tsv.*move them out"):
         run.prepare(overwrite=True, resume=False)
     assert (run.root / "train.tsv").is_file() and (run.root / "preds.jsonl").is_file()
+
+
+def test_a_run_being_trained_names_its_process_and_refuses_overwrite_and_resume(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    rd = RunDir(tmp_path / "runs" / "a")
+    rd.prepare(overwrite=False, resume=False)
+    rd.config.write_text("task: text-classification\n")
+    assert rd.training_pid() is None
+    with rd.training():
+        assert rd.training_pid() == os.getpid()
+        for kw in ({"overwrite": True, "resume": False}, {"overwrite": False, "resume": True}):
+            with pytest.raises(DeltatuneError, match=rf"is being trained right now by process {os.getpid()}") as e:
+                rd.check(**kw)
+            assert "\n" not in str(e.value)
+    assert rd.training_pid() is None and not (rd.root / ".training").exists()
+    # a process that died without removing the file (kill -9) does not count
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (rd.root / ".training").write_text(json.dumps({"pid": int(dead), "host": __import__("socket").gethostname(), "process_started": 1.0}))
+    assert rd.training_pid() is None
+    rd.check(overwrite=True, resume=False)  # no refusal
+    # a live pid that started at another time (a reused pid) does not count either
+    (rd.root / ".training").write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname(), "process_started": 1.0}))
+    assert rd.training_pid() is None
+
+
+def test_the_training_file_is_removed_when_training_fails(tmp_path):
+    rd = RunDir(tmp_path / "b")
+    rd.prepare(overwrite=False, resume=False)
+    with pytest.raises(RuntimeError):
+        with rd.training():
+            raise RuntimeError("boom")
+    assert not (rd.root / ".training").exists()

@@ -36,7 +36,7 @@ from deltatune.training.loop import check_launch, process_state
 from deltatune.training.memory import estimate_run_memory
 from deltatune.training.progress import format_rate
 from deltatune.training.packing import pack_training_features, packing_report
-from deltatune.training.tracking import check_report_to
+from deltatune.training.tracking import check_tracking
 
 datasets.disable_progress_bars()
 
@@ -149,16 +149,29 @@ def finetune(
     """
     cfg = _build_run_config(config, overrides, resume, trust_remote_code, allow_pickle_weights)
     run_dir = _check_run_dir(cfg, overwrite, resume)
-    check_report_to(cfg.train.report_to)
+    check_tracking(cfg.train)  # a missing tracker package, an MLflow store URI MLflow cannot open
     task, splits = _load_splits(cfg)
     model_path = resolve_model(cfg.model.name_or_path)
     tokenizer, encoded = _encode(cfg, task, splits, model_path, strict)
     model = _build_model(cfg, task, model_path)
     _prepare_run_dir(cfg, run_dir, overwrite, resume)
+    with run_dir.training(main=process_state().is_main_process):  # .training: other processes see it is in use
+        return _train_and_conclude(cfg, run_dir, task, model, tokenizer, splits, encoded, model_path, callbacks, verbose, resume, trust_checkpoint)
+
+
+def _train_and_conclude(
+    cfg: RunConfig, run_dir: RunDir, task: Task, model, tokenizer, splits: _Splits, encoded: _Encoded, model_path: str | Path,
+    callbacks: tuple[Callable, ...], verbose: bool, resume: bool, trust_checkpoint: bool,
+) -> Run:
+    """Steps 7-11 of :func:`finetune`, while the run folder says it is being trained: the generations
+    before training, training, then (not interrupted) :func:`_conclude` and the trackers ended with
+    the report and eval.json; an interrupted run gets its report.html too (what it logged so far)."""
     before = _generate_before(cfg, task, model, tokenizer, splits.validation)
     trainer, result, saved = _train(cfg, task, model, encoded, run_dir, tokenizer, model_path, callbacks, verbose, resume, trust_checkpoint)
     run = Run(run_dir.root, cfg, result=result)
     if result.interrupted:
+        if trainer.is_main:
+            _write_report(run_dir, verbose=False)
         if verbose and trainer.is_main:
             print(f"interrupted at step {result.global_step}; continue with: deltatune train --resume {run_dir.root}")
         return run
@@ -552,7 +565,7 @@ def _conclude(
     metrics, analysis = _final_metrics(cfg, trainer, task, tokenizer, splits, encoded, before)
     if encoded.report:
         metrics["data"] = encoded.report
-    metrics["train"] = _train_summary(result, trainer, model, saved)
+    metrics["train"] = {**_train_summary(result, trainer, model, saved), "data_files": _data_files(cfg, splits)}
     if "compression" in saved:
         metrics["compressed_delta"] = _compressed_metrics(cfg, run_dir, task, splits.validation, saved)
     if trainer.is_main:
@@ -564,6 +577,25 @@ def _conclude(
     return metrics
 
 
+def _data_files(cfg: RunConfig, splits: _Splits) -> dict[str, dict[str, Any]]:
+    """eval.json's ``train.data_files``: per split the file as given, its absolute path and size in
+    bytes when it is a local file, and the rows used (after ``max_*_samples``; a validation split
+    carved out of the training file says so), so that a report made elsewhere later still knows."""
+    d = cfg.data
+    out: dict[str, dict[str, Any]] = {}
+    for name, ref, ds in (("train", d.train_file, splits.train), ("validation", d.validation_file, splits.validation), ("test", d.test_file, splits.test)):
+        if ds is None:
+            continue
+        entry: dict[str, Any] = {"file": ref, "rows": len(ds)}
+        if ref and Path(ref).expanduser().is_file():
+            path = Path(ref).expanduser().resolve()
+            entry.update(path=str(path), bytes=path.stat().st_size)
+        elif name == "validation" and not ref:
+            entry["carved_from"] = d.train_file
+        out[name] = entry
+    return out
+
+
 def _write_report(run_dir: RunDir, verbose: bool) -> None:
     """Last step of :func:`finetune`: report.html from the run folder's files (:mod:`deltatune.report`)
     and the overfitting verdict in one line. The run is finished and saved by now, so a report
@@ -573,8 +605,9 @@ def _write_report(run_dir: RunDir, verbose: bool) -> None:
 
     try:
         path = write_report([run_dir.root])
-    except (DeltatuneError, OSError) as e:
-        print(f"warning: report.html not written ({e}); write it later with: deltatune report {run_dir.root}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - the run is finished and saved: no report bug may fail it
+        what = str(e) if isinstance(e, (DeltatuneError, OSError)) else f"{type(e).__name__}: {e}"
+        print(f"warning: report.html not written ({what}); write it later with: deltatune report {run_dir.root}", file=sys.stderr)
         return
     if verbose:
         diagnosis = diagnose_run(run_dir.root)

@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     u.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
     u.add_argument("--runs-dir", default="runs", help="folder of the runs the UI lists and creates (default runs/)")
+    u.add_argument("--max-trainings", type=_COUNT, default=2, help="trainings the UI runs at once (default 2; more starts get a 429)")
     for sp in sub.choices.values():
         sp.set_defaults(_subparser=sp)  # parse_args reports leftovers with the command's own usage
     return parser
@@ -409,7 +410,7 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
             in the order :func:`deltatune.api.finetune` makes these checks.
     """
     from deltatune.config import build_config
-    from deltatune.training.tracking import check_report_to  # torch-free
+    from deltatune.training.tracking import check_tracking  # torch-free
 
     source, overrides = _config_source(args), _overrides(args)
     if getattr(args, "resume", False):  # a resumed run's config is read from its folder by finetune
@@ -419,7 +420,7 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
     cfg = build_config(source, overrides)
     if run_dir:
         RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
-        check_report_to(cfg.train.report_to)  # a tracker package that is missing
+        check_tracking(cfg.train)  # a missing tracker package, an MLflow store URI MLflow cannot open
     d = cfg.data
     columns = REGISTRY[cfg.task].columns
     for ref in (d.train_file, d.validation_file, d.test_file):  # in finetune's order (all with labels)
@@ -590,7 +591,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if not is_loopback(args.host):
         print(f"warning: the UI on {args.host} lets anyone who reaches this port train models and read runs; "
               "it has no login (keep 127.0.0.1 and use an SSH tunnel)", file=sys.stderr)
-    return run_ui(args.host, args.port, Path(args.runs_dir))
+    return run_ui(args.host, args.port, Path(args.runs_dir), max_trainings=args.max_trainings)
 
 
 def main(argv: list[str] | None = None) -> int:

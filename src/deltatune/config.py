@@ -261,8 +261,8 @@ class TrainConfig(_Section):
     line every ``log_interval_seconds`` but at most one per 5 minutes.
     """
 
-    num_train_epochs: float = Field(default=1.0, gt=0)
-    max_steps: Optional[int] = Field(default=None, gt=0)
+    num_train_epochs: float = Field(default=1.0, gt=0, le=100_000)
+    max_steps: Optional[int] = Field(default=None, gt=0, le=10**9)
     per_device_train_batch_size: Union[int, str] = 32  # a positive int or "auto" (validated below)
     micro_batch_size: Optional[int] = Field(default=None, gt=0)
     gradient_accumulation_steps: int = Field(default=1, gt=0)
@@ -304,6 +304,16 @@ class TrainConfig(_Section):
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError("must be a positive integer or auto")
+        if v > 2**20:
+            raise ValueError(f"{v} examples per forward pass is more than any machine holds; give at most {2**20} (or auto)")
+        return v
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_a_list(cls, v: Any) -> Any:
+        """``report_to: tensorboard`` (one name, as HF Trainer accepts) means ``[tensorboard]``; ``none`` means ``[]``."""
+        if isinstance(v, str):
+            return [] if v.strip().lower() in ("", "none") else [t.strip() for t in v.split(",")]
         return v
 
 

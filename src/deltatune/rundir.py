@@ -8,6 +8,7 @@ Layout (see DESIGN.md)::
     runs/<name>/checkpoints/    step-<N>/ folders, newest few
     runs/<name>/model/          best (or final) model in Hugging Face format
     runs/<name>/eval.json       final metrics per split
+    runs/<name>/.training       while a process trains the run: its pid, host and start time (JSON)
 
 Every refusal is checked before anything is touched (:meth:`RunDir.check`); ``--overwrite``
 replaces only a folder that is a run (:meth:`RunDir.is_run`).
@@ -15,22 +16,26 @@ replaces only a folder that is a run (:meth:`RunDir.is_run`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional
 
 from deltatune.errors import DeltatuneError
 from deltatune.files import write_atomically
 from deltatune.version import __version__
 
 MARKER = ".deltatune-run"
+TRAINING = ".training"  # present while a process trains the run (RunDir.training)
 # everything a run of any deltatune version writes at its top level
 RUN_ENTRIES = frozenset(
-    {MARKER, "config.yaml", "metrics.jsonl", "checkpoints", "model", "eval.json", "analysis.json", "report.html", "tensorboard", "tracking.json"}
+    {MARKER, TRAINING, "config.yaml", "metrics.jsonl", "checkpoints", "model", "eval.json", "analysis.json", "report.html", "tensorboard", "tracking.json"}
 )
 
 
@@ -146,6 +151,12 @@ class RunDir:
                         f"{p} is a file, so the run directory {self.root} cannot be made inside it; choose another --output-dir"
                     )
                 break
+        pid = self.training_pid() if self.root.is_dir() else None
+        if pid is not None:
+            raise DeltatuneError(
+                f"{self.root} is being trained right now by process {pid}; wait for it to end or stop it "
+                f"(Ctrl-C / kill -INT {pid}), or choose another --output-dir"
+            )
         if resume:
             if not self.root.exists():
                 raise DeltatuneError(f"cannot resume: run directory {self.root} does not exist; give the run directory made by deltatune train")
@@ -209,6 +220,49 @@ class RunDir:
             (self.root / MARKER).write_text(json.dumps(marker) + "\n")
         except OSError as e:
             raise write_failure(self.root, e, "or choose another --output-dir") from e
+
+    @contextlib.contextmanager
+    def training(self, main: bool = True) -> Iterator[None]:
+        """While the block runs, ``.training`` names this process (pid, host, the process's start
+        time), so that other processes (the web UI, a second ``train --resume`` or ``--overwrite``)
+        see the run is being trained (:meth:`training_pid`); removed when the block ends however it
+        ends. A ``kill -9`` leaves the file, but a dead or reused pid does not count. Only the
+        ``main`` process writes it.
+
+        Raises:
+            DeltatuneError: the file cannot be written.
+        """
+        if not main:
+            yield
+            return
+        path = self.root / TRAINING
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "process_started": _process_start_time(os.getpid()),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            write_atomically(path, lambda f: f.write(json.dumps(info) + "\n"))
+        except OSError as e:
+            raise write_failure(path, e, "then start again") from e
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def training_pid(self) -> Optional[int]:
+        """The pid of the live process on this machine that is training this run now, else ``None``
+        (no ``.training`` file, an unreadable one, another host's, or its process has ended or its pid
+        was reused by another process)."""
+        try:
+            info = json.loads((self.root / TRAINING).read_text())
+            pid, host, started = int(info["pid"]), info["host"], info.get("process_started")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if host != socket.gethostname():
+            return None
+        now = _process_start_time(pid)
+        if now is None or (started is not None and abs(now - float(started)) > 1.0):
+            return None
+        return pid
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl.
@@ -277,3 +331,13 @@ class RunDir:
             DeltatuneError: a damaged line before the last.
         """
         return self._records("quiet")
+
+
+def _process_start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (seconds since the epoch), or ``None`` when it does not exist."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError):
+        return None

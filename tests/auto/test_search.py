@@ -145,7 +145,8 @@ def test_pruning_leaves_the_training_loop_cleanly(tiny_model_dir, reviews_csv, t
     assert "incomplete: stopped by the time budget at step 1 of" in trial.user_attrs["note"]
     run = tmp_path / "run"
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1]  # nothing after the step that stopped it
+    assert log[0]["event"] == "start" and log[0]["total_steps"] > 1
+    assert [r["step"] for r in log[1:]] == [1]  # nothing after the step that stopped it
     assert (run / "config.yaml").is_file() and not (run / "eval.json").exists() and not (run / "model").exists()
     # the process is left in a state where the next run trains normally
     again = deltatune.finetune(None, {**cfg, "output_dir": str(tmp_path / "next"), "train.max_steps": 2}, verbose=False)

@@ -71,11 +71,15 @@ def test_non_finite_values_are_skipped_and_the_last_record_of_a_step_wins():
     pairs = loss_pairs(recs)
     assert [s for s, _, _ in pairs] == [10, 20, 30, 40, 50]
     assert all(math.isfinite(v) and (t is None or math.isfinite(t)) for _, v, t in pairs)
-    d = diagnose(recs)
+    finite = [r for r in recs if all(math.isfinite(v) for k, v in r.items() if k in ("loss", "eval_loss"))]
+    d = diagnose(finite)
     assert d.overfitting and "nan" not in d.message.lower()
     # evaluations without training records: no training loss, so never "overfitting"
-    only_evals = [r for r in recs if "eval_loss" in r]
+    only_evals = [r for r in finite if "eval_loss" in r]
     assert diagnose(only_evals).kind == "unstable"
+    # a NaN or infinite loss anywhere: the run diverged, from the first step that logged one
+    d = diagnose(recs)
+    assert d.kind == "diverged" and not d.overfitting and "from step 30" in d.message and "learning rate" in d.message
 
 
 def _sst2_config(tmp_path, **train) -> dict:

@@ -112,9 +112,36 @@ def test_a_run_still_training_gets_a_report_of_what_it_logged(cls_run, tmp_path)
         shutil.copy(cls_run[0] / name, run / name)
     lines = (cls_run[0] / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n" + lines[-1][:10])  # a line being written
+    start = json.loads(lines[0])
+    assert start["event"] == "start"
+    logged = max(json.loads(ln)["step"] for ln in lines[: len(lines) // 2])
+    import subprocess
+    import sys
+
+    import psutil
+
+    from deltatune.rundir import RunDir
+
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live process trains it: "training now: step N of T"
+        info = {"pid": trainer.pid, "host": __import__("socket").gethostname(), "process_started": psutil.Process(trainer.pid).create_time()}
+        (run / ".training").write_text(json.dumps(info))
+        assert RunDir(run).training_pid() == trainer.pid
+        html = write_report([run]).read_text()
+        assert 'class="status training"' in html and f"training now: step {logged} of {start['total_steps']}" in html and "<svg" in html
+    finally:
+        trainer.kill()
+        trainer.wait()
+    # the process is gone (Ctrl-C saved a checkpoint at a step after the last logged one): interrupted at that step
+    (run / "checkpoints" / f"step-{logged + 1:08d}").mkdir(parents=True)
     html = write_report([run]).read_text()
-    assert "unfinished" in html and "<svg" in html and "deltatune train --resume" in html
-    assert sorted(p.name for p in run.iterdir()) == [".deltatune-run", "config.yaml", "metrics.jsonl", "report.html"]
+    assert 'class="status interrupted"' in html and f"interrupted at step {logged + 1} of {start['total_steps']}" in html
+    assert f"resume with: deltatune train --resume {run}" in html and "status unfinished" not in html
+    assert sorted(p.name for p in run.iterdir()) == [".deltatune-run", ".training", "checkpoints", "config.yaml", "metrics.jsonl", "report.html"]
+    # an older run (no start record): still training or interrupted, it cannot tell
+    (run / "metrics.jsonl").write_text("\n".join(lines[1: len(lines) // 2]) + "\n")
+    html = write_report([run]).read_text()
+    assert 'class="status unfinished"' in html and "still training, or interrupted" in html
 
 
 def test_a_1000_step_run_reports_well_under_two_seconds(cls_run, tmp_path, capsys):

@@ -23,7 +23,8 @@ def _run(model_dir, tmp_path, name, verbose=False, callbacks=(), **train):
         "delta": {"method": "lora"},
     }
     run = deltatune.finetune(cfg, verbose=verbose, callbacks=callbacks)
-    losses = [json.loads(ln)["loss"] for ln in (run.path / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    records = [json.loads(ln) for ln in (run.path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
     return run, losses
 
 

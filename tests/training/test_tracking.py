@@ -10,6 +10,7 @@ done it, the second call does nothing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from deltatune.training.checkpoint import list_checkpoints
 from deltatune.training.tracking import (
     Trackers,
     check_report_to,
+    check_tracking,
+    check_tracking_uri,
     final_values,
     metric_values,
 )
@@ -237,9 +240,127 @@ def test_an_error_ends_the_mlflow_run_failed_and_a_bad_store_is_one_line(tiny_mo
     assert client.get_run(run_id).info.status == "FAILED"
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3]
 
+    # a store that cannot be opened (its folder is a file): one line, naming the cause
+    (tmp_path / "not-a-folder").write_text("x")
     cfg = _config(tiny_model_dir, tmp_path, tmp_path / "runs" / "bad")
     cfg["train"]["report_to"] = ["mlflow"]
-    cfg["train"]["tracking_uri"] = "nosuchscheme://x"
+    cfg["train"]["tracking_uri"] = f"sqlite:///{tmp_path / 'not-a-folder' / 'mlflow.db'}"
     with pytest.raises(DeltatuneError, match=r"^train.report_to: cannot start mlflow \(.*\); fix it") as err:
         finetune(cfg, verbose=False)
     assert "\n" not in str(err.value)
+
+    # a scheme MLflow does not know is refused by the config check, before MLflow is asked
+    cfg = _config(tiny_model_dir, tmp_path, tmp_path / "runs" / "bad-scheme")
+    cfg["train"]["report_to"] = ["mlflow"]
+    cfg["train"]["tracking_uri"] = "nosuchscheme://x"
+    with pytest.raises(DeltatuneError, match=r"^train.tracking_uri: MLflow has no nosuchscheme:// store; use one of sqlite:"):
+        finetune(cfg, verbose=False)
+    assert not (tmp_path / "runs" / "bad-scheme").exists()  # refused before the run folder is made
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("foo://x", "train.tracking_uri: MLflow has no foo:// store; use one of sqlite:, postgresql:, mysql:, mssql:, http:, https:, databricks:, file:"),
+        ("{tmp}/store", "train.tracking_uri: {tmp}/store is a plain path, which MLflow takes as a folder store"),
+        ("{tmp}/runs/mlflow.db", "for a SQLite database there use sqlite:///{tmp}/runs/mlflow.db"),
+        ("sqlite://mlflow.db", "is not a SQLite URI; write sqlite:///relative/path.db or sqlite:////absolute/path.db"),
+        ("sqlite:///", "sqlite:/// names no database file"),
+        ("sqlite:///{tmp}", "{tmp} is a folder; name the database file in it, e.g. sqlite:///{tmp}/mlflow.db"),
+        ("http://", "train.tracking_uri: http:// names no host; write http://host:port"),
+        ("https+x://host", "https+x:// is not an MLflow store scheme"),
+        ("", "is not a store URI"),
+        ("http://host :5000", "is not a store URI (empty or with spaces)"),
+    ],
+)
+def test_a_store_uri_mlflow_cannot_open_is_refused_in_one_line(uri, expected, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    if uri == "{tmp}/store" and tracking._mlflow_major() < 3:
+        pytest.skip("MLflow 2 opens a plain folder as a file store")
+    tmp = str(tmp_path.resolve())
+    with pytest.raises(DeltatuneError) as err:
+        check_tracking_uri(uri.format(tmp=tmp))
+    assert expected.format(tmp=tmp) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_store_uris_mlflow_opens_pass_and_a_file_store_needs_mlflows_permission(tmp_path, monkeypatch):
+    for uri in (
+        f"sqlite:///{tmp_path}/new/folder/mlflow.db", "sqlite:///runs/mlflow.db", "sqlite:///:memory:",
+        "postgresql://user@db:5432/mlflow", "postgresql+psycopg2://user@db/mlflow", "mysql+pymysql://u@h/m",
+        "mssql+pyodbc://u@h/m", "http://localhost:5000", "https://mlflow.example.com", "databricks", "databricks://profile",
+    ):
+        check_tracking_uri(uri)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    if tracking._mlflow_major() >= 3:
+        with pytest.raises(DeltatuneError, match=r"^train.tracking_uri: MLflow 3 refuses file: stores unless MLFLOW_ALLOW_FILE_STORE=true"):
+            check_tracking_uri(f"file://{tmp_path}/mlruns")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    check_tracking_uri(f"file://{tmp_path}/mlruns")
+    check_tracking_uri(str(tmp_path / "mlruns"))  # a plain folder is a file store MLflow now opens
+    with pytest.raises(DeltatuneError, match="for a SQLite database there use sqlite:///"):
+        check_tracking_uri(str(tmp_path / "mlflow.db"))  # but a .db "folder" is a slip for sqlite:///
+
+
+def test_check_tracking_checks_the_config_uri_then_the_environment(tmp_path, monkeypatch):
+    base = {"output_dir": str(tmp_path / "r"), "data": {"train_file": "x.csv"}}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://x")
+    check_tracking(build_config(base).train)  # MLflow not used: the environment is not its business
+    with pytest.raises(DeltatuneError, match=r"^\$MLFLOW_TRACKING_URI: MLflow has no bogus:// store"):
+        check_tracking(build_config({**base, "train": {"report_to": ["mlflow"]}}).train)
+    with pytest.raises(DeltatuneError, match=r"^\$MLFLOW_TRACKING_URI: MLflow has no bogus:// store"):
+        Trackers(build_config({**base, "train": {"report_to": ["mlflow"]}}), RunDir(tmp_path / "r"))
+    check_tracking(build_config({**base, "train": {"report_to": ["mlflow"], "tracking_uri": "http://h:5000"}}).train)
+    with pytest.raises(DeltatuneError, match=r"^train.tracking_uri: MLflow has no foo:// store"):
+        check_tracking(build_config({**base, "train": {"tracking_uri": "foo://x"}}).train)  # set but unused: still refused
+    assert not (tmp_path / "r").exists()
+
+
+def test_library_messages_are_cut_at_a_sentence_end_not_inside_a_url():
+    url = "https://mlflow.org/docs/latest/self-hosting/migrate-from-file-store"
+    text = "First sentence about the store. " * 8 + f"See {url} for guidance.\nsecond line"
+    short = tracking._shorten(text)
+    assert short.endswith("about the store.") and len(short) <= 300 and url not in short
+    long_url = "x " + "https://host/" + "p" * 400
+    assert tracking._shorten(long_url) == "x ..."
+    assert tracking._shorten(f"error at {url}\nmore") == f"error at {url}"
+
+
+RACE = """
+import sys, time
+from pathlib import Path
+from deltatune.training.tracking import _MLflow
+uri, name, ready = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+(ready / name).touch()
+while len(list(ready.iterdir())) < 2:  # start together
+    time.sleep(0.001)
+print(_MLflow(uri, "deltatune", name, Path.cwd()).start({}, 0, {"a": 1})["run_id"])
+"""
+
+
+def test_two_runs_creating_a_fresh_store_at_once_both_start(tmp_path):
+    """Without the lock, one or both of two processes usually fail ("table ... already exists",
+    "duplicate column name"); with it, both start, in one experiment, three tries in a row."""
+    from mlflow.tracking import MlflowClient
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for attempt in range(3):
+        store, ready = tmp_path / f"runs{attempt}", tmp_path / f"ready{attempt}"
+        ready.mkdir()
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", RACE, uri, name, str(ready)], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in ("a", "b")
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outs]
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("deltatune")
+        assert {r.info.run_id for r in client.search_runs([experiment.experiment_id])} == {o.strip().splitlines()[-1] for o, _ in outs}
+        # MLflow's own "Default" experiment 0 is placed next to the store, not in the working directory
+        assert client.get_experiment("0").artifact_location == (store / "mlartifacts" / "0").as_uri()
+        assert experiment.artifact_location == (store / "mlartifacts").as_uri()
+    # MLflow 2's client makes an empty mlruns/ in the working directory for any database store
+    assert [p.name for p in cwd.iterdir()] == ([] if tracking._mlflow_major() >= 3 else ["mlruns"])

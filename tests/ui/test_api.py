@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_a_run_is_started_polled_to_the_end_listed_reported_and_tried(client, fi
     listed = client.get("/api/runs").json()["runs"]
     assert [(r["name"], r["status"], r["task"], r["method"]) for r in listed] == [("tiny", "finished", "text-classification", "full")]
     report = client.get("/runs/tiny/report")
-    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html") and "tiny" in report.text
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html") and "tiny" in report.text, report.text[-800:]
     assert (client.runs_dir / "tiny" / "report.html").is_file()
     page = client.get("/runs/tiny")
     assert page.status_code == 200 and 'data-run="tiny"' in page.text
@@ -129,7 +130,7 @@ def test_a_run_is_started_polled_to_the_end_listed_reported_and_tried(client, fi
     expected = deltatune.load(client.runs_dir / "tiny").predict(["a great and wonderful film"])[0]
     assert pred["label"] == expected["label"]
     assert pred["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
-    assert client.post("/api/runs/tiny/load").json() == {"task": "text-classification", "generative": False, "chat": False, "inputs": ["text"]}
+    assert client.post("/api/runs/tiny/load", json={}).json() == {"task": "text-classification", "generative": False, "chat": False, "inputs": ["text"]}
     # a classifier does not chat: serving's one-line refusal, as a 400
     assert "does not answer chat messages" in error(client.post("/api/runs/tiny/chat", json={"messages": [{"role": "user", "content": "hi"}]}), 400)
 
@@ -139,23 +140,24 @@ def test_bad_input_is_a_4xx_with_one_line(client, data, tiny_model_dir, finished
     assert "unknown key 'train.bogus'" in error(client.post("/api/runs", json=form("m2", tiny_model_dir, data, settings="train.bogus=1")), 400)
     assert "line 1" in error(client.post("/api/runs", json=form("m3", tiny_model_dir, data, settings="no equals sign")), 400)
     assert "no column" in error(client.post("/api/runs", json=form("m4", tiny_model_dir, data, settings="data.text_column=nope")), 400)
-    assert "epochs" in error(client.post("/api/runs", json=form("m5", tiny_model_dir, data, epochs=-1)), 422)
+    assert "epochs" in error(client.post("/api/runs", json=form("m5", tiny_model_dir, data, epochs=-1)), 400)
     assert "training data" in error(client.post("/api/runs", json=form("m6", tiny_model_dir, data, train_file="")), 400)
     assert "model path not found" in error(client.post("/api/inspect", json=form("m7", "/no/model", data)), 400)
     for bad in ("../evil", "a/b", ".hidden", "", "x" * 101, "a b"):
         assert "run name" in error(client.post("/api/runs", json=form(bad, tiny_model_dir, data)), 400)
     assert "already exists" in error(client.post("/api/runs", json=form("tiny", tiny_model_dir, data)), 409)
     assert "no run 'nope'" in error(client.get("/api/runs/nope"), 404)
-    error(client.get("/runs/nope"), 404)
+    page = client.get("/runs/nope")  # a page route: an HTML page with the line and a link back
+    assert page.status_code == 404 and "no run " in page.text and "nope" in page.text and 'href="/runs"' in page.text
     error(client.post("/api/runs/nope/predict", json={"inputs": {"text": "x"}}), 404)
     assert "inputs.text" in error(client.post("/api/runs/tiny/predict", json={"inputs": {"txt": "x"}}), 400)
     assert "empty" in error(client.post("/api/runs/tiny/predict", json={"inputs": {"text": ""}}), 400)
     error(client.post("/api/runs/tiny/predict", content=b"{not json", headers={"content-type": "application/json"}), 422)
-    assert "not running" in error(client.post("/api/runs/tiny/stop"), 409)
-    error(client.post("/api/compare", json={"runs": ["tiny"]}), 422)
+    assert "not running" in error(client.post("/api/runs/tiny/stop", json={}), 409)
+    error(client.post("/api/compare", json={"runs": ["tiny"]}), 400)
     assert "two different runs" in error(client.post("/api/compare", json={"runs": ["tiny", "tiny"]}), 400)
-    error(client.get("/compare/compare-nothere.html"), 404)
-    error(client.get("/compare/..%2Fconfig.yaml"), 404)
+    assert client.get("/runs/compare/compare-nothere.html").status_code == 404
+    assert client.get("/runs/compare/..%2Fconfig.yaml").status_code == 404
     assert "file name" in error(client.put("/api/upload/evil.sh", content=b"x"), 400)
     assert not any(p.name.startswith("m") for p in client.runs_dir.iterdir())  # nothing started
 
@@ -174,10 +176,21 @@ def test_compare_writes_a_comparison_and_serves_it(client, finished, data, tiny_
     r = client.post("/api/compare", json={"runs": ["tiny", "tiny2"]})
     assert r.status_code == 200, r.text
     url = r.json()["url"]
-    assert url.startswith("/compare/compare-") and url.endswith(".html")
+    assert url.startswith("/runs/compare/compare-") and url.endswith(".html")
     page = client.get(url)
     assert page.status_code == 200 and "tiny2" in page.text
+    assert 'href="/runs"' in page.text  # a way back to the UI
     assert (client.runs_dir / ".ui" / url.rsplit("/", 1)[1]).is_file()
+    # the runs' report links open: ../NAME/report.html from /runs/compare/ is /runs/NAME/report.html
+    from urllib.parse import urljoin
+
+    for name in ("tiny", "tiny2"):
+        assert f"../{name}/report.html" in page.text
+        report = client.get(urljoin(url, f"../{name}/report.html"))
+        assert report.status_code == 200 and name in report.text and f'href="/runs/{name}"' in report.text
+    # the same runs in another order: the same file
+    assert client.post("/api/compare", json={"runs": ["tiny2", "tiny"]}).json()["url"] == url
+    assert len(list((client.runs_dir / ".ui").glob("compare-*.html"))) == 1
 
 
 def test_delete_refuses_a_running_run_and_anything_but_runs_inside_the_runs_folder(client, data, tiny_model_dir, tmp_path):
@@ -188,7 +201,8 @@ def test_delete_refuses_a_running_run_and_anything_but_runs_inside_the_runs_fold
         time.sleep(0.3)
     assert client.get("/api/runs/long").json()["status"] == "running"
     assert "running" in error(client.delete("/api/runs/long"), 409)
-    assert client.post("/api/runs/long/stop").status_code == 200
+    assert client.post("/api/runs/long/stop", json={}).status_code == 200
+    assert "already stopping" in error(client.post("/api/runs/long/stop", json={}), 409)
     detail = wait_done(client, "long", timeout=60)
     assert detail["status"] == "interrupted", detail["log"]
     assert (client.runs_dir / "long" / "checkpoints").is_dir()  # SIGINT: the trainer saved a checkpoint
@@ -245,4 +259,28 @@ def test_a_local_ui_answers_only_requests_addressed_to_a_loopback_name(tmp_path)
 
     app = create_app(tmp_path / "runs", allowed_hosts=["127.0.0.1", "localhost"])
     assert TestClient(app, base_url="http://127.0.0.1:7860").get("/api/runs").status_code == 200
-    assert TestClient(app, base_url="http://evil.example:7860").get("/api/runs").status_code == 400  # DNS rebinding
+    r = TestClient(app, base_url="http://evil.example:7860").get("/api/runs")  # DNS rebinding
+    assert "invalid host header" in error(r, 400)
+
+
+def test_a_run_trained_from_the_cli_shows_running_and_is_not_deleted(client, data, tiny_model_dir):
+    overrides = [f"model.name_or_path={tiny_model_dir}", "task=text-classification", f"data.train_file={data['train']}",
+                 "data.max_seq_length=32", "train.per_device_train_batch_size=8", "train.max_steps=100000", "train.logging_steps=1",
+                 f"output_dir={client.runs_dir / 'cli'}"]
+    trainer = subprocess.Popen([sys.executable, "-m", "deltatune", "train", *overrides], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (client.runs_dir / "cli" / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+            assert trainer.poll() is None
+            time.sleep(0.3)
+        detail = client.get("/api/runs/cli").json()
+        assert (detail["status"], detail["own"], detail["trainer_pid"]) == ("running", False, trainer.pid)
+        assert "not started by this UI" in detail["log_note"]
+        assert "running" in error(client.delete("/api/runs/cli"), 409)
+        assert f"kill -INT {trainer.pid}" in error(client.post("/api/runs/cli/stop", json={}), 409)
+        assert (client.runs_dir / "cli" / "metrics.jsonl").is_file()
+    finally:
+        trainer.send_signal(signal.SIGINT)
+        trainer.wait(timeout=60)
+    assert client.get("/api/runs/cli").json()["status"] == "interrupted"  # a checkpoint, exit status unknown to the UI

@@ -54,7 +54,7 @@ def test_every_task_can_be_tried_from_its_form(client, task):
     columns = {"text": d.get("tokens_column") if task == "token-classification" else d.get("text_column"), "text_pair": d.get("text_pair_column"), "question": d.get("question_column"),
                "context": d.get("context_column")}
     row = client.rows[task][0]
-    loaded = client.post(f"/api/runs/{task}/load").json()
+    loaded = client.post(f"/api/runs/{task}/load", json={}).json()
     assert detail["inputs"] in (None, loaded["inputs"])  # None: the task's default prompt template names them
     values = {f: _value(row, columns.get(f) or f, task) for f in loaded["inputs"]}
     r = client.post(f"/api/runs/{task}/predict", json={"inputs": values})
@@ -64,8 +64,8 @@ def test_every_task_can_be_tried_from_its_form(client, task):
 
 
 def test_a_chat_run_answers_in_the_chat_box_and_others_say_why_not(client):
-    assert client.post("/api/runs/instruction/load").json() == {"task": "instruction", "generative": True, "chat": True, "inputs": ["text"]}
-    assert client.post("/api/runs/causal-lm/load").json()["chat"] is False
+    assert client.post("/api/runs/instruction/load", json={}).json() == {"task": "instruction", "generative": True, "chat": True, "inputs": ["text"]}
+    assert client.post("/api/runs/causal-lm/load", json={}).json()["chat"] is False
     r = client.post("/api/runs/instruction/chat", json={"messages": [{"role": "user", "content": "What is 2 plus one?"}], "max_tokens": 4})
     assert r.status_code == 200, r.text
     answer = r.json()

@@ -604,8 +604,9 @@ def _write_results(rows: list[dict[str, Any]], report: dict[str, Any], out: Path
     write_atomically(out / "auto_report.json", lambda f: f.write(json.dumps(report, indent=2, default=str)))
     try:
         write_report([out])
-    except DeltatuneError as e:
-        print(f"warning: {e}; write it later with: deltatune report {out}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - the search's results are saved: no report bug may fail it
+        what = str(e) if isinstance(e, (DeltatuneError, OSError)) else f"{type(e).__name__}: {e}"
+        print(f"warning: report.html not written ({what}); write it later with: deltatune report {out}", file=sys.stderr)
 
 
 def _print_results(plan: _Plan, outcome: _Outcome, report: dict[str, Any], out: Path, say: Callable[[str], None]) -> None:

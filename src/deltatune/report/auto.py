@@ -95,6 +95,6 @@ def render_auto(auto: AutoData) -> str:
         name=auto.root.resolve().name, summary=_summary(auto), leaderboard_head=head, leaderboard_rows=rows,
         history=markup(plots.history_svg(auto.leaderboard, metric, direction == "maximize")), metric=metric, direction=direction,
         importances=markup(plots.importances_svg(values)), importance_note=note, best=best, best_link=best_link,
-        reproduce=str((rep.get("best") or {}).get("reproduce", "")),
+        reproduce=str((rep.get("best") or {}).get("reproduce", "")), auto_notes=list(auto.notes),
     )
     return render("auto.html.j2", **context)

@@ -104,4 +104,6 @@ def render_comparison(runs: list[RunData], output: Path) -> str:
         d = verdict(r)
         verdicts.append((n, d.message if d else "no training record yet"))
     overlay = plots.overlay_svg([(n, r.records) for n, r in zip(names, runs)], [r.metric for r in runs])
-    return render("compare.html.j2", names=names, links=links, rows=comparison_rows(runs), overlay=markup(overlay), verdicts=verdicts)
+    run_notes = [f"{n}: {note}" for n, r in zip(names, runs) for note in r.notes]
+    return render("compare.html.j2", names=names, links=links, rows=comparison_rows(runs), overlay=markup(overlay), verdicts=verdicts,
+                  run_notes=run_notes)

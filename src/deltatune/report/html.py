@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from deltatune.report import plots
-from deltatune.report.overfitting import Diagnosis, diagnose
+from deltatune.report.checked import clean_text
+from deltatune.report.overfitting import Diagnosis, diagnose_data
 from deltatune.report.reading import RunData
 from deltatune.report.sections import (
     AnalysisSection,
@@ -62,38 +63,39 @@ class RunView:
     metric: str
     best_step: Optional[int]
     curves: Any  # Markup or ""
+    curves_caption: str
     verdict: Optional[Diagnosis]
     gap: Any
     splits: list[SplitSection]
     compressed: Optional[tuple[list[tuple[str, str]], SplitSection]]
     analysis: AnalysisSection
+    notes: list[str]
 
 
 def verdict(run: RunData) -> Optional[Diagnosis]:
-    """The overfitting verdict of ``run`` (:func:`deltatune.report.overfitting.diagnose`); ``None``
+    """The overfitting verdict of ``run`` (:func:`deltatune.report.overfitting.diagnose_data`); ``None``
     without any training record. Restored: eval.json's best step differs from its last step."""
-    if not run.records:
-        return None
-    t = run.train_summary
-    restored = t.get("best_step") is not None and t.get("best_step") != t.get("global_step")
-    return diagnose(run.records, best_step=run.best_step, restored=restored)
+    return diagnose_data(run)
 
 
 def run_view(run: RunData, anchor: str = "run") -> RunView:
     """Everything one run's section shows (figures drawn here; about 0.1-0.2 s each)."""
     best = run.best_step
     diag = verdict(run)
+    svg, caption = plots.curves_figure(run.records, run.metric, best)
     return RunView(
         anchor=anchor,
         header=header(run),
         metric=run.metric,
         best_step=best,
-        curves=markup(plots.curves_svg(run.records, run.metric, best)),
+        curves=markup(svg),
+        curves_caption=caption,
         verdict=diag,
         gap=markup(plots.gap_svg(diag.evaluations)) if diag else "",
         splits=split_sections(run),
         compressed=compressed_section(run),
         analysis=analysis_section(run),
+        notes=list(run.notes),
     )
 
 
@@ -105,4 +107,4 @@ def render(template: str, **context: Any) -> str:
     """
     context.setdefault("version", __version__)
     context.setdefault("generated", time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-    return _env().get_template(template).render(**context)
+    return clean_text(_env().get_template(template).render(**context))  # no lone surrogate (a folder name) reaches the write

@@ -7,7 +7,13 @@ is not read as mathtext. Element ids are salted per figure, so several figures c
 in one page, and the output is deterministic.
 
 - :func:`curves_svg`: training/validation loss, the validation metric and the learning rate
-  per step, with the best step marked (also used by the web UI for live runs).
+  per step, with the best step marked (also used by the web UI for live runs);
+  :func:`curves_caption` names what it drew.
+
+A series of more than :data:`MAX_POINTS` points is thinned before drawing (:func:`thin`: per
+bucket of steps its lowest and highest value, plus the first, last and best step), so a
+200,000-step run draws in well under a second and its page stays small; a series with few
+points gets markers, so a single logged step is visible.
 - :func:`gap_svg`: validation minus training loss per evaluation (the overfitting monitor).
 - :func:`overlay_svg`: validation loss and metric of several runs on shared axes.
 - :func:`history_svg`, :func:`importances_svg`: a ``deltatune auto`` search.
@@ -22,6 +28,8 @@ import re
 import threading
 from typing import Any, Callable, Optional, Sequence
 
+MAX_POINTS = 2000  # most points drawn per series (see thin)
+FEW_POINTS = 20  # a series with at most this many points is drawn with markers
 _WIDTH = 5.2  # inches: narrow enough that 9-pt text stays readable on a phone (scaled to ~370 px)
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -90,6 +98,97 @@ def _series(records: Sequence[dict[str, Any]], key: str, evals: bool) -> tuple[l
     return steps, [points[s] for s in steps]
 
 
+def thin(steps: list[int], values: list[float], keep: Sequence[Optional[int]] = (), limit: int = MAX_POINTS) -> tuple[list[int], list[float]]:
+    """At most about ``limit`` points of a series (``steps`` ascending), its shape kept.
+
+    The steps are cut into ``(limit - 3) // 2`` buckets of equal count; each keeps its lowest and
+    highest value (so spikes stay visible: min-max decimation), plus the first and last point and
+    the points at the steps in ``keep`` (the best step). A series of ``limit`` points or fewer is
+    returned as it is.
+    """
+    n = len(steps)
+    if n <= limit:
+        return steps, values
+    wanted = {s for s in keep if s is not None}
+    chosen = {0, n - 1} | {i for i, s in enumerate(steps) if s in wanted}
+    buckets = max(1, (limit - len(chosen)) // 2)
+    size = -(-n // buckets)
+    get = values.__getitem__
+    for a in range(0, n, size):
+        r = range(a, min(a + size, n))
+        chosen.add(min(r, key=get))
+        chosen.add(max(r, key=get))
+    idx = sorted(chosen)
+    return [steps[i] for i in idx], [values[i] for i in idx]
+
+
+def _curve_series(records: Sequence[dict[str, Any]], metric: Optional[str], best_step: Optional[int], learning_rate: bool = True) -> dict:
+    """The series :func:`curves_svg` draws, thinned (:func:`thin`): ``{"train", "val", "metric", "lr"}``
+    each ``(steps, values)`` (empty lists when not logged); the metric's series is empty for the loss."""
+    metric = metric or default_metric(records)
+    mkey = f"eval_{metric}" if metric and metric != "loss" else None
+    points: dict[str, dict[int, float]] = {"train": {}, "val": {}, "metric": {}, "lr": {}}
+    train, val, met, lr = points["train"], points["val"], points["metric"], points["lr"]
+    for r in records:  # one pass (a 200,000-step log)
+        step = r.get("step")
+        if type(step) is not int or "event" in r:
+            continue
+        if "eval_loss" in r or (mkey is not None and mkey in r) or ("loss" not in r and any(k[:5] == "eval_" for k in r)):
+            if _finite(r.get("eval_loss")):
+                val[step] = float(r["eval_loss"])
+            if mkey and _finite(r.get(mkey)):
+                met[step] = float(r[mkey])
+        else:
+            if _finite(r.get("loss")):
+                train[step] = float(r["loss"])
+            if learning_rate and _finite(r.get("learning_rate")):
+                lr[step] = float(r["learning_rate"])
+    out: dict[str, Any] = {"metric_name": metric, "thinned": any(len(p) > MAX_POINTS for p in points.values())}
+    for name, p in points.items():
+        steps = sorted(p)
+        out[name] = thin(steps, [p[x] for x in steps], (best_step,))
+    return out
+
+
+def curves_caption(records: Sequence[dict[str, Any]], metric: Optional[str] = None, best_step: Optional[int] = None,
+                   learning_rate: bool = True) -> str:
+    """The caption of :func:`curves_svg`'s figure: what it draws, only that (``""`` when it draws nothing)."""
+    return _caption(_curve_series(records, metric, best_step, learning_rate), best_step)
+
+
+def _caption(s: dict, best_step: Optional[int]) -> str:
+    losses = [w for w, k in (("training", "train"), ("validation", "val")) if s[k][0]]
+    parts = []
+    if losses:
+        parts.append(" and ".join(losses) + " loss")
+    if s["metric"][0]:
+        parts.append(f"validation {s['metric_name']}")
+    if s["lr"][0]:
+        parts.append("learning rate")
+    if not parts:
+        return ""
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    thinned = s["thinned"]
+    return (text[0].upper() + text[1:] + " per optimizer step"
+            + (f"; dashed line: the best step ({best_step})" if best_step is not None else "")
+            + (f" (long series thinned to about {MAX_POINTS:,} points, each bucket's lowest and highest value kept)" if thinned else "")
+            + ".")
+
+
+def _line(ax, steps: list[int], values: list[float], **kwargs: Any) -> None:
+    """``ax.plot`` with markers when the series has few points (a single logged step stays visible)."""
+    if len(steps) <= FEW_POINTS:
+        kwargs.setdefault("marker", "o")
+        kwargs.setdefault("markersize", 3)
+    ax.plot(steps, values, **kwargs)
+
+
+def _sane_xlim(axes, steps: Sequence[int]) -> None:
+    """A shared step axis around a single step (matplotlib would give ``step ± 0.1``): one step each side."""
+    if steps and min(steps) == max(steps):
+        axes.set_xlim(max(0, steps[0] - 1), steps[0] + 1)
+
+
 def default_metric(records: Sequence[dict[str, Any]]) -> Optional[str]:
     """The first ``eval_<name>`` (not the loss) in the eval records, as ``<name>``; ``None`` if none."""
     for r in records:
@@ -110,7 +209,6 @@ def _mark_best(ax, best_step: Optional[int], label: bool) -> None:
                     textcoords="offset points", fontsize=8, color="#333333", ha="right" if right_half else "left", va="bottom")
 
 
-@_styled("curves")
 def curves_svg(
     records: Sequence[dict[str, Any]],
     metric: Optional[str] = None,
@@ -119,7 +217,19 @@ def curves_svg(
     learning_rate: bool = True,
     title: Optional[str] = None,
 ) -> str:
-    """The learning curves of one run as an SVG string.
+    """The learning curves of one run as an SVG string (see :func:`curves_figure`, which also gives the caption)."""
+    return curves_figure(records, metric, best_step, learning_rate=learning_rate, title=title)[0]
+
+
+def curves_figure(
+    records: Sequence[dict[str, Any]],
+    metric: Optional[str] = None,
+    best_step: Optional[int] = None,
+    *,
+    learning_rate: bool = True,
+    title: Optional[str] = None,
+) -> tuple[str, str]:
+    """The learning curves of one run: ``(svg, caption)``; the caption names what is drawn.
 
     Panels, stacked with a shared step axis: training loss and validation loss per step; the
     validation metric ``eval_<metric>`` per evaluation (when logged); the learning rate per
@@ -134,13 +244,18 @@ def curves_svg(
         title: a title over the figure (user text; escaped).
 
     Returns:
-        ``<svg ...>...</svg>``, or ``""`` when no record has a loss, metric or learning rate.
+        ``(svg, caption)``: ``<svg ...>...</svg>`` and its caption, or ``("", "")`` when no record
+        has a loss, metric or learning rate. Series of over :data:`MAX_POINTS` points are thinned
+        (:func:`thin`).
     """
-    metric = metric or default_metric(records)
-    train = _series(records, "loss", evals=False)
-    val = _series(records, "eval_loss", evals=True)
-    met = _series(records, f"eval_{metric}", evals=True) if metric and metric != "loss" else ([], [])
-    lr = _series(records, "learning_rate", evals=False) if learning_rate else ([], [])
+    series = _curve_series(records, metric, best_step, learning_rate)
+    return _draw_curves(series, best_step, title), _caption(series, best_step)
+
+
+@_styled("curves")
+def _draw_curves(series: dict, best_step: Optional[int], title: Optional[str]) -> str:
+    metric = series["metric_name"]
+    train, val, met, lr = series["train"], series["val"], series["metric"], series["lr"]
     panels = [p for p, has in (("loss", train[0] or val[0]), ("metric", met[0]), ("lr", lr[0])) if has]
     if not panels:
         return ""
@@ -150,18 +265,21 @@ def curves_svg(
     for i, (panel, ax) in enumerate(zip(panels, axes[:, 0])):
         if panel == "loss":
             if train[0]:
-                ax.plot(*train, color=_COLORS[0], linewidth=1.2, label="training loss")
+                _line(ax, *train, color=_COLORS[0], linewidth=1.2, label="training loss")
             if val[0]:
-                ax.plot(*val, color=_COLORS[1], marker="o", markersize=3, linewidth=1.2, label="validation loss")
+                ax.plot(*val, color=_COLORS[1], marker="o" if len(val[0]) <= 200 else None, markersize=3, linewidth=1.2,
+                        label="validation loss")
             ax.set_ylabel("loss")
             ax.legend(loc="best", fontsize=8)
         elif panel == "metric":
-            ax.plot(*met, color=_COLORS[2], marker="o", markersize=3, linewidth=1.2)
+            ax.plot(*met, color=_COLORS[2], marker="o" if len(met[0]) <= 200 else None, markersize=3, linewidth=1.2)
             ax.set_ylabel(_label(f"validation {metric}"))
         else:
-            ax.plot(*lr, color=_COLORS[4], linewidth=1.2)
+            _line(ax, *lr, color=_COLORS[4], linewidth=1.2)
             ax.set_ylabel("learning rate")
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        if i == 0:
+            _sane_xlim(ax, train[0] + val[0] + met[0] + lr[0] + ([best_step] if best_step is not None else []))
         _mark_best(ax, best_step, label=i == 0)
     axes[-1, 0].set_xlabel("step")
     axes[-1, 0].xaxis.get_major_locator().set_params(integer=True)
@@ -185,8 +303,9 @@ def gap_svg(pairs: Sequence[tuple[int, float, Optional[float]]]) -> str:
     points = [(s, v - t) for s, v, t in pairs if t is not None]
     if len(points) < 2:
         return ""
+    xs, ys = thin([s for s, _ in points], [g for _, g in points])
     fig, ax = _subplots(1, figsize=(_WIDTH, 2.2))
-    ax.plot([s for s, _ in points], [g for _, g in points], color=_COLORS[3], marker="o", markersize=3, linewidth=1.2)
+    ax.plot(xs, ys, color=_COLORS[3], marker="o" if len(xs) <= 200 else None, markersize=3, linewidth=1.2)
     ax.axhline(0, color="#999999", linewidth=0.8)
     ax.set_xlabel("step")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -207,8 +326,8 @@ def overlay_svg(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], metrics: S
     Returns:
         ``<svg ...>``, or ``""`` when no run has an evaluation.
     """
-    losses = [(_label(name), _series(recs, "eval_loss", evals=True)) for name, recs in runs]
-    mets = [(_label(f"{name}: {m}"), _series(recs, f"eval_{m}", evals=True) if m and m != "loss" else ([], []))
+    losses = [(_label(name), thin(*_series(recs, "eval_loss", evals=True))) for name, recs in runs]
+    mets = [(_label(f"{name}: {m}"), thin(*_series(recs, f"eval_{m}", evals=True)) if m and m != "loss" else ([], []))
             for (name, recs), m in zip(runs, metrics)]
     panels = [p for p, has in (("loss", any(s[0] for _, s in losses)), ("metric", any(s[0] for _, s in mets))) if has]
     if not panels:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from deltatune.delta.registry import METHODS
-from deltatune.report.reading import RunData
+from deltatune.report.reading import UNKNOWN, RunData
 
 # settings shown per Δθ method, besides the method's name
 METHOD_SETTINGS = {
@@ -61,8 +60,8 @@ def fmt(value: Any) -> str:
 
 
 def fmt_bytes(n: Optional[float]) -> str:
-    """Bytes as ``12.3 MiB`` (``-`` for ``None``)."""
-    if n is None:
+    """Bytes as ``12.3 MiB`` (``-`` for ``None`` or a value that is not a finite number)."""
+    if n is None or not isinstance(n, (int, float)) or isinstance(n, bool) or not math.isfinite(n):
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -73,7 +72,7 @@ def fmt_bytes(n: Optional[float]) -> str:
 
 def fmt_seconds(s: Optional[float]) -> str:
     """Seconds as ``3.2 s``, ``4 min 05 s`` or ``1 h 02 min`` (``-`` for ``None``)."""
-    if s is None or not isinstance(s, (int, float)):
+    if s is None or not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
         return "-"
     if s < 60:
         return f"{s:.1f} s"
@@ -101,6 +100,8 @@ class Header:
 
 def method_text(run: RunData) -> str:
     """The Δθ method with its settings, e.g. ``lora (lora_r=8, lora_alpha=16, ...)``."""
+    if not run.config_known:
+        return UNKNOWN
     name = str(run.setting("delta.method", "full"))
     details = [f"{k.split('.')[-1]}={fmt(run.setting(k))}" for k in METHOD_SETTINGS.get(name, ()) if run.setting(k) is not None]
     if run.setting("delta.save") == "delta":
@@ -109,7 +110,30 @@ def method_text(run: RunData) -> str:
 
 
 def _data_rows(run: RunData) -> list[tuple[str, str]]:
-    """``(split, "file (size; N rows)")`` per data file of the config."""
+    """``(split, "file (size; N rows used)")`` per data split.
+
+    From eval.json's ``train.data_files`` (written at the end of training: the file as given,
+    its size in bytes when it was a local file, the rows used, or the file a validation split was
+    carved from). A run without it (older, or unfinished) shows the files of config.yaml as
+    given, with no size: a relative path is never looked up from the current folder, which need
+    not be the one the run was started from.
+    """
+    files = run.train_summary.get("data_files")
+    if isinstance(files, dict) and files:
+        rows = []
+        for split in ("train", "validation", "test"):
+            e = files.get(split)
+            if not isinstance(e, dict):
+                continue
+            used = [f"{e['rows']:,} rows used"] if isinstance(e.get("rows"), int) else []
+            if e.get("file"):
+                extra = ([fmt_bytes(e["bytes"])] if isinstance(e.get("bytes"), int) else []) + used
+                rows.append((split, f"{e['file']}" + (f" ({'; '.join(extra)})" if extra else "")))
+            elif e.get("carved_from") is not None or split == "validation":
+                share = run.setting("data.validation_split")
+                what = f"{fmt(share)} of the training file" if share is not None else "carved from the training file"
+                rows.append((split, what + (f" ({'; '.join(used)})" if used else "")))
+        return rows + _sample_limits(run)
     counts = _row_counts(run)
     rows = []
     for split, key in (("train", "data.train_file"), ("validation", "data.validation_file"), ("test", "data.test_file")):
@@ -119,14 +143,12 @@ def _data_rows(run: RunData) -> list[tuple[str, str]]:
                 rows.append((split, f"{fmt(run.setting('data.validation_split'))} of the training file"
                              + (f" ({counts[split]:,} rows)" if split in counts else "")))
             continue
-        p = Path(str(value))
-        size = fmt_bytes(p.stat().st_size) if p.is_file() else ("hub dataset" if not p.exists() else "folder")
-        extra = [size] + ([f"{counts[split]:,} rows used"] if split in counts else [])
-        rows.append((split, f"{value} ({'; '.join(extra)})"))
-    for key in ("data.max_train_samples", "data.max_eval_samples"):
-        if run.setting(key):
-            rows.append((key, fmt(run.setting(key))))
-    return rows
+        rows.append((split, f"{value}" + (f" ({counts[split]:,} rows used)" if split in counts else "")))
+    return rows + _sample_limits(run)
+
+
+def _sample_limits(run: RunData) -> list[tuple[str, str]]:
+    return [(key, fmt(run.setting(key))) for key in ("data.max_train_samples", "data.max_eval_samples") if run.setting(key)]
 
 
 def _row_counts(run: RunData) -> dict[str, int]:
@@ -139,13 +161,13 @@ def _row_counts(run: RunData) -> dict[str, int]:
         d = data.get(split)
         if isinstance(d, dict):
             for k in ("rows", "examples", "num_rows"):
-                if isinstance(d.get(k), int):
+                if isinstance(d.get(k), int) and not isinstance(d.get(k), bool):
                     out[split] = d[k]
                     break
         m = ev.get(split)
         if split not in out and isinstance(m, dict):
             if isinstance(m.get("per_class"), dict) and "confusion_matrix" in m:
-                out[split] = sum(int(r.get("support", 0)) for r in m["per_class"].values() if isinstance(r, dict))
+                out[split] = sum(r.get("support", 0) for r in m["per_class"].values())
             elif isinstance(m.get("total"), int):
                 out[split] = m["total"]
     return out
@@ -153,6 +175,8 @@ def _row_counts(run: RunData) -> dict[str, int]:
 
 def learning_rate_text(run: RunData) -> str:
     """``train.learning_rate``, or the Δθ method's default learning rate (deltatune.delta.registry) when unset."""
+    if not run.config_known:
+        return UNKNOWN
     lr = run.setting("train.learning_rate")
     if lr is not None:
         return fmt(lr)
@@ -164,16 +188,19 @@ def header(run: RunData) -> Header:
     """The header of a run's report (see :class:`Header`); every missing value is ``-`` or left out."""
     t = run.train_summary
     hyper = []
-    for key in HYPERPARAMETERS:
+    for key in HYPERPARAMETERS if run.config_known else ():
         value = learning_rate_text(run) if key == "train.learning_rate" else run.setting(key)
         if value is not None:
             hyper.append((key, value if isinstance(value, str) else fmt(value)))
+    if not run.config_known:
+        hyper.append(("settings", f"{UNKNOWN} (config.yaml is missing or empty)"))
     facts = []
     steps = run.last_step
     if steps is not None:
-        facts.append(("steps", fmt(steps)))
+        total = run.total_steps if run.status in ("training", "interrupted", "unfinished") else None
+        facts.append(("steps", fmt(steps) + (f" of {fmt(total)}" if total else "")))
     if run.best_step is not None:
-        facts.append(("best step", f"{run.best_step} (by validation {run.metric})"))
+        facts.append(("best step", f"{run.best_step}" + (f" (by validation {run.metric})" if run.metric_known else "")))
     for label, key, f in (
         ("training time", "train_seconds", fmt_seconds), ("examples / s", "examples_per_second", fmt),
         ("tokens / s", "tokens_per_second", fmt), ("peak memory (RSS)", "peak_rss_mib", lambda v: fmt_bytes(v * 2**20)),
@@ -191,17 +218,32 @@ def header(run: RunData) -> Header:
         speeds = [r.get("examples_per_second") for r in run.train_records if isinstance(r.get("examples_per_second"), (int, float))]
         if speeds:
             facts.append(("examples / s (latest)", fmt(speeds[-1])))
-    notes = {
-        "finished": "trained to the end",
-        "early-stopped": f"stopped early (eval.early_stopping_patience) at step {fmt(steps)}",
-        "unfinished": "unfinished: still training, or interrupted (continue it with deltatune train --resume "
-                      f"{run.root}); this report shows what was logged so far",
-        "not started": "nothing logged yet",
-    }
     return Header(
-        name=run.name, task=run.task, model=str(run.setting("model.name_or_path", "-")), method=method_text(run),
-        status=run.status, status_note=notes.get(run.status, run.status), data=_data_rows(run), hyperparameters=hyper, facts=facts,
+        name=run.name, task=run.task, model=str(run.setting("model.name_or_path", UNKNOWN if not run.config_known else "-")),
+        method=method_text(run), status=run.status, status_note=status_note(run), data=_data_rows(run), hyperparameters=hyper,
+        facts=facts,
     )
+
+
+def status_note(run: RunData) -> str:
+    """The sentence after the status: how far the run got and, for one that stopped, how to go on."""
+    steps = run.last_step
+    of = f" of {run.total_steps:,}" if run.total_steps else ""
+    at = f"step {fmt(steps)}{of}" if steps is not None else "its start"
+    resume = (f"resume with: deltatune train --resume {run.root}" if run.checkpoint_steps
+              else "no checkpoint was saved, so it cannot be resumed: train it again (deltatune train ... --overwrite)")
+    if run.status == "finished":
+        return "trained to the end"
+    if run.status == "early-stopped":
+        return f"stopped early (eval.early_stopping_patience) at step {fmt(steps)}"
+    if run.status == "training":
+        return f"training now: {at}; this report shows what was logged so far"
+    if run.status == "interrupted":
+        return f"interrupted at {at}; {resume}; this report shows what was logged"
+    if run.status == "unfinished":
+        return (f"unfinished at {at}: still training, or interrupted (continue it with deltatune train --resume {run.root}); "
+                "this report shows what was logged so far")
+    return "nothing logged yet"
 
 
 @dataclass
@@ -246,13 +288,13 @@ def split_section(name: str, metrics: dict[str, Any]) -> SplitSection:
         for label, row in per_class.items():
             if isinstance(row, dict):
                 sec.per_class.append([str(label), *(fmt(row.get(m)) for m in _PRF), fmt(row.get("support"))])
-        cm = metrics.get("confusion_matrix")
+        cm = metrics.get("confusion_matrix")  # checked square, of counts (deltatune.report.checked)
         labels = [str(x) for x in per_class]
-        if isinstance(cm, list) and len(cm) == len(labels) and all(isinstance(r, list) and len(r) == len(labels) for r in cm):
+        if isinstance(cm, list) and len(cm) == len(labels):
             rows = []
             for r in cm:
-                total = sum(int(c) for c in r) or 1
-                rows.append([(int(c), int(c) / total) for c in r])
+                total = sum(r) or 1
+                rows.append([(c, c / total) for c in r])
             sec.confusion = Confusion(labels, rows)
     for x in types:
         sec.entities.append([x, *(fmt(metrics[f"{x}_{m}"]) for m in _PRF), fmt(metrics[f"{x}_support"])])
@@ -261,8 +303,7 @@ def split_section(name: str, metrics: dict[str, Any]) -> SplitSection:
             sec.qa_groups.append([g, fmt(metrics.get(f"{g}_exact")), fmt(metrics.get(f"{g}_f1")), fmt(metrics.get(f"{g}_total"))])
     samples = metrics.get("samples")
     if isinstance(samples, list):
-        sec.samples = [{"prediction": str(s.get("prediction", "")), "reference": str(s.get("reference", ""))}
-                       for s in samples if isinstance(s, dict)]
+        sec.samples = [{"prediction": s["prediction"], "reference": s["reference"]} for s in samples]
     return sec
 
 
@@ -294,17 +335,14 @@ class AnalysisSection:
 
 def analysis_section(run: RunData) -> AnalysisSection:
     """The tables of analysis.json (see :class:`AnalysisSection`); tolerant of missing keys."""
-    a = run.analysis or {}
-    sec = AnalysisSection(split=str(a.get("split", "validation")))
+    a = run.analysis or {}  # typed by deltatune.report.checked.clean_analysis
+    sec = AnalysisSection(split=a.get("split", "validation"))
     worst = a.get("worst_examples")
     if isinstance(worst, dict):
-        sec.score = str(worst.get("score", "score"))
-        sec.higher_is_better = bool(worst.get("higher_is_better", True))
-        for r in worst.get("rows") or []:
-            if isinstance(r, dict):
-                sec.worst.append({k: fmt(r.get(k)) if k in ("row", "score") else str(r.get(k, ""))
-                                  for k in ("row", "input", "reference", "prediction", "score")})
+        sec.score = worst.get("score", "score")
+        sec.higher_is_better = worst.get("higher_is_better", True)
+        for r in worst["rows"]:
+            sec.worst.append({k: fmt(r[k]) if k in ("row", "score") else r[k] for k in ("row", "input", "reference", "prediction", "score")})
     for g in a.get("generations") or []:
-        if isinstance(g, dict):
-            sec.generations.append({k: str(g.get(k, "")) for k in ("row", "input", "reference", "before", "after")})
+        sec.generations.append({k: fmt(g[k]) if k == "row" else g[k] for k in ("row", "input", "reference", "before", "after")})
     return sec

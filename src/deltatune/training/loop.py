@@ -472,6 +472,7 @@ class Trainer:
         set_seed(self.cfg.seed)
         if resume:
             self._resume(trust_checkpoint)
+        self._log_start()
         self._start_trackers()
         try:
             result = self._train_tracked()
@@ -484,6 +485,16 @@ class Trainer:
         if result.interrupted:
             self.trackers.finish([], "KILLED")
         return result
+
+    def _log_start(self) -> None:
+        """A new run's first metrics.jsonl line (main process), so that readers of a run still training
+        (report.html, the web UI) know its length and how its best step is chosen:
+        ``{"step": 0, "event": "start", "total_steps", "metric_for_best_model", "greater_is_better"}``."""
+        if self.state.global_step == 0 and self.is_main:
+            self.run_dir.log({
+                "step": 0, "event": "start", "total_steps": self.total_steps,
+                "metric_for_best_model": self.stopper.metric, "greater_is_better": self.stopper.greater_is_better,
+            })
 
     def _start_trackers(self) -> None:
         """Start the ``train.report_to`` trackers (main process), continuing from the resumed step.

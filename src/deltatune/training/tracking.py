@@ -14,7 +14,10 @@ Where things go:
 - MLflow: the store ``train.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
   ``sqlite:///<output_dir's parent>/mlflow.db`` with artifacts in
   ``<output_dir's parent>/mlartifacts``; experiment ``train.tracking_project``, run name = the
-  run folder's name.
+  run folder's name. The URI is checked before anything is written (:func:`check_tracking_uri`,
+  through :func:`check_tracking`); a SQLite store is opened under a lock file ``<db>.lock`` (runs
+  starting at once) and, when new, created with its artifact root next to the file (MLflow's
+  "Default" experiment 0 then points there, not at ``<cwd>/mlruns/0``). MLflow 2.14+ and 3.
 - W&B: project ``train.tracking_project``, run name = the run folder's name, files under the run
   folder's parent (``<parent>/wandb/``), through :class:`accelerate.tracking.WandBTracker`.
 
@@ -35,15 +38,19 @@ A tracker that fails while training prints one warning and is dropped for the re
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from deltatune.config import RunConfig, flatten_dict
+from deltatune.config import RunConfig, TrainConfig, flatten_dict
 from deltatune.errors import DeltatuneError
 from deltatune.files import write_atomically
 from deltatune.rundir import RunDir
@@ -74,6 +81,131 @@ def check_report_to(report_to: list[str]) -> None:
             raise DeltatuneError(f"train.report_to: {name} is not installed; {install}")
 
 
+# MLflow's own store schemes (mlflow.tracking._tracking_service.utils registers them; the database
+# ones also with a driver: postgresql+psycopg2://, mysql+pymysql://, mssql+pyodbc://)
+MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def _mlflow_major() -> int:
+    """The installed MLflow's major version (3 when unknown: the stricter rules), without importing it."""
+    for dist in ("mlflow", "mlflow-skinny"):
+        try:
+            return int(importlib.metadata.version(dist).split(".")[0])
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            continue
+    return 3
+
+
+def _file_store_allowed() -> bool:
+    """Whether MLflow opens a ``file:`` (``mlruns/`` folder) store: MLflow 2 always, MLflow 3 only with
+    ``MLFLOW_ALLOW_FILE_STORE=true`` (or ``1``), as MLflow reads that variable."""
+    return _mlflow_major() < 3 or os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
+
+
+def _plugin_schemes() -> set[str]:
+    """Store schemes that installed MLflow plugins add (entry points ``mlflow.tracking_store``)."""
+    return {e.name for e in importlib.metadata.entry_points(group="mlflow.tracking_store")}
+
+
+def _sqlite_suggestion(path: str) -> str:
+    """``sqlite:///<absolute path>`` of a plain ``path``: the path itself when it names a database file,
+    else ``<path>/mlflow.db``."""
+    target = Path(path).expanduser()
+    if target.suffix.lower() not in (".db", ".sqlite", ".sqlite3"):
+        target = target / "mlflow.db"
+    return "sqlite:///" + str(target.resolve())
+
+
+def check_tracking_uri(uri: str, field: str = "train.tracking_uri") -> None:
+    """Refuse an MLflow store URI that MLflow cannot open, before anything is written (torch-free,
+    MLflow-free: the scheme is read with :func:`urllib.parse.urlsplit`).
+
+    Accepted: ``sqlite:///path/mlflow.db`` (``sqlite:////abs/path``; MLflow makes missing folders),
+    ``postgresql://``, ``mysql://``, ``mssql://`` (also ``+driver``), ``http(s)://host``,
+    ``databricks`` / ``databricks://profile``, a scheme an installed MLflow plugin adds, and
+    ``file:`` where MLflow opens it (MLflow 2, or MLflow 3 with ``MLFLOW_ALLOW_FILE_STORE=true``).
+    Whether a server answers or a database accepts the login is not checked here: that is
+    found when the run's tracker starts (:meth:`Trackers.start`).
+
+    Args:
+        uri: the store URI (``train.tracking_uri`` or ``$MLFLOW_TRACKING_URI``).
+        field: what to name in the message.
+
+    Raises:
+        DeltatuneError: one line naming ``field``, what is wrong and a URI to use instead (a plain
+            path -> ``sqlite:///<path>/mlflow.db``).
+    """
+    text = uri.strip()
+    if not text or any(c.isspace() for c in text):
+        raise DeltatuneError(f"{field}: {uri!r} is not a store URI (empty or with spaces); use e.g. sqlite:///runs/mlflow.db or http://host:5000")
+    if text == "databricks":
+        return
+    scheme = urlsplit(text).scheme.lower()
+    if len(scheme) <= 1:  # no scheme, or a Windows drive letter: a plain path (MLflow: a file store)
+        if Path(text).suffix.lower() in (".db", ".sqlite", ".sqlite3") or not _file_store_allowed():
+            raise DeltatuneError(
+                f"{field}: {text} is a plain path, which MLflow takes as a folder store (mlruns/, refused by "
+                f"MLflow 3 unless MLFLOW_ALLOW_FILE_STORE=true); for a SQLite database there use {_sqlite_suggestion(text)}"
+            )
+        return
+    base = scheme.split("+", 1)[0]
+    if base == "file":
+        if not _file_store_allowed():
+            raise DeltatuneError(
+                f"{field}: MLflow 3 refuses file: stores unless MLFLOW_ALLOW_FILE_STORE=true is set; "
+                f"use a database file instead, e.g. {_sqlite_suggestion(urlsplit(text).path or '.')}"
+            )
+        return
+    if base not in MLFLOW_SCHEMES:
+        if scheme in _plugin_schemes():
+            return
+        raise DeltatuneError(
+            f"{field}: MLflow has no {scheme}:// store; use one of {', '.join(s + ':' for s in MLFLOW_SCHEMES)} "
+            f"(e.g. sqlite:///runs/mlflow.db, http://host:5000)"
+        )
+    if "+" in scheme and base not in DATABASE_SCHEMES:
+        raise DeltatuneError(f"{field}: {scheme}:// is not an MLflow store scheme (only databases take +driver); use {base}://")
+    if base == "sqlite":
+        if not text.lower().startswith(scheme + ":///"):
+            raise DeltatuneError(
+                f"{field}: {text} is not a SQLite URI; write sqlite:///relative/path.db or sqlite:////absolute/path.db (three or four slashes)"
+            )
+        path = text[len(scheme) + 4:].split("?", 1)[0]
+        if not path:
+            raise DeltatuneError(f"{field}: {text} names no database file; use e.g. sqlite:///runs/mlflow.db")
+        if path != ":memory:" and Path(path).is_dir():
+            raise DeltatuneError(f"{field}: {path} is a folder; name the database file in it, e.g. sqlite:///{Path(path) / 'mlflow.db'}")
+    elif base in ("http", "https") and not urlsplit(text).hostname:
+        raise DeltatuneError(f"{field}: {text} names no host; write {base}://host:port")
+
+
+def _mlflow_uri_source(train: TrainConfig) -> tuple[str, str] | None:
+    """The MLflow store a run would use when set by the user, with what sets it:
+    ``(train.tracking_uri, "train.tracking_uri")``, else ``($MLFLOW_TRACKING_URI, "$MLFLOW_TRACKING_URI")``,
+    else ``None`` (the default ``sqlite:///`` store next to the runs)."""
+    if train.tracking_uri:
+        return train.tracking_uri, "train.tracking_uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI"
+    return None
+
+
+def check_tracking(train: TrainConfig) -> None:
+    """The torch-free tracking checks of a train config, made before anything is written:
+    :func:`check_report_to` (``train.report_to``'s packages), then :func:`check_tracking_uri` on
+    ``train.tracking_uri`` when set (even without ``mlflow`` in report_to: a bad value is refused),
+    else on ``$MLFLOW_TRACKING_URI`` when MLflow is used.
+
+    Raises:
+        DeltatuneError: one line, from either check.
+    """
+    check_report_to(list(train.report_to))
+    source = _mlflow_uri_source(train)
+    if source is not None and (train.tracking_uri or "mlflow" in train.report_to):
+        check_tracking_uri(*source)
+
+
 def mlflow_tracking_uri(config: RunConfig, run_dir: RunDir) -> str:
     """The MLflow store of a run: ``train.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
     ``sqlite:///<output_dir's parent>/mlflow.db`` (absolute path)."""
@@ -84,12 +216,41 @@ def mlflow_tracking_uri(config: RunConfig, run_dir: RunDir) -> str:
     return "sqlite:///" + str(run_dir.root.resolve().parent / "mlflow.db")
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///path`` store, or ``None`` for other stores (and ``:memory:``)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri == prefix + ":memory:" or len(uri) == len(prefix):
+        return None
+    return Path(uri[len(prefix):].split("?", 1)[0])
+
+
 def _sqlite_folder(uri: str) -> Path | None:
     """The folder of a ``sqlite:///path`` store's database file, or ``None`` for other stores."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix) or uri == prefix + ":memory:":
-        return None
-    return Path(uri[len(prefix):]).parent
+    db = _sqlite_file(uri)
+    return None if db is None else db.parent
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<db>.lock`` next to a ``sqlite:///`` store's file (made with its
+    folder when missing), so that runs starting at once in one runs folder do not create MLflow's
+    tables together (SQLite: "table ... already exists"). Other stores, and systems without
+    :mod:`fcntl` (Windows), are not locked. The lock file is left in place (an empty file)."""
+    db = _sqlite_file(uri)
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def hyperparameters(config: RunConfig) -> dict[str, Any]:
@@ -127,9 +288,25 @@ def final_values(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _shorten(text: str, limit: int = 300) -> str:
+    """The first line of ``text``, cut to at most ``limit`` characters at a sentence end (``". "``),
+    else at a space, so that a URL or path in it is never cut; ``"..."`` marks a cut."""
+    lines = text.strip().splitlines()
+    line = " ".join(lines[0].split()) if lines else ""
+    if len(line) <= limit:
+        return line
+    head = line[: limit + 1]
+    end = max(head.rfind(". "), head.rfind("; "))
+    if end > limit // 3:
+        return line[: end + 1]
+    space = head.rfind(" ")
+    return (line[:space] if space > 0 else line[:limit]).rstrip(" ,;:") + " ..."
+
+
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}{': ' + text.splitlines()[0][:300] if text else ''}"
+    """``Type: message`` of ``error`` on one line (:func:`_shorten`)."""
+    text = _shorten(str(error))
+    return f"{type(error).__name__}{': ' + text if text else ''}"
 
 
 class _TensorBoard:
@@ -176,16 +353,13 @@ class _MLflow:
         self.run_id: str | None = None
 
     def start(self, saved: dict[str, Any], resumed_step: int, params: dict[str, Any]) -> dict[str, Any]:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=self.uri)
         logged: dict[str, str] = {}
+        experiment_id = self._open_store()
         if saved.get("run_id") and saved.get("tracking_uri") == self.uri:
             run = self._reopen(saved["run_id"])
             if run is not None:
                 self.run_id, logged = run.info.run_id, dict(run.data.params)
         if self.run_id is None:
-            experiment_id = self._experiment_id()
             self.run_id = self.client.create_run(experiment_id, run_name=self.run_name, tags={"deltatune.run_dir": str(self.run_path)}).info.run_id
         self._log_params(params, logged)
         return {"run_id": self.run_id, "tracking_uri": self.uri, "experiment": self.experiment}
@@ -204,13 +378,53 @@ class _MLflow:
             print(f"warning: cannot continue MLflow run {run_id} ({_one_line(e)}); starting a new one", file=sys.stderr, flush=True)
             return None
 
+    def _open_store(self) -> str:
+        """Make the client and the experiment's id, under :func:`_store_lock` for a SQLite store.
+
+        A SQLite store that fails to open is tried once more (after 1 s): where the lock does not
+        hold (no :mod:`fcntl`, a network file system), another run creating the tables at the
+        same moment is the usual cause.
+        """
+        from mlflow.tracking import MlflowClient
+
+        tries = 2 if _sqlite_file(self.uri) is not None else 1
+        for attempt in range(tries):
+            try:
+                with _store_lock(self.uri):
+                    self._create_sqlite_store()
+                    self.client = MlflowClient(tracking_uri=self.uri)
+                    return self._experiment_id()
+            except Exception:
+                if attempt + 1 == tries:
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
+
+    def _create_sqlite_store(self) -> None:
+        """Create a new SQLite store's tables with the artifact root ``<db folder>/mlartifacts``.
+
+        MLflow makes a "Default" experiment (id 0) in every new store, with artifacts under the
+        store's default artifact root: a client opening the store would give it
+        ``<working directory>/mlruns/0``. Creating the store here first (with
+        :class:`mlflow.store.tracking.sqlalchemy_store.SqlAlchemyStore`, whose
+        ``(db_uri, default_artifact_root)`` MLflow 2 and 3 share) gives it
+        ``<db folder>/mlartifacts/0`` instead; nothing of ours goes to experiment 0. An existing
+        store, and any other store, is left as it is.
+        """
+        db = _sqlite_file(self.uri)
+        if db is None or (db.is_file() and db.stat().st_size > 0):
+            return
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(self.uri, (db.parent.resolve() / "mlartifacts").as_uri())
+
     def _experiment_id(self) -> str:
         """The id of experiment ``self.experiment``, made when missing (artifacts next to a sqlite store's file)."""
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
         folder = _sqlite_folder(self.uri)
-        location = (folder / "mlartifacts").as_uri() if folder is not None else None
+        location = (folder.resolve() / "mlartifacts").as_uri() if folder is not None else None
         return self.client.create_experiment(self.experiment, artifact_location=location)
 
     def _log_params(self, params: dict[str, Any], logged: dict[str, str]) -> None:
@@ -285,7 +499,8 @@ class Trackers:
         active: whether this process reports (the main process).
 
     Raises:
-        DeltatuneError: a tracker's package is missing (:func:`check_report_to`).
+        DeltatuneError: a tracker's package is missing (:func:`check_report_to`); with ``mlflow``,
+            a store URI MLflow cannot open (:func:`check_tracking_uri`).
     """
 
     def __init__(self, config: RunConfig, run_dir: RunDir, active: bool = True):
@@ -293,6 +508,9 @@ class Trackers:
         self.run_dir = run_dir
         self.names = list(config.train.report_to) if active else []
         check_report_to(self.names)
+        source = _mlflow_uri_source(config.train)
+        if "mlflow" in self.names and source is not None:
+            check_tracking_uri(*source)
         self.backends: list[Any] = []
         self.step = 0
         self.finished = False

@@ -12,6 +12,8 @@ worker thread.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,20 +57,28 @@ class RunForm(BaseModel):
     validation_file: str | None = None
     test_file: str | None = None
     method: str = "full"
-    epochs: float | None = Field(default=None, gt=0)
-    learning_rate: float | None = Field(default=None, gt=0)
-    batch_size: int | None = Field(default=None, gt=0)
-    max_seq_length: int | None = Field(default=None, gt=0)
-    max_train_samples: int | None = Field(default=None, gt=0)
-    max_eval_samples: int | None = Field(default=None, gt=0)
+    epochs: float | None = Field(default=None, gt=0, le=100_000)
+    learning_rate: float | None = Field(default=None, gt=0, le=1e3)
+    batch_size: int | None = Field(default=None, gt=0, le=2**20)
+    max_seq_length: int | None = Field(default=None, gt=0, le=10**7)
+    max_train_samples: int | None = Field(default=None, gt=0, le=10**12)
+    max_eval_samples: int | None = Field(default=None, gt=0, le=10**12)
     settings: str = ""
+
+
+# settings the "more settings" box refuses: key -> why (the UI sets it, or it is unsafe without a login)
+REFUSED_SETTINGS = {
+    "output_dir": "output_dir is set by the run name; remove that line",
+    "model.trust_remote_code": "model.trust_remote_code runs Python code from the model's files, which the UI "
+                               "(no login) does not allow; train such a model with the CLI (deltatune train)",
+}
 
 
 def setting_lines(text: str) -> list[str]:
     """The ``key=value`` lines of the "more settings" box (blank and ``#`` lines skipped).
 
     Raises:
-        DeltatuneError: a line without ``=`` (names it).
+        DeltatuneError: a line without ``=`` (names it); a key of :data:`REFUSED_SETTINGS`.
     """
     out = []
     for i, line in enumerate(text.splitlines(), 1):
@@ -78,6 +88,8 @@ def setting_lines(text: str) -> list[str]:
         if "=" not in line or not line.split("=", 1)[0].strip():
             raise DeltatuneError(f"more settings, line {i}: {line!r} is not key=value (e.g. train.weight_decay=0.1)")
         key, value = line.split("=", 1)
+        if key.strip() in REFUSED_SETTINGS:
+            raise DeltatuneError(f"more settings, line {i}: {REFUSED_SETTINGS[key.strip()]}")
         out.append(f"{key.strip()}={value.strip()}")
     return out
 
@@ -103,6 +115,49 @@ def form_overrides(form: RunForm) -> list[str]:
         if value is not None:
             out.append(f"{key}={value}")
     return out + setting_lines(form.settings)
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_model(ref: str) -> None:
+    """Refuse a model the run could not load, before it starts (torch-free): it must be a
+    packaged name, an existing model folder (with config.json, or a deltatune run folder), an
+    existing ``.gguf`` file that starts with the GGUF magic bytes, or a hub id while the hub is
+    online (``HF_HUB_OFFLINE`` unset).
+
+    Raises:
+        DeltatuneError: naming the model and what to give.
+    """
+    from deltatune.models.resolve import PACKAGED_MODELS
+
+    ref = ref.strip()
+    packaged = ", ".join(PACKAGED_MODELS)
+    if not ref:
+        raise DeltatuneError(f"model: give a packaged model ({packaged}), a model folder or a .gguf file")
+    if ref in PACKAGED_MODELS:
+        return
+    path = Path(ref).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise DeltatuneError(f"model: GGUF file not found: {path}")
+        try:
+            with path.open("rb") as f:
+                magic = f.read(4)
+        except OSError as e:
+            raise DeltatuneError(f"model: cannot read {path}: {e.strerror}") from None
+        if magic != GGUF_MAGIC:
+            raise DeltatuneError(f"model: {path} is not a GGUF file (it does not start with the bytes GGUF); give a .gguf model file")
+        return
+    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        if not path.exists():
+            raise DeltatuneError(f"model: model path not found: {path}")
+        if not ((path / "config.json").is_file() or (path / "model" / "config.json").is_file()):
+            raise DeltatuneError(f"model: {path} is not a model folder (no config.json); give a model folder, a .gguf file or one of: {packaged}")
+        return
+    if os.environ.get("HF_HUB_OFFLINE"):
+        raise DeltatuneError(f"model: {ref!r} is not a packaged model ({packaged}) nor a local folder, and the hub is offline "
+                             "(HF_HUB_OFFLINE is set); give a local model folder or a packaged name")
 
 
 def user_keys(overrides: list[str]) -> dict[str, Any]:
@@ -171,6 +226,7 @@ def prepared_overrides(form: RunForm, output_dir: str) -> tuple[list[str], list[
     from deltatune.tasks.registry import REGISTRY
 
     overrides = form_overrides(form)
+    check_model(str(user_keys(overrides).get("model.name_or_path") or ""))
     if not any(o.startswith(f"{PROGRESS_KEY}=") for o in overrides):  # the run page's progress moves
         overrides.insert(0, f"{PROGRESS_KEY}={PROGRESS_SECONDS}")
     if form.task != INFER:  # a bad key or value is reported before the data is read

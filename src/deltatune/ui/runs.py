@@ -4,14 +4,23 @@ A run folder holds only deltatune's own files (:data:`deltatune.rundir.RUN_ENTRI
 the UI keeps about a run lives beside the runs, in ``<runs-dir>/.ui/``:
 
 - ``logs/<name>.log``: the training process's stdout and stderr;
-- ``jobs/<name>.json``: ``{"pid", "started", "argv", "returncode"}`` of the process the UI
-  started (``returncode`` is filled in when it ends), so that a restarted UI still knows
-  which runs are running and how the others ended.
+- ``jobs/<name>.json``: ``{"pid", "started", "argv", "returncode", "stopping"}`` of the
+  process the UI started (``returncode`` is filled in when it ends; ``stopping``: when the UI
+  sent it SIGINT), so that a restarted UI still knows which runs are running, which it
+  stopped and how the others ended.
 
-A run's status (:func:`run_status`): ``running`` (its process is alive), ``finished``
-(``eval.json``, written last, exists), ``interrupted`` (stopped with SIGINT, exit status
-130, or checkpoints left without an ``eval.json``: resume it with ``deltatune train
---resume``), ``failed`` (any other end).
+A run's status (:meth:`Runs.run_status`), one rule, first match wins:
+
+- ``running``: a live process trains it (the UI's own job, or any ``deltatune train`` named in
+  the run's ``.training`` file: :meth:`deltatune.rundir.RunDir.training_pid`);
+- ``damaged``: config.yaml, eval.json or analysis.json is unreadable or of the wrong shape
+  (the reason names the file and field);
+- ``finished``: ``eval.json`` (written last) exists;
+- ``interrupted``: stopped with SIGINT (exit status 130, or the UI sent SIGINT and did not see
+  the exit status) and a checkpoint exists: resume it with ``deltatune train --resume``. A run
+  the UI did not start (no exit status known) with a checkpoint counts as interrupted too;
+- ``failed``: anything else (an error, ``kill -9``, stopped before its first checkpoint); the
+  reason is the last ``error:`` line of the log, or what the UI knows of the end.
 """
 
 from __future__ import annotations
@@ -78,11 +87,13 @@ class Runs:
     Args:
         root: the runs folder (made when the first run starts).
         python: the interpreter that runs ``-m deltatune train`` (default: this one).
+        max_trainings: how many trainings the UI runs at once (:meth:`check_capacity`).
     """
 
-    def __init__(self, root: Path, python: str | None = None):
+    def __init__(self, root: Path, python: str | None = None, max_trainings: int = 2):
         self.root = Path(root)
         self.python = python or sys.executable
+        self.max_trainings = max_trainings
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
 
@@ -105,13 +116,13 @@ class Runs:
 
         Raises:
             UiError: 400 for a bad name (:func:`check_name`); 404 when ``must_exist`` and there
-                is no such run (neither a folder nor a job record).
+                is no such run (neither a deltatune run folder nor a job record).
         """
         check_name(name)
         path = self.root / name
         if path.resolve().parent != self.root.resolve():  # a symbolic link pointing elsewhere
             raise UiError(400, f"run {name!r} is a link out of the runs folder {self.root}; the UI only handles runs inside it")
-        if must_exist and not path.is_dir() and not self.job_path(name).is_file():
+        if must_exist and not self.job_path(name).is_file() and not (path.is_dir() and RunDir(path).is_run()):
             raise UiError(404, f"no run {name!r} in {self.root}")
         return path
 
@@ -137,47 +148,90 @@ class Runs:
         except (OSError, ValueError):
             return {}
 
-    def is_running(self, name: str) -> bool:
-        """Whether the training process of ``name`` is alive (started by this UI or an earlier one)."""
+    def trainer(self, name: str) -> tuple[int, bool] | None:
+        """``(pid, own)`` of the live process training ``name``, else ``None``; ``own``: a job this
+        UI (or an earlier UI on this runs folder) started; otherwise a ``deltatune train`` started
+        elsewhere (the CLI), found by the run's ``.training`` file."""
         job = self.jobs.get(name)
-        if job is not None:
-            return job.process.poll() is None
+        if job is not None and job.process.poll() is None:
+            return job.process.pid, True
         record = self.job_record(name)
         pid = record.get("pid")
-        if not isinstance(pid, int) or record.get("returncode") is not None:
-            return False
-        return _alive(pid, name)
+        if job is None and isinstance(pid, int) and record.get("returncode") is None and _alive(pid, record.get("started")):
+            return pid, True
+        folder = self.root / name
+        other = RunDir(folder).training_pid() if folder.is_dir() else None
+        if other is not None:
+            return other, other == pid and record.get("returncode") is None
+        return None
+
+    def is_running(self, name: str) -> bool:
+        """Whether a live process trains ``name`` (:meth:`trainer`)."""
+        return self.trainer(name) is not None
+
+    def status(self, name: str) -> tuple[str, str | None]:
+        """``(status, reason)``: the status of the module docstring's rule and, for ``failed``
+        and ``damaged``, a one-line reason (else ``None``)."""
+        if self.is_running(name):
+            return "running", None
+        rd = RunDir(self.root / name)
+        reason = damage(rd)
+        if reason is not None:
+            return "damaged", reason
+        if rd.eval.is_file():
+            return "finished", None
+        record = self.job_record(name)
+        code = record.get("returncode")
+        checkpoint = rd.checkpoints.is_dir() and any(rd.checkpoints.iterdir())
+        sigint = code == 130 or (code is None and bool(record.get("stopping")))
+        if checkpoint and (sigint or not record):
+            return "interrupted", None
+        if sigint:
+            return "failed", "stopped before its first checkpoint: nothing to resume; start a new run"
+        error = next((ln[len("error: "):] for ln in reversed(tail(self.log_path(name), 200)) if ln.startswith("error: ")), None)
+        if error:
+            return "failed", error
+        if isinstance(code, int) and code < 0:
+            return "failed", f"the trainer was killed by signal {-code}"
+        if isinstance(code, int) and code:
+            return "failed", f"the trainer ended with exit status {code}; see the log"
+        if record:
+            return "failed", "the trainer ended while the UI was not watching (killed?) and left no eval.json"
+        return "failed", "no eval.json and no checkpoint: the run ended before finishing"
 
     def run_status(self, name: str) -> str:
-        """``running``, ``finished``, ``interrupted`` or ``failed`` (see the module docstring)."""
-        if self.is_running(name):
-            return "running"
-        rd = RunDir(self.root / name)
-        if rd.eval.is_file():
-            return "finished"
-        code = self.job_record(name).get("returncode")
-        if code == 130 or (code is None and rd.checkpoints.is_dir() and any(rd.checkpoints.iterdir())):
-            return "interrupted"
-        return "failed"
+        """``running``, ``finished``, ``interrupted``, ``failed`` or ``damaged`` (see the module docstring)."""
+        return self.status(name)[0]
 
     def summary(self, name: str) -> dict[str, Any]:
-        """One row of the runs list: name, task, model, method, main metric, time, status."""
+        """One row of the runs list: name, task, model, method, main metric, time, status (and its reason).
+        Safe for any content of the run's files (wrong shapes give ``damaged``)."""
         rd = RunDir(self.root / name)
-        cfg = read_config(rd)
-        ev = read_json(rd.eval)
-        metric, value = main_metric(ev.get("validation") or ev.get("test") or {}, cfg)
+        status, reason = self.status(name)
+        cfg = read_config(rd) if status != "damaged" else {}
+        ev = read_json(rd.eval) if status != "damaged" else {}
+        split = ev.get("validation") if isinstance(ev.get("validation"), dict) else ev.get("test")
+        metric, value = main_metric(split if isinstance(split, dict) else {}, cfg)
         record = self.job_record(name)
-        started = record.get("started") or (rd.root.stat().st_mtime if rd.root.exists() else None)
+        started = record.get("started") if isinstance(record.get("started"), (int, float)) else None
+        if started is None and rd.root.exists():
+            started = rd.root.stat().st_mtime
+        seconds = _section(ev, "train").get("train_seconds")
+        trainer = self.trainer(name) if status == "running" else None
         return {
             "name": name,
-            "task": cfg.get("task"),
-            "model": (cfg.get("model") or {}).get("name_or_path"),
-            "method": (cfg.get("delta") or {}).get("method", "full" if cfg else None),
+            "task": _text(cfg.get("task")),
+            "model": _text(_section(cfg, "model").get("name_or_path")),
+            "method": _text(_section(cfg, "delta").get("method", "full" if cfg else None)),
             "metric": metric,
             "value": value,
             "started": started,
-            "train_seconds": (ev.get("train") or {}).get("train_seconds"),
-            "status": self.run_status(name),
+            "train_seconds": seconds if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None,
+            "status": status,
+            "reason": reason,
+            "trainer_pid": trainer[0] if trainer else None,
+            "own": bool(trainer and trainer[1]),
+            "stopping": bool(trainer and record.get("stopping")),
         }
 
     def detail(self, name: str, log_lines: int = 40) -> dict[str, Any]:
@@ -192,16 +246,24 @@ class Runs:
         log = tail(self.log_path(name), max(log_lines, 1))
         step, total = progress(log, records, head(self.log_path(name)))
         log = log[-log_lines:] if log_lines else []
-        error = next((ln[len("error: "):] for ln in reversed(log) if ln.startswith("error: ")), None)
+        summary = self.summary(name)
+        damaged = summary["status"] == "damaged"
+        if self.log_path(name).is_file():
+            log_note = None
+        elif self.job_record(name):
+            log_note = "the UI's log of this run is missing (deleted?)"
+        else:
+            log_note = "no log here: this run was not started by this UI; its output went to the terminal that ran deltatune train"
         return {
-            **self.summary(name),
-            "config": read_config(rd),
+            **summary,
+            "config": {} if damaged else read_config(rd),
             "records": records,
-            "eval": read_json(rd.eval),
+            "eval": {} if damaged else read_json(rd.eval),
+            "error": summary["reason"],
+            "log_note": log_note,
             "step": step,
             "total_steps": total,
             "log": log,
-            "error": error,
             "has_model": rd.model.is_dir(),
             "has_report": rd.report.is_file(),
         }
@@ -222,6 +284,7 @@ class Runs:
             target = self.root / name
             if target.exists() or target.is_symlink() or name in self.jobs or self.job_path(name).exists():
                 raise UiError(409, f"a run named {name!r} already exists in {self.root}; choose another name")
+            self.check_capacity()
             log = self.log_path(name)
             log.parent.mkdir(parents=True, exist_ok=True)
             argv = [self.python, "-m", "deltatune", "train", *overrides, f"output_dir={json.dumps(str(target))}"]
@@ -236,28 +299,55 @@ class Runs:
         threading.Thread(target=self._watch, args=(job,), name=f"ui-watch-{name}", daemon=True).start()
         return job
 
+    def own_running(self) -> list[str]:
+        """Names of the runs this UI (or an earlier one on this folder) started that still train."""
+        jobs = self.ui_dir / "jobs"
+        names = set(self.jobs) | ({p.stem for p in jobs.glob("*.json")} if jobs.is_dir() else set())
+        return sorted(n for n in names if NAME.fullmatch(n) and (t := self.trainer(n)) is not None and t[1])
+
+    def check_capacity(self) -> None:
+        """Raises :class:`UiError` 429 when :attr:`max_trainings` runs started by the UI train already."""
+        running = self.own_running()
+        if len(running) >= self.max_trainings:
+            raise UiError(429, f"{len(running)} trainings are running ({', '.join(running)}), the most this UI starts at once "
+                               f"({self.max_trainings}); wait for one to end or stop one")
+
     def _watch(self, job: Job) -> None:
         code = job.process.wait()
-        record = self.job_record(job.name)
-        record["returncode"] = code
-        record["ended"] = time.time()
-        self._write_job(job.name, record)
+        with self.lock:
+            record = self.job_record(job.name)
+            if record:  # not deleted meanwhile
+                record["returncode"] = code
+                record["ended"] = time.time()
+                self._write_job(job.name, record)
 
     def _write_job(self, name: str, record: dict[str, Any]) -> None:
         write_atomically(self.job_path(name), lambda f: f.write(json.dumps(record) + "\n"))
 
     def stop(self, name: str) -> None:
-        """Send SIGINT to the run's training process: the trainer saves a checkpoint and exits (130).
+        """Send SIGINT, once, to the training process the UI started: the trainer saves a
+        checkpoint and exits (130). The job record remembers it (``stopping``), so a second stop
+        (which would interrupt the checkpoint being saved) is refused, by this UI and a restarted one.
 
         Raises:
-            UiError: 404 for an unknown run; 409 when it is not running.
+            UiError: 404 for an unknown run; 409 when it is not running, is already stopping, or
+                is trained by a process the UI did not start (stop that where it runs).
         """
         self.folder(name)
-        if not self.is_running(name):
-            raise UiError(409, f"run {name!r} is not running")
-        job = self.jobs.get(name)
-        pid = job.process.pid if job is not None else self.job_record(name)["pid"]
-        os.kill(pid, signal.SIGINT)
+        with self.lock:
+            trainer = self.trainer(name)
+            if trainer is None:
+                raise UiError(409, f"run {name!r} is not running")
+            pid, own = trainer
+            if not own:
+                raise UiError(409, f"run {name!r} is trained by process {pid}, which this UI did not start; stop it where it runs "
+                                   f"(Ctrl-C in its terminal, or kill -INT {pid})")
+            record = self.job_record(name)
+            if record.get("stopping"):
+                raise UiError(409, f"run {name!r} is already stopping (saving a checkpoint); wait for it to end")
+            record["stopping"] = time.time()
+            self._write_job(name, record)
+            os.kill(pid, signal.SIGINT)
 
     def delete(self, name: str) -> None:
         """Delete run ``name``: its folder (only a deltatune run inside the runs folder), log and job record.
@@ -266,14 +356,22 @@ class Runs:
             UiError: 400 for a bad name or a link out of the runs folder; 404 for no such run;
                 409 while it runs, or when the folder is not a deltatune run.
         """
-        path = self.folder(name)
-        if self.is_running(name):
-            raise UiError(409, f"run {name!r} is running; stop it first")
+        path = self.folder(name, must_exist=False)
+        if path.is_symlink():
+            raise UiError(400, f"{path} is a symbolic link; the UI deletes only real run folders")
+        if not path.exists() and not self.job_path(name).is_file():
+            raise UiError(404, f"no run {name!r} in {self.root}")
+        trainer = self.trainer(name)
+        if trainer is not None:
+            who = "" if trainer[1] else f" (by process {trainer[0]}, not started by this UI)"
+            raise UiError(409, f"run {name!r} is running (being trained{who}); stop it first")
         if path.is_symlink():
             raise UiError(400, f"{path} is a symbolic link; the UI deletes only real run folders")
         if path.exists() and not RunDir(path).is_run():
             raise UiError(409, f"{path} is not a deltatune run folder; the UI deletes only runs")
         with self.lock:
+            if self.is_running(name):  # started meanwhile (a train --resume)
+                raise UiError(409, f"run {name!r} is running (being trained); stop it first")
             if path.exists():
                 shutil.rmtree(path)
             for p in (self.log_path(name), self.job_path(name)):
@@ -285,19 +383,78 @@ class Runs:
         self.jobs.clear()
 
 
-def _alive(pid: int, name: str) -> bool:
-    """Whether process ``pid`` lives and is a deltatune training of ``name`` (pids are reused)."""
+def _alive(pid: int, started: Any) -> bool:
+    """Whether process ``pid`` lives and is the one started at ``started`` (seconds since the
+    epoch, the job record's; pids are reused: a process started more than 10 s away is another)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        created = proc.create_time()
+    except (psutil.Error, ValueError):
         return False
-    except PermissionError:
-        return True
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return True  # no /proc (macOS): trust the pid
-    return "deltatune" in cmdline and name in cmdline
+    return not isinstance(started, (int, float)) or abs(created - float(started)) <= 10.0
+
+
+def _section(d: Any, key: str) -> dict[str, Any]:
+    """``d[key]`` when ``d`` is a dict and that is a dict, else ``{}`` (type-safe reading)."""
+    value = d.get(key) if isinstance(d, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    """``value`` if it is a string, else ``None``."""
+    return value if isinstance(value, str) else None
+
+
+CONFIG_SECTIONS = ("model", "data", "delta", "train", "eval")
+
+
+def damage(rd: RunDir) -> str | None:
+    """Why the run's files cannot be shown (one line naming the file and field), or ``None``:
+    config.yaml not a mapping of the config's shape (``task`` a text; model, data, delta,
+    train, eval mappings), eval.json not an object of splits (each an object), analysis.json
+    not an object. Missing files are no damage (a run being made)."""
+    import yaml
+
+    if rd.config.is_file():
+        try:
+            cfg = yaml.safe_load(rd.config.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return f"{rd.config.name} is not readable YAML; fix or delete the run"
+        if not isinstance(cfg, dict):
+            return f"{rd.config.name} is not a mapping of settings"
+        if "task" in cfg and not isinstance(cfg["task"], str):
+            return f"{rd.config.name}: task is {_short(cfg['task'])}, not a task name"
+        for key in CONFIG_SECTIONS:
+            if key in cfg and not isinstance(cfg[key], dict):
+                return f"{rd.config.name}: {key} is {_short(cfg[key])}, not a mapping of settings"
+        for key, sub in (("model", "name_or_path"), ("delta", "method"), ("eval", "metric_for_best_model")):
+            value = cfg.get(key, {}).get(sub)
+            if value is not None and not isinstance(value, str):
+                return f"{rd.config.name}: {key}.{sub} is {_short(value)}, not a text"
+    for path, splits in ((rd.eval, True), (rd.analysis, False)):
+        if not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return f"{path.name} is not readable JSON; fix or delete it"
+        if not isinstance(value, dict):
+            return f"{path.name} is not a JSON object"
+        if splits:
+            for split, metrics in value.items():
+                if not isinstance(metrics, dict):
+                    return f"{path.name}: {split} is {_short(metrics)}, not an object of metrics"
+    return None
+
+
+def _short(value: Any) -> str:
+    """A value in a message: its repr, at most 40 characters (escapes control characters and surrogates)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -323,8 +480,10 @@ def read_config(rd: RunDir) -> dict[str, Any]:
 def main_metric(metrics: dict[str, Any], cfg: dict[str, Any]) -> tuple[str | None, float | None]:
     """(name, value) of a split's main metric: ``eval.metric_for_best_model`` when set and
     present, else the first of :data:`MAIN_METRICS` present; ``(None, None)`` when none."""
-    chosen = (cfg.get("eval") or {}).get("metric_for_best_model")
-    for name in ([chosen] if chosen else []) + list(MAIN_METRICS):
+    if not isinstance(metrics, dict):
+        return None, None
+    chosen = _section(cfg, "eval").get("metric_for_best_model")
+    for name in ([chosen] if isinstance(chosen, str) and chosen else []) + list(MAIN_METRICS):
         value = metrics.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return name, float(value)
@@ -358,9 +517,11 @@ def head(path: Path, size: int = 8192) -> list[str]:
 def progress(log: list[str], records: list[dict[str, Any]], first: list[str] = ()) -> tuple[int, int | None]:
     """(step, total steps): the later of the last ``step N/M`` of the log's last lines ``log``
     and the largest step of the metrics records; the total from that line, else from the
-    ``N steps`` of the summary line (in the log's ``first`` lines)."""
-    step = max((r["step"] for r in records if isinstance(r.get("step"), int)), default=0)
+    ``N steps`` of the summary line (in the log's ``first`` lines), else from metrics.jsonl's start record."""
+    step = max((r["step"] for r in records if isinstance(r.get("step"), int) and not isinstance(r.get("step"), bool)), default=0)
     total = next((int(m.group(1)) for m in map(STEPS.search, list(first) + list(log)) if m), None)
+    if total is None:
+        total = next((r["total_steps"] for r in records if r.get("event") == "start" and isinstance(r.get("total_steps"), int)), None)
     for line in reversed(log):
         m = PROGRESS.search(line)
         if m:

@@ -14,13 +14,14 @@ from pathlib import Path
 from deltatune.errors import DeltatuneError
 
 
-def run_ui(host: str, port: int, runs_dir: Path) -> int:
+def run_ui(host: str, port: int, runs_dir: Path, max_trainings: int = 2) -> int:
     """Serve the UI on ``host:port`` over the runs in ``runs_dir`` until interrupted.
 
     Args:
         host: address to bind (127.0.0.1: this machine only; the CLI warns about others).
         port: TCP port; 0 picks a free one (printed).
         runs_dir: the runs folder (made when the first run starts).
+        max_trainings: how many trainings the UI runs at once (a start beyond is refused, 429).
 
     Returns:
         The exit status: 0 after Ctrl-C.
@@ -41,12 +42,18 @@ def run_ui(host: str, port: int, runs_dir: Path) -> int:
 
     from deltatune.ui.app import create_app
 
-    # on this machine only: answer only requests addressed to it by a loopback name (no DNS rebinding)
-    local = is_loopback(host) and ":" not in host
-    app = create_app(runs_dir, allowed_hosts=["127.0.0.1", "localhost", host] if local else None)
+    app = create_app(runs_dir, allowed_hosts=loopback_names(host) if is_loopback(host) else None, max_trainings=max_trainings)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}"
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
     print(f"deltatune ui at {url} (runs in {runs_dir.resolve()}; Ctrl-C stops the UI, not the trainings)", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def loopback_names(host: str) -> list[str]:
+    """The ``Host`` names a UI bound to the loopback address ``host`` answers (without port):
+    ``127.0.0.1``, ``localhost``, ``[::1]`` and ``host`` itself (IPv6 in brackets), so that
+    a web page whose name resolves to the loopback (DNS rebinding) cannot drive it."""
+    own = f"[{host.strip('[]')}]" if ":" in host else host
+    return list(dict.fromkeys(["127.0.0.1", "localhost", "[::1]", own.lower()]))

@@ -38,7 +38,9 @@ def input_fields(cfg: dict[str, Any]) -> list[str] | None:
         ``data.prompt_template``; ``None`` for those that do not (their task's default
         template names the columns: :func:`task_fields` once the run is loaded).
     """
-    task, data = cfg.get("task"), cfg.get("data") or {}
+    task = cfg.get("task") if isinstance(cfg, dict) else None
+    data = cfg.get("data") if isinstance(cfg, dict) else None
+    data = data if isinstance(data, dict) else {}
     if task == "text-classification" and data.get("text_pair_column"):
         return ["text", "text_pair"]
     if task == "question-answering":
@@ -172,7 +174,7 @@ class ModelCache:
         try:
             request = ChatCompletionRequest(model=served.name, messages=messages, max_tokens=max_tokens)
         except ValueError as e:
-            raise UiError(400, f"messages: {str(e).splitlines()[0]}") from None
+            raise UiError(400, f"messages: {_first_problem(e)}") from None
         answer = await routes.chat(request)
         choice = answer.choices[0]
         return {"content": choice.message.content, "finish_reason": choice.finish_reason, "usage": answer.usage.model_dump()}
@@ -193,3 +195,20 @@ class ModelCache:
                 routes.close()
             self._routes.clear()
             self._pools.clear()
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+def _first_problem(e: ValueError) -> str:
+    """The first problem of a refused chat request, in words (a bad role names the allowed ones)."""
+    from pydantic import ValidationError
+
+    if not isinstance(e, ValidationError) or not e.errors():
+        return str(e).splitlines()[0]
+    first = e.errors()[0]
+    loc = [p for p in first.get("loc", ()) if p != "messages"]
+    where = f"message {loc[0] + 1}" if loc and isinstance(loc[0], int) else "messages"
+    if "role" in [str(p) for p in loc] or "role" in str(first.get("msg", "")):
+        return f"{where}: the role must be one of {', '.join(CHAT_ROLES)}"
+    return f"{where}: {first.get('msg', 'invalid')}"

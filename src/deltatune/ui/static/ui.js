@@ -8,7 +8,9 @@ const $$ = (sel, el = document) => Array.from(el.querySelectorAll(sel));
 async function api(method, url, body, raw) {
   const opts = { method, headers: {} };
   if (raw !== undefined) { opts.body = raw; }
-  else if (body !== undefined) { opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body); }
+  else if (body !== undefined || method === "POST") {  // the UI takes POSTs as JSON only (no cross-site forms)
+    opts.headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(body === undefined ? {} : body);
+  }
   const r = await fetch(url, opts);
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
@@ -48,13 +50,21 @@ function when(t) {
 const NUMBERS = ["epochs", "learning_rate", "batch_size", "max_seq_length", "max_train_samples", "max_eval_samples"];
 const INTEGERS = new Set(["batch_size", "max_seq_length", "max_train_samples", "max_eval_samples"]);
 
+// the form's fields; throws an Error naming the field when a number box holds no valid number
 function formData() {
   const out = {};
   for (const id of ["name", "task", "model", "method", "train_file", "settings"]) out[id] = $("#" + id).value.trim();
   for (const id of ["validation_file", "test_file"]) out[id] = $("#" + id).value.trim() || null;
   for (const id of NUMBERS) {
-    const v = $("#" + id).value.trim();
-    out[id] = v === "" ? null : (INTEGERS.has(id) ? parseInt(v, 10) : parseFloat(v));
+    const input = $("#" + id), v = input.value.trim();
+    const label = input.closest("label").firstChild.textContent.trim();
+    if (input.validity && input.validity.badInput) throw new Error(`${label}: give a number`);
+    if (v === "") { out[id] = null; continue; }
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new Error(`${label}: give a number`);
+    if (n <= 0) throw new Error(`${label}: give a number above 0`);
+    if (INTEGERS.has(id) && !Number.isInteger(n)) throw new Error(`${label}: give a whole number (not ${v})`);
+    out[id] = n;
   }
   return out;
 }
@@ -72,9 +82,11 @@ function initNew() {
   lr();
   $("#inspect").addEventListener("click", async () => {
     showMessage("");
+    let data;
+    try { data = formData(); } catch (e) { showMessage(e.message); return; }
     busy(true);
     try {
-      const r = await api("POST", "/api/inspect", formData());
+      const r = await api("POST", "/api/inspect", data);
       $("#inspect-result").hidden = false;
       const cols = Object.entries(r.settings || {}).map(([k, v]) => `${k} = ${JSON.stringify(v)}`).join(", ");
       $("#inspect-task").textContent = `task: ${r.task}${cols ? " · " + cols : ""}`;
@@ -85,7 +97,8 @@ function initNew() {
   });
   $("#start").addEventListener("click", async () => {
     showMessage("");
-    const data = formData();
+    let data;
+    try { data = formData(); } catch (e) { showMessage(e.message); return; }
     if (!data.name) { showMessage("run name: give the run a name (letters, digits, '.', '_', '-')"); return; }
     busy(true);
     try {
@@ -123,14 +136,17 @@ async function loadRuns() {
     const del = el("button", { type: "button", class: "secondary delete", "data-run": r.name, text: "Delete" });
     del.disabled = r.status === "running";
     del.addEventListener("click", () => deleteRun(r.name));
+    const badge = el("span", { class: "badge " + r.status, text: r.status });
+    if (r.reason) badge.title = r.reason;
     return el("tr", { "data-run": r.name },
-      el("td", {}, box),
-      el("td", {}, el("a", { href: `/runs/${encodeURIComponent(r.name)}`, text: r.name })),
-      el("td", { text: r.task || "–" }), el("td", { text: r.model || "–" }), el("td", { text: r.method || "–" }),
-      el("td", { class: "num", text: r.metric ? `${r.metric} ${fmt(r.value)}` : "–" }),
-      el("td", { text: when(r.started) }),
-      el("td", {}, el("span", { class: "badge " + r.status, text: r.status })),
-      el("td", {}, del));
+      el("td", { class: "pick" }, box),
+      el("td", { class: "name" }, el("a", { href: `/runs/${encodeURIComponent(r.name)}`, text: r.name })),
+      el("td", { "data-label": "Task", text: r.task || "–" }), el("td", { "data-label": "Model", text: r.model || "–" }),
+      el("td", { "data-label": "Method", text: r.method || "–" }),
+      el("td", { class: "num", "data-label": "Metric", text: r.metric ? `${r.metric} ${fmt(r.value)}` : "–" }),
+      el("td", { "data-label": "Started", text: when(r.started) }),
+      el("td", { class: "status" }, badge),
+      el("td", { class: "del" }, r.reason ? el("div", { class: "muted reason", text: r.reason }) : "", del));
   }));
   return data.runs.some((r) => r.status === "running");
 }
@@ -174,7 +190,11 @@ function axisLabel(v) {  // an axis label: short, no trailing zeros
 }
 
 function chart(container, title, series) {
-  const W = 480, H = 260, L = 52, R = 12, T = 26, B = 34;
+  // the legend sits in its own band under the title, above the plot area (never over a line)
+  const named = series.filter((s) => s.points.length);
+  // drawn at the container's width (1 unit = 1 CSS pixel), so the text is 12-14 px on a phone and a desktop alike
+  const W = Math.max(280, Math.min(900, container.clientWidth || 480)), L = 52, R = 12, B = 38;
+  const T = 30 + 17 * Math.max(named.length, 1), H = Math.round(Math.min(300, W * 0.5)) + T;
   const pts = series.flatMap((s) => s.points);
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
@@ -188,9 +208,9 @@ function chart(container, title, series) {
     svg.append(e);
     return e;
   };
-  add("text", { x: L, y: 16, "font-size": 13, "font-weight": 600, fill: "#1d2330" }, title);
+  add("text", { x: 4, y: 20, "font-size": 15, "font-weight": 600, fill: "#1d2330" }, title);
   if (!pts.length) {
-    add("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#667085", "font-size": 12 }, "no points yet");
+    add("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#667085", "font-size": 13 }, "no points yet");
     container.replaceChildren(svg);
     return;
   }
@@ -203,20 +223,21 @@ function chart(container, title, series) {
   for (const t of niceTicks(y0, y1, 4)) {
     if (t < y0 || t > y1) continue;
     add("line", { x1: L, x2: W - R, y1: sy(t), y2: sy(t), stroke: "#e4e7ec" });
-    add("text", { x: L - 6, y: sy(t) + 4, "text-anchor": "end", "font-size": 10, fill: "#667085" }, axisLabel(t));
+    add("text", { x: L - 6, y: sy(t) + 5, "text-anchor": "end", "font-size": 12, fill: "#667085" }, axisLabel(t));
   }
   for (const t of niceTicks(x0, x1, 5).filter(Number.isInteger)) {  // steps
     if (t < x0 || t > x1) continue;
-    add("text", { x: sx(t), y: H - B + 14, "text-anchor": "middle", "font-size": 10, fill: "#667085" }, axisLabel(t));
+    add("text", { x: sx(t), y: H - B + 18, "text-anchor": "middle", "font-size": 12, fill: "#667085" }, axisLabel(t));
   }
-  add("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle", "font-size": 10, fill: "#667085" }, "step");
+  add("text", { x: (L + W - R) / 2, y: H - 3, "text-anchor": "middle", "font-size": 12, fill: "#667085" }, "step");
   add("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, stroke: "#98a2b3" });
-  series.forEach((s, i) => {
-    if (!s.points.length) return;
-    const color = COLORS[i % COLORS.length];
-    add("polyline", { points: s.points.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" "), fill: "none", stroke: color, "stroke-width": 2 });
-    for (const p of s.points) add("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: color });
-    add("text", { x: W - R - 4, y: T + 4 + 13 * i, "text-anchor": "end", "font-size": 11, fill: color }, s.name);
+  named.forEach((s, i) => {
+    const color = COLORS[series.indexOf(s) % COLORS.length];
+    add("polyline", { points: s.points.map((p) => `${sx(p[0])},${sy(p[1])}`).join(" "), fill: "none", stroke: color, "stroke-width": 2.5 });
+    for (const p of s.points) add("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: color });
+    const y = 40 + 17 * i;  // legend band: a swatch and the name
+    add("line", { x1: 6, x2: 26, y1: y - 4, y2: y - 4, stroke: color, "stroke-width": 3 });
+    add("text", { x: 32, y, "font-size": 13, fill: color }, s.name);
   });
   container.replaceChildren(svg);
 }
@@ -226,7 +247,7 @@ function curveSeries(records, key) {
 }
 
 // ---- one run -----------------------------------------------------------------------------------
-let RUN = null, TRIED = false, CHAT = [];
+let RUN = null, TRIED = false, CHAT = [], STOPPED = false;
 
 function renderFinal(ev) {
   const tbody = $("#final-table tbody");
@@ -280,6 +301,9 @@ function showPrediction(p) {
     out.append(el("div", { class: "label-pred", id: "predicted-label", text: p.generated }));
   } else if (p && p.answer !== undefined) {
     out.append(el("div", { class: "label-pred", id: "predicted-label", text: p.answer || "(no answer)" }));
+  } else if (p && Array.isArray(p.entities)) {
+    const text = p.entities.map((e) => `${e.word !== undefined ? e.word : e.text} (${e.entity_group || e.entity || e.label})`).join(", ");
+    out.append(el("div", { class: "label-pred", id: "predicted-label", text: text || "(no entities)" }));
   }
   out.append(document.createTextNode(JSON.stringify(p, null, 2)));
 }
@@ -341,11 +365,16 @@ function renderRun(d) {
   chart($("#chart-metric"), metricKey ? `validation ${metricKey.slice(5)}` : "validation metric",
     metricKey ? [{ name: metricKey.slice(5), points: curveSeries(d.records, metricKey) }] : []);
   const log = $("#log"), atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-  log.textContent = d.log.join("\n");
+  log.textContent = d.log.length ? d.log.join("\n") : (d.log_note || "");
   if (atEnd) log.scrollTop = log.scrollHeight;  // follow the log unless the reader scrolled up
   $("#config").textContent = JSON.stringify(d.config, null, 2);
-  $("#stop").hidden = d.status !== "running";
-  $("#report-link").hidden = d.status === "running" || !d.records.length;
+  // Stop: only for the UI's own trainer, once (a second SIGINT would break the checkpoint being saved)
+  $("#stop").hidden = d.status !== "running" || !d.own;
+  $("#stop").disabled = !!d.stopping || STOPPED;
+  $("#stop").textContent = d.stopping || STOPPED ? "Stopping… (saving a checkpoint)" : "Stop (checkpoint)";
+  $("#trainer").hidden = !(d.status === "running" && !d.own);
+  $("#trainer").textContent = d.trainer_pid ? `trained by process ${d.trainer_pid}, not started by this UI: stop it where it runs (Ctrl-C, or kill -INT ${d.trainer_pid})` : "";
+  $("#report-link").hidden = d.status === "running" || d.status === "damaged" || !d.records.length;
   if (d.error && d.status !== "running") showMessage(d.error);
   if (Object.keys(d.eval || {}).length) renderFinal(d.eval);
   if (d.has_model && d.status !== "running") renderTry(d);
@@ -361,7 +390,10 @@ function initRun() {
   };
   tick();
   $("#stop").addEventListener("click", async () => {
-    if (!window.confirm("Stop training? A checkpoint is saved; resume with deltatune train --resume.")) return;
+    if (STOPPED || !window.confirm("Stop training? A checkpoint is saved; resume with deltatune train --resume.")) return;
+    STOPPED = true;
+    $("#stop").disabled = true;
+    $("#stop").textContent = "Stopping… (saving a checkpoint)";
     try { await api("POST", `/api/runs/${encodeURIComponent(RUN)}/stop`); } catch (e) { showMessage(e.message); }
   });
 }
