@@ -159,10 +159,22 @@ def test_a_run_being_trained_names_its_process_and_refuses_overwrite_and_resume(
     assert rd.training_pid() is None
     with rd.training():
         assert rd.training_pid() == os.getpid()
+    # another process training it (its own .training file)
+    import psutil
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = {"pid": other.pid, "host": __import__("socket").gethostname(), "process_started": psutil.Process(other.pid).create_time()}
+        (rd.root / ".training").write_text(json.dumps(info))
+        assert rd.training_pid() == other.pid
         for kw in ({"overwrite": True, "resume": False}, {"overwrite": False, "resume": True}):
-            with pytest.raises(DeltatuneError, match=rf"is being trained right now by process {os.getpid()}") as e:
+            with pytest.raises(DeltatuneError, match=rf"is being trained right now by process {other.pid}") as e:
                 rd.check(**kw)
             assert "\n" not in str(e.value)
+    finally:
+        other.kill()
+        other.wait()
+    (rd.root / ".training").unlink()
     assert rd.training_pid() is None and not (rd.root / ".training").exists()
     # a process that died without removing the file (kill -9) does not count
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()

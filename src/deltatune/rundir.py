@@ -152,7 +152,7 @@ class RunDir:
                     )
                 break
         pid = self.training_pid() if self.root.is_dir() else None
-        if pid is not None:
+        if pid is not None and not _same_launch(pid):
             raise DeltatuneError(
                 f"{self.root} is being trained right now by process {pid}; wait for it to end or stop it "
                 f"(Ctrl-C / kill -INT {pid}), or choose another --output-dir"
@@ -341,3 +341,19 @@ def _process_start_time(pid: int) -> Optional[float]:
         return psutil.Process(pid).create_time()
     except (psutil.Error, ValueError):
         return None
+
+
+def _same_launch(pid: int) -> bool:
+    """Whether ``pid`` is this process or, in a multi-process launch (``WORLD_SIZE`` > 1: torchrun,
+    ``accelerate launch``, ``torch.multiprocessing.spawn``), another process of it (same parent):
+    the main process of a launch writes ``.training`` while the others are still checking the folder."""
+    import psutil
+
+    if pid == os.getpid():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    try:
+        return psutil.Process(pid).ppid() == os.getppid()
+    except psutil.Error:
+        return False

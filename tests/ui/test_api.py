@@ -197,8 +197,9 @@ def test_delete_refuses_a_running_run_and_anything_but_runs_inside_the_runs_fold
     r = client.post("/api/runs", json=form("long", tiny_model_dir, data, settings="train.max_steps=100000\ntrain.logging_steps=1"))
     assert r.status_code == 201, r.text
     deadline = time.monotonic() + 120
-    while not (client.runs_dir / "long" / "metrics.jsonl").is_file() and time.monotonic() < deadline:
-        time.sleep(0.3)
+    metrics = client.runs_dir / "long" / "metrics.jsonl"
+    while not (metrics.is_file() and '"loss":' in metrics.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.3)  # the training loop runs (the start record comes before it)
     assert client.get("/api/runs/long").json()["status"] == "running"
     assert "running" in error(client.delete("/api/runs/long"), 409)
     assert client.post("/api/runs/long/stop", json={}).status_code == 200

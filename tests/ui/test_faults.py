@@ -105,6 +105,13 @@ def test_stop_sends_one_sigint_and_a_second_stop_is_refused(ui, tmp_path):
     # a restarted UI (no in-memory job) remembers it too
     ui.runs.jobs.clear()
     assert "already stopping" in error(ui.post("/api/runs/dbl/stop", json={}), 409)
+    # a process still running a minute after the first stop never saw it (it came during imports): stop again
+    record = json.loads(ui.runs.job_path("dbl").read_text())
+    record["stopping"] -= 61
+    ui.runs.job_path("dbl").write_text(json.dumps(record))
+    assert ui.post("/api/runs/dbl/stop", json={}).json() == {"name": "dbl", "stopping": True}
+    time.sleep(0.3)
+    assert counter.read_text() == "int\nint\n"
     process.kill()
     process.wait()
 

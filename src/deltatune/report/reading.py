@@ -266,7 +266,9 @@ def _config(root: Path, notes: list[str]) -> dict[str, Any]:
         return {}
     try:
         return build_config(raw).to_dict()
-    except (DeltatuneError, ValueError, TypeError):  # an older or newer version's keys: show what is there
+    except (DeltatuneError, ValueError, TypeError) as e:  # an older or newer version's keys: show what is there
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        notes.append(f"config.yaml does not validate ({why}): its settings are shown as written, without defaults")
         return raw
 
 

@@ -53,6 +53,9 @@ STEPS = re.compile(r"\|\s*(\d+) steps \(batch")
 PROGRESS = re.compile(r"step (\d+)/(\d+)")
 
 
+# seconds after a Stop during which another Stop is refused (it could cut the checkpoint being saved)
+RESTOP_SECONDS = 60
+
 class UiError(Exception):
     """A request the UI refuses: an HTTP 4xx ``status`` with a one-line ``message``."""
 
@@ -327,7 +330,9 @@ class Runs:
     def stop(self, name: str) -> None:
         """Send SIGINT, once, to the training process the UI started: the trainer saves a
         checkpoint and exits (130). The job record remembers it (``stopping``), so a second stop
-        (which would interrupt the checkpoint being saved) is refused, by this UI and a restarted one.
+        (which would interrupt the checkpoint being saved) is refused, by this UI and a restarted one,
+        for :data:`RESTOP_SECONDS`; after that a process still running probably never saw the first
+        signal (it arrived while Python was still importing) and may be stopped again.
 
         Raises:
             UiError: 404 for an unknown run; 409 when it is not running, is already stopping, or
@@ -343,8 +348,10 @@ class Runs:
                 raise UiError(409, f"run {name!r} is trained by process {pid}, which this UI did not start; stop it where it runs "
                                    f"(Ctrl-C in its terminal, or kill -INT {pid})")
             record = self.job_record(name)
-            if record.get("stopping"):
-                raise UiError(409, f"run {name!r} is already stopping (saving a checkpoint); wait for it to end")
+            since = time.time() - float(record.get("stopping") or 0)
+            if record.get("stopping") and since < RESTOP_SECONDS:
+                raise UiError(409, f"run {name!r} is already stopping (saving a checkpoint); wait for it to end "
+                                   f"(if it still runs {RESTOP_SECONDS} s after the first stop, stop it again)")
             record["stopping"] = time.time()
             self._write_job(name, record)
             os.kill(pid, signal.SIGINT)
