@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deltatune.config import read_yaml
 from deltatune.errors import DeltatuneError
 from deltatune.files import write_atomically
 from deltatune.rundir import RunDir
@@ -424,15 +425,11 @@ def damage(rd: RunDir) -> str | None:
     config.yaml not a mapping of the config's shape (``task`` a text; model, data, delta,
     train, eval mappings), eval.json not an object of splits (each an object), analysis.json
     not an object. Missing files are no damage (a run being made)."""
-    import yaml
-
     if rd.config.is_file():
         try:
-            cfg = yaml.safe_load(rd.config.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            return f"{rd.config.name} is not readable YAML; fix or delete the run"
-        if not isinstance(cfg, dict):
-            return f"{rd.config.name} is not a mapping of settings"
+            cfg = read_yaml(rd.config)  # as training reads it
+        except (DeltatuneError, OSError) as e:
+            return f"{rd.config.name}: {str(e).splitlines()[0] if str(e) else 'unreadable'}; fix or delete the run"
         if "task" in cfg and not isinstance(cfg["task"], str):
             return f"{rd.config.name}: task is {_short(cfg['task'])}, not a task name"
         for key in CONFIG_SECTIONS:
@@ -474,14 +471,12 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_config(rd: RunDir) -> dict[str, Any]:
-    """The run's config.yaml as a dict (``{}`` when missing or unreadable)."""
-    import yaml
-
+    """The run's config.yaml as a dict, read as training reads it (:func:`deltatune.config.read_yaml`,
+    YAML 1.2); ``{}`` when missing or unreadable."""
     try:
-        value = yaml.safe_load(rd.config.read_text())
-    except (OSError, yaml.YAMLError):
+        return read_yaml(rd.config)
+    except (DeltatuneError, OSError):
         return {}
-    return value if isinstance(value, dict) else {}
 
 
 def main_metric(metrics: dict[str, Any], cfg: dict[str, Any]) -> tuple[str | None, float | None]:
