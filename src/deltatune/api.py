@@ -16,6 +16,7 @@ from accelerate.utils import set_seed
 
 from deltatune.config import RunConfig, build_config, flatten_dict
 from deltatune.data import load_table, train_validation_split
+from deltatune.data.splits import split_by_column
 from deltatune.data.coverage import check_coverage
 from deltatune.delta import apply_delta, parameter_summary, save_trained
 from deltatune.errors import DeltatuneError
@@ -29,6 +30,7 @@ from deltatune.serving.predictor import Predictor, check_batch_size, load
 from deltatune.serving.server import serve  # deltatune serve: the HTTP API
 from deltatune.tasks import GenerativeTask, Task, create_task
 from deltatune.tasks.base import Features
+from deltatune.tasks.chat_format import EncodeStats
 from deltatune.tasks.examples import compared_generations, worst_examples
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
 from deltatune.training.checkpoint import replace_dir_atomically
@@ -266,15 +268,13 @@ def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
             rows to carve a validation split from.
     """
     d = cfg.data
-    if not d.train_file:
-        raise DeltatuneError("no training data: set data.train_file in the config or pass --train FILE")
-    train = load_table(d.train_file, split="train", config_name=d.dataset_config_name)
-    if d.max_train_samples:
-        train = train.select(range(min(d.max_train_samples, len(train))))
+    train, in_file = _training_rows(cfg)
     task = create_task(cfg)
     task.fit(train, d.train_file)
     if d.validation_file:
         validation = _read_split(d.validation_file, task, cfg)
+    elif "validation" in in_file:
+        validation = _checked_rows(in_file["validation"], task, cfg)
     else:
         if len(train) < 2:
             raise DeltatuneError(f"{d.train_file}: needs at least 2 rows to carve out a validation split")
@@ -284,7 +284,38 @@ def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
         if cfg.data.max_eval_samples:
             validation = validation.select(range(min(cfg.data.max_eval_samples, len(validation))))
     test = _read_split(d.test_file, task, cfg) if d.test_file else None
+    if test is None and "test" in in_file:
+        test = _checked_rows(in_file["test"], task, cfg)
     return task, _Splits(train, validation, test)
+
+
+def _training_rows(cfg: RunConfig) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
+    """The training rows of ``data.train_file`` (cut to ``data.max_train_samples``) and, with
+    ``data.split_column``, the file's other splits (``{"validation": ..., "test": ...}``, those present).
+
+    Raises:
+        DeltatuneError: no ``data.train_file``; an unreadable file; a bad split column.
+    """
+    d = cfg.data
+    if not d.train_file:
+        raise DeltatuneError("no training data: set data.train_file in the config or pass --train FILE")
+    train = load_table(d.train_file, split="train", config_name=d.dataset_config_name)
+    others: dict[str, datasets.Dataset] = {}
+    if d.split_column:
+        others = split_by_column(train, d.split_column, d.train_file)
+        train = others.pop("train")
+    if d.max_train_samples:
+        train = train.select(range(min(d.max_train_samples, len(train))))
+    return train, others
+
+
+def _checked_rows(ds: datasets.Dataset, task: Task, cfg: RunConfig) -> datasets.Dataset:
+    """Validation or test rows taken from the training file by ``data.split_column``, cut to
+    ``data.max_eval_samples`` and checked as :func:`_read_split` checks a file's."""
+    if cfg.data.max_eval_samples:
+        ds = ds.select(range(min(cfg.data.max_eval_samples, len(ds))))
+    task.check(ds, cfg.data.train_file, with_labels=True)
+    return ds
 
 
 def _encode(cfg: RunConfig, task: Task, splits: _Splits, model_path: str | Path, strict: bool) -> tuple[Any, _Encoded]:
@@ -422,7 +453,8 @@ def _train(
             lambda tmp: saved.update(save_trained(unwrapped, tmp, tokenizer, cfg, model_path, base_state)), folder
         )
 
-    trainer = Trainer(model, task, encoded.train, encoded.validation, cfg, run_dir, save_model, callbacks)
+    extra = (encoded.test,) if encoded.test is not None else ()
+    trainer = Trainer(model, task, encoded.train, encoded.validation, cfg, run_dir, save_model, callbacks, reference_features=extra)
     if verbose and trainer.is_main:
         print(_summary(cfg, model, encoded.train.num_examples, len(encoded.validation), trainer), flush=True)
     result = trainer.train(resume=resume, trust_checkpoint=trust_checkpoint)
@@ -766,16 +798,16 @@ def check(
     """
     cfg = build_config(config, overrides)
     d = cfg.data
-    if not d.train_file:
-        raise DeltatuneError("no training data: set data.train_file in the config or pass --train FILE")
-    train = load_table(d.train_file, split="train", config_name=d.dataset_config_name)
-    if d.max_train_samples:
-        train = train.select(range(min(d.max_train_samples, len(train))))
+    train, in_file = _training_rows(cfg)
     task = create_task(cfg)
     task.fit(train, d.train_file)
     # read (and check) every split before the tokenizer, in finetune's order
     splits = (("validation", d.validation_file), ("test", d.test_file))
     extra = [(name, ref, _read_split(ref, task, cfg)) for name, ref in splits if ref]
+    extra += [
+        (name, f"{d.train_file} ({d.split_column}={name})", _checked_rows(in_file[name], task, cfg))
+        for name, ref in splits if not ref and name in in_file
+    ]
     tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
     _, warnings = check_coverage(task, train, tokenizer, d.train_file, strict=strict)
@@ -788,8 +820,8 @@ def check(
     lines = [f"{cfg.task}: {len(feats)} encoded training examples from {d.train_file} (max_seq_length {d.max_seq_length})"]
     for i in range(min(examples, len(feats))):
         row = feats[i]
-        lines.append(f"--- example {i + 1}: {len(row['input_ids'])} tokens")
-        lines.append(_mark_trained(tokenizer, row["input_ids"], row.get("labels")))
+        lines.append(f"--- example {i + 1}: {feats.lengths[i]} tokens")
+        lines += task.show_feature(tokenizer, row)
     if stats_line is not None:
         lines.append(stats_line)
     lines += [f"warning: {w}" for w in warnings]
@@ -802,31 +834,18 @@ def check(
 
 
 def _stats_line(d: dict[str, Any]) -> str:
-    """One line of a split's pre-flight counts (decoder tasks)."""
-    return (
+    """One line of a split's pre-flight counts (decoder tasks); counts a task adds to
+    :class:`EncodeStats` (preference pairs: ``dropped_identical`` ...) follow, by name."""
+    line = (
         f"examples {d['examples']} | truncated {d['truncated']} | dropped (no trained token) {d['dropped_no_trained_tokens']}"
         f" | EOS appended {d['eos_appended']} | double BOS {d['double_bos']} | trained tokens {d['trained_tokens']}"
         f" of {d['total_tokens']} ({100 * d['trained_tokens'] / max(d['total_tokens'], 1):.1f}%)"
     )
-
-
-def _mark_trained(tokenizer, ids: list[int], labels: Any) -> str:
-    """Decode ``ids`` with the trained spans (labels != -100) wrapped in [[ ]]."""
-    if not isinstance(labels, list) or len(labels) != len(ids):
-        return tokenizer.decode(ids)
-    out, span, trained = [], [], None
-    for tok, lab in zip(ids, labels):
-        t = lab != -100
-        if trained is not None and t != trained:
-            text = tokenizer.decode(span)
-            out.append(f"[[{text}]]" if trained else text)
-            span = []
-        span.append(tok)
-        trained = t
-    if span:
-        text = tokenizer.decode(span)
-        out.append(f"[[{text}]]" if trained else text)
-    return "".join(out)
+    base = set(EncodeStats().as_dict())
+    extra = [f"{k.replace('_', ' ')} {v}" for k, v in d.items() if k not in base and isinstance(v, int)]
+    if d.get("dropped_rows"):
+        extra.append(f"dropped rows {', '.join(map(str, d['dropped_rows'][:20]))}")
+    return " | ".join([line, *extra])
 
 
 def predict(

@@ -33,8 +33,14 @@ from deltatune.tasks.options import (
     OPTION_MODELS,
     ChatOptions,
     ClassificationOptions,
+    DPOOptions,
     ExtractiveSummarizationOptions,
+    GRPOOptions,
+    KTOOptions,
     MaskedLMOptions,
+    PairOptions,
+    PreferenceOptions,
+    SimPOOptions,
     QuestionAnsweringOptions,
     TargetOptions,
     TextToTextOptions,
@@ -193,6 +199,11 @@ class DataFiles(BaseModel):
     )
     test_file: Optional[str] = Field(default=None, description="test rows, evaluated once after training")
     dataset_config_name: Optional[str] = Field(default=None, description="the hub dataset's configuration, if it has several")
+    split_column: Optional[str] = Field(
+        default=None,
+        description="a column of train_file naming each row's split (train; validation/valid/val/dev/eval; test): "
+        "its validation and test rows are used when validation_file / test_file are unset",
+    )
     text_column: str = Field(default="text", description="column holding the input text (the document for summarization)")
     validation_split: float = Field(
         default=0.1, gt=0.0, lt=1.0,
@@ -206,6 +217,12 @@ class DataFiles(BaseModel):
 
 class DataConfig(
     _Section,
+    GRPOOptions,
+    KTOOptions,
+    SimPOOptions,
+    DPOOptions,
+    PairOptions,
+    PreferenceOptions,
     MaskedLMOptions,
     ExtractiveSummarizationOptions,
     QuestionAnsweringOptions,
@@ -453,6 +470,15 @@ class RunConfig(_Section):
                 raise ValueError(
                     f"data.{key} applies to {where}, not {self.task}; remove it, or set task to the task it belongs to"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _preference_beta_positive(self) -> "RunConfig":
+        """``data.beta`` 0 is allowed for grpo only (no KL penalty); the preference losses divide by it
+        or scale by it to nothing."""
+        own = option_fields(self.task)
+        if "beta" in own and "num_generations" not in own and self.data.beta is not None and self.data.beta <= 0:
+            raise ValueError(f"data.beta must be > 0 for {self.task} (0 is allowed for grpo only); e.g. data.beta=0.1")
         return self
 
     @model_validator(mode="after")

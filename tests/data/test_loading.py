@@ -168,3 +168,73 @@ def test_token_task_on_a_plain_txt_says_how_to_name_a_token_file(tmp_path):
         task.fit(load_table(str(p)), str(p))
     msg = str(e.value)
     assert "ner.txt: no column 'tokens'" in msg and "read as plain text" in msg and "CoNLL" in msg and "--text-column" not in msg
+
+
+# ---- gzip-compressed data files ----
+
+
+def _gz(path, data: bytes):
+    import gzip
+
+    path.write_bytes(gzip.compress(data))
+    return path
+
+
+def test_gzip_files_are_read_as_their_inner_format(tmp_path):
+    from deltatune.data.paths import header_columns
+
+    jsonl = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+    tsv = ("text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in ROWS)).encode()
+    files = [
+        _gz(tmp_path / "d.jsonl.gz", jsonl),
+        _gz(tmp_path / "d.JSON.GZ", json.dumps(ROWS).encode()),
+        _gz(tmp_path / "d.csv.gz", pd.DataFrame(ROWS).to_csv(index=False).encode()),
+        _gz(tmp_path / "d.tsv.gz", tsv),
+    ]
+    for p in files:
+        ds = load_table(str(p))
+        assert ds.column_names == ["text", "label"] and ds.to_list() == ROWS, p.name
+    assert header_columns(files[0]) == header_columns(files[2]) == ["text", "label"]
+    assert header_columns(files[1]) is None  # a JSON array: not cheap
+
+
+def test_gzip_content_checks_name_the_compressed_file(tmp_path):
+    from deltatune.data.paths import looks_like_path
+
+    p = _gz(tmp_path / "empty.jsonl.gz", b"")
+    with pytest.raises(DeltatuneError, match=r"empty\.jsonl\.gz is empty; it needs at least one row"):
+        load_table(str(p))
+    p = _gz(tmp_path / "bad.tsv.gz", b"text\tlabel\ncaf\xe9\tx\n")
+    with pytest.raises(DeltatuneError) as e:
+        load_table(str(p))
+    assert str(e.value).startswith(f"{p}: line 2 is not valid UTF-8")
+    p = _gz(tmp_path / "bad.jsonl.gz", b'{"a": 1}\n{"a": \n')
+    with pytest.raises(DeltatuneError, match=r"bad\.jsonl\.gz: line 2 is not valid JSON"):
+        load_table(str(p))
+    with pytest.raises(DeltatuneError, match=r"unsupported file type"):
+        load_table(str(_gz(tmp_path / "d.xlsx.gz", b"a\n")))
+    assert looks_like_path("train.jsonl.gz") and not looks_like_path("org/name")
+    with pytest.raises(DeltatuneError, match="data file not found"):
+        load_table("missing.jsonl.gz")
+
+
+def test_a_corrupt_gzip_file_is_one_line_naming_it(tmp_path):
+    import gzip
+
+    for name, data in [("junk.jsonl.gz", b"not gzip at all"), ("cut.jsonl.gz", gzip.compress(b'{"a": 1}\n' * 50)[:-10])]:
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(DeltatuneError) as e:
+            load_table(str(p))
+        msg = str(e.value)
+        assert msg.startswith(f"{p}: is not a valid gzip file") and "\n" not in msg and "re-compress" in msg
+
+
+def test_the_real_hh_rlhf_gzip_file_loads():
+    from pathlib import Path
+
+    p = Path("/work/shared/data/preference/hh_rlhf_helpful_base/test.jsonl.gz")
+    if not p.exists():
+        pytest.skip("HH-RLHF helpful-base not staged")
+    ds = load_table(str(p))
+    assert ds.column_names == ["chosen", "rejected"] and len(ds) == 2354

@@ -9,6 +9,8 @@ nested JSON gives one row per question (:mod:`deltatune.data.squad`); CoNLL toke
 e.g. CoNLL-2003's ``eng.train``) give one row per sentence with ``tokens`` and ``tags``
 (:mod:`deltatune.data.conll`).
 Anything that is not an existing path is treated as a hub dataset name (needs network).
+Each format may be gzip-compressed (``train.jsonl.gz``): the suffix before ``.gz`` names the
+format and every check below applies to the decompressed content.
 
 Before parsing, text files are checked to be UTF-8 so that a bad byte is reported with its
 line number instead of a parser traceback.
@@ -17,14 +19,18 @@ line number instead of a parser traceback.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
+import shutil
+import tempfile
+import zlib
 from pathlib import Path
 
 import datasets
 
 from deltatune.data.conll import CONLL_SUFFIXES, looks_like_conll, read_conll
-from deltatune.data.paths import BINARY_FORMATS, SUPPORTED, TEXT_FORMATS, check_data_file
+from deltatune.data.paths import BINARY_FORMATS, SUPPORTED, TEXT_FORMATS, check_data_file, data_suffix
 from deltatune.data.squad import flatten_squad, is_squad
 from deltatune.errors import DeltatuneError
 
@@ -47,7 +53,8 @@ def load_table(ref: str, split: str = "train", config_name: str | None = None) -
     """Load rows from ``ref`` (a local file, or a hub dataset name) as a ``datasets.Dataset``.
 
     Args:
-        ref: path to a CSV/TSV/JSON/JSONL/Parquet/text file, or a hub dataset id.
+        ref: path to a CSV/TSV/JSON/JSONL/Parquet/text file (optionally gzip-compressed,
+            ``x.jsonl.gz``), or a hub dataset id.
         split: the split to take from a hub dataset (ignored for files).
         config_name: the hub dataset's configuration name, if it has several.
 
@@ -56,14 +63,40 @@ def load_table(ref: str, split: str = "train", config_name: str | None = None) -
         ``text``).
 
     Raises:
-        DeltatuneError: missing file, unsupported extension, invalid UTF-8 (with line number),
-            a file that does not parse, an empty file, or an unreachable hub dataset.
+        DeltatuneError: missing file, unsupported extension, a corrupt gzip file, invalid UTF-8
+            (with line number), a file that does not parse, an empty file, or an unreachable hub dataset.
     """
     path = check_data_file(ref)  # the same checks the CLI makes before importing torch
     return _load_file(path) if path is not None else _load_hub(ref, split, config_name)
 
 
+def _load_gzip(path: Path) -> datasets.Dataset:
+    """A ``.gz`` data file: decompressed into a temporary folder under its inner name (``x.jsonl``),
+    read as that format, with ``path`` named in every message. The rows are held in memory, so
+    the temporary file is removed before returning.
+
+    Raises:
+        DeltatuneError: the file is not valid gzip (one line naming it), or any error of the inner format.
+    """
+    with tempfile.TemporaryDirectory(prefix="deltatune-gz-") as tmp:
+        inner = Path(tmp) / path.stem
+        try:
+            with gzip.open(path, "rb") as src, inner.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except (OSError, EOFError, zlib.error) as e:  # OSError includes gzip.BadGzipFile
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DeltatuneError(
+                f"{path}: is not a valid gzip file ({first}); re-compress it with gzip, or give the uncompressed file"
+            ) from None
+        try:
+            return _load_file(inner)
+        except DeltatuneError as e:
+            raise DeltatuneError(str(e).replace(str(inner), str(path))) from None
+
+
 def _load_file(path: Path) -> datasets.Dataset:
+    if data_suffix(path)[1]:
+        return _load_gzip(path)
     ext = path.suffix.lower()
     fmt = _TEXT_FORMATS.get(ext) or _BINARY_FORMATS.get(ext)
     # CoNLL by content: no known extension, or a .txt whose lines are all "word ... TAG"

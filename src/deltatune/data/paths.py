@@ -3,12 +3,17 @@
 Used by :func:`deltatune.data.loading.load_table` and by the CLI before it imports torch, so
 that a mistyped path, or a column the task reads and the file lacks, is reported in a fraction
 of a second with the same message as the full check (:func:`deltatune.data.columns.require_columns`).
+
+Any of the formats may be gzip-compressed (``train.jsonl.gz``, ``dev.tsv.gz``): the format is
+the suffix before ``.gz`` (:func:`data_suffix`), and the content is read decompressed.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import zlib
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -16,14 +21,27 @@ from deltatune.errors import DeltatuneError
 
 TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "json", ".ndjson": "json", ".txt": "text"}
 BINARY_FORMATS = {".parquet": "parquet", ".pq": "parquet"}
-SUPPORTED = ", ".join(sorted(set(TEXT_FORMATS) | set(BINARY_FORMATS) | {".conll"}))
+GZIP_SUFFIX = ".gz"
+SUPPORTED = ", ".join(sorted(set(TEXT_FORMATS) | set(BINARY_FORMATS) | {".conll"})) + "; each also gzip-compressed, e.g. .jsonl.gz"
 _KNOWN_SUFFIXES = set(TEXT_FORMATS) | set(BINARY_FORMATS)
+
+
+def data_suffix(path: Path | str) -> tuple[str, bool]:
+    """The lower-cased suffix that names a data file's format, and whether the file is gzip-compressed.
+
+    ``train.jsonl.gz`` gives ``(".jsonl", True)``, ``dev.TSV`` gives ``(".tsv", False)``, a bare
+    ``x.gz`` gives ``("", True)``.
+    """
+    p = Path(path)
+    if p.suffix.lower() == GZIP_SUFFIX:
+        return Path(p.stem).suffix.lower(), True
+    return p.suffix.lower(), False
 
 
 def looks_like_path(ref: str) -> bool:
     """Whether ``ref`` names a local file rather than a hub dataset: it starts with ``.``, ``/``
-    or ``~``, or ends in a known data file extension (:data:`SUPPORTED`)."""
-    return ref.startswith((".", "/", "~")) or Path(ref).suffix.lower() in _KNOWN_SUFFIXES
+    or ``~``, or ends in a known data file extension (:data:`SUPPORTED`, optionally followed by ``.gz``)."""
+    return ref.startswith((".", "/", "~")) or data_suffix(ref)[0] in _KNOWN_SUFFIXES
 
 
 def check_data_file(ref: str) -> Path | None:
@@ -63,26 +81,29 @@ def header_columns(path: Path) -> Optional[list[str]]:
     CSV (``.csv``, parsed with :mod:`csv`) and TSV (``.tsv``/``.tab``, split on tabs, no quoting,
     as the loader reads it): the first non-blank line; JSON Lines (``.jsonl``/``.ndjson``, or a
     ``.json`` whose first two non-blank lines are each an object): the keys of the first row,
-    which are the columns ``datasets.Dataset.from_list`` makes. Reads a few lines at most.
+    which are the columns ``datasets.Dataset.from_list`` makes. Reads a few lines at most
+    (of the decompressed text for a ``.gz`` file).
 
     Returns:
         The names in file order, or ``None`` when the header is not cheap or not certain to be
         what the loader will make (Parquet, JSON arrays or documents such as SQuAD, CoNLL,
         plain text, undecodable or empty files, duplicate or empty CSV names, which pandas renames).
     """
-    fmt = TEXT_FORMATS.get(path.suffix.lower())
+    suffix, compressed = data_suffix(path)
+    fmt = TEXT_FORMATS.get(suffix)
+    if fmt not in ("csv", "tsv", "json"):
+        return None
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
+        opened = gzip.open(path, "rt", encoding="utf-8-sig", newline="") if compressed else path.open(encoding="utf-8-sig", newline="")
+        with opened as f:
             if fmt == "csv":
                 row = next((r for r in csv.reader(f) if r), None)
             elif fmt == "tsv":
                 line = next((ln for ln in f if ln.strip("\r\n")), None)
                 row = line.rstrip("\r\n").split("\t") if line is not None else None
-            elif fmt == "json":
-                return _first_json_row_keys(f, jsonl=path.suffix.lower() != ".json")
             else:
-                return None
-    except (OSError, UnicodeDecodeError, csv.Error):
+                return _first_json_row_keys(f, jsonl=suffix != ".json")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error):  # OSError includes gzip.BadGzipFile
         return None
     if not row or len(set(row)) != len(row) or any(not name.strip() for name in row):
         return None
@@ -130,10 +151,12 @@ def check_columns(ref: str, columns: Iterable[str], remedy: Optional[str] = None
 
 __all__ = [
     "BINARY_FORMATS",
+    "GZIP_SUFFIX",
     "SUPPORTED",
     "TEXT_FORMATS",
     "check_columns",
     "check_data_file",
+    "data_suffix",
     "header_columns",
     "looks_like_path",
     "missing_column_message",

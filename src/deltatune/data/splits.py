@@ -8,6 +8,8 @@ from typing import Hashable, Sequence
 import datasets
 from sklearn.model_selection import train_test_split
 
+from deltatune.errors import DeltatuneError
+
 
 def train_validation_split(
     ds: datasets.Dataset,
@@ -45,3 +47,42 @@ def train_validation_split(
             strat = None
     train_idx, val_idx = train_test_split(idx, test_size=n_val, random_state=seed, shuffle=True, stratify=strat)
     return ds.select(train_idx), ds.select(val_idx)
+
+
+# values of data.split_column and the split they put a row in
+SPLIT_NAMES = {
+    "train": "train", "training": "train",
+    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "eval": "validation",
+    "test": "test",
+}
+
+
+def split_by_column(ds: datasets.Dataset, column: str, source: str) -> dict[str, datasets.Dataset]:
+    """The rows of one file divided by the value of its ``column`` (``data.split_column``).
+
+    Values (case-insensitive, surrounding spaces ignored): ``train``/``training``; ``validation``,
+    ``valid``, ``val``, ``dev``, ``eval``; ``test`` (:data:`SPLIT_NAMES`). The column stays in the rows.
+
+    Returns:
+        ``{"train": ..., "validation": ..., "test": ...}`` holding the splits that have rows, in file order.
+
+    Raises:
+        DeltatuneError: ``column`` is missing, a row has another value (naming the row, 1-based, and
+            the value), or no row is a training row.
+    """
+    if column not in ds.column_names:
+        raise DeltatuneError(
+            f"{source}: no column '{column}' (data.split_column); columns are {', '.join(ds.column_names)}"
+        )
+    indices: dict[str, list[int]] = {}
+    for i, value in enumerate(ds[column]):
+        name = SPLIT_NAMES.get(str(value).strip().lower()) if value is not None else None
+        if name is None:
+            raise DeltatuneError(
+                f"{source}: row {i + 1} has {column}={value!r}; data.split_column values must be train, validation "
+                "(or valid/val/dev/eval) or test"
+            )
+        indices.setdefault(name, []).append(i)
+    if "train" not in indices:
+        raise DeltatuneError(f"{source}: no row has {column}=train, so there is nothing to train on")
+    return {name: ds.select(rows) for name, rows in indices.items()}

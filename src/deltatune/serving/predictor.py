@@ -47,6 +47,9 @@ class Predictor:
         check_batch_size(batch_size)
         features = self.task.encode(ds, self.tokenizer, with_labels=with_labels)
         bs = batch_size or self.config.eval.per_device_eval_batch_size
+        if with_labels and self.task.needs_reference_pass:  # dpo, kto: the reference model's log-probabilities first
+            parts = batched_outputs(self.model, self.task, features, bs, self.device, step=self.task.reference_step)
+            self.task.attach_reference(features, merge_outputs(parts, len(features)))
         return merge_outputs(batched_outputs(self.model, self.task, features, bs, self.device), len(features)), features
 
     def metrics(self, ds: datasets.Dataset, batch_size: int | None = None) -> dict[str, Any]:

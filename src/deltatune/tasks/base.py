@@ -237,6 +237,43 @@ class Task(ABC):
         """
         return None
 
+    # ---- training extras (preference tuning, reinforcement fine-tuning) --------------------
+    # the Trainer runs reference_step over the training and validation features once before
+    # training (on the model as initialised, before a resume loads a checkpoint) and hands the
+    # outputs to attach_reference (dpo, kto: data.precompute_reference)
+    needs_reference_pass: bool = False
+
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """Called by the Trainer once, with the model on its device and before anything is trained
+        (a resume's checkpoint not loaded yet): e.g. keep a frozen copy as the reference model.
+        Default: nothing."""
+
+    def reference_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """Per-example reference outputs of a collated batch (no gradients), for :meth:`attach_reference`.
+
+        Only called when :attr:`needs_reference_pass` is true.
+        """
+        raise NotImplementedError(f"task {self.name!r} declares no reference pass")
+
+    def attach_reference(self, features: Features, outputs: dict[str, np.ndarray]) -> None:
+        """Store the merged :meth:`reference_step` outputs of ``features`` (one entry per feature, in order)
+        with the features, so that :meth:`collate` batches them for :meth:`loss`."""
+        raise NotImplementedError(f"task {self.name!r} declares no reference pass")
+
+    def pop_train_metrics(self) -> dict[str, float]:
+        """The task's own training statistics since the last call, averaged (DPO: rewards and
+        reward accuracy; GRPO: reward mean/std, KL, completion length), logged with the training
+        loss to metrics.jsonl; the counters restart. Default: none."""
+        return {}
+
+    def show_feature(self, tokenizer, feature: dict[str, Any]) -> list[str]:
+        """Lines showing one encoded feature for ``deltatune check``: its text with the trained spans
+        (labels != -100) wrapped in ``[[ ]]``. Tasks whose features hold several sequences
+        (preference pairs) show each."""
+        from deltatune.tasks.chat_format import mark_trained
+
+        return [mark_trained(tokenizer, feature["input_ids"], feature.get("labels"))]
+
     @classmethod
     @abstractmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "Task":

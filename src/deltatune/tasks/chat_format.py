@@ -286,3 +286,22 @@ class ChatEncoder:
         st.trained_tokens += n_trained
         st.total_tokens += len(ids)
         return ids, labels
+
+
+def mark_trained(tokenizer, ids: list[int], labels: Any) -> str:
+    """Decode ``ids`` with the trained spans (labels != -100) wrapped in [[ ]]."""
+    if not isinstance(labels, list) or len(labels) != len(ids):
+        return tokenizer.decode(ids)
+    out, span, trained = [], [], None
+    for tok, lab in zip(ids, labels):
+        t = lab != -100
+        if trained is not None and t != trained:
+            text = tokenizer.decode(span)
+            out.append(f"[[{text}]]" if trained else text)
+            span = []
+        span.append(tok)
+        trained = t
+    if span:
+        text = tokenizer.decode(span)
+        out.append(f"[[{text}]]" if trained else text)
+    return "".join(out)

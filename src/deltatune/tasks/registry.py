@@ -27,6 +27,13 @@ from pydantic import BaseModel
 from deltatune.tasks.options import (
     ChatOptions,
     ClassificationOptions,
+    DPOOptions,
+    GRPOOptions,
+    KTOOptions,
+    PairOptions,
+    PreferenceOptions,
+    SimPOOptions,
+    TemplateOptions,
     ExtractiveSummarizationOptions,
     MaskedLMOptions,
     QuestionAnsweringOptions,
@@ -103,6 +110,17 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
              options=_TEXT_TO_TEXT),
     TaskSpec("generative-qa", "language_modeling:GenerativeQATask", "decoder", "seq2seq:Seq2SeqGenerativeQATask",
              "squad_em_f1", options=_TEXT_TO_TEXT),
+    # preference tuning and reinforcement fine-tuning (docs/preference.md); columns detected from the data
+    TaskSpec("dpo", "deltatune.tasks.preference.dpo:DPOTask", "decoder", scorer="rouge",
+             options=(TemplateOptions, PreferenceOptions, PairOptions, DPOOptions)),
+    TaskSpec("orpo", "deltatune.tasks.preference.orpo:ORPOTask", "decoder", scorer="rouge",
+             options=(TemplateOptions, PreferenceOptions, PairOptions)),
+    TaskSpec("simpo", "deltatune.tasks.preference.simpo:SimPOTask", "decoder", scorer="rouge",
+             options=(TemplateOptions, PreferenceOptions, PairOptions, SimPOOptions)),
+    TaskSpec("kto", "deltatune.tasks.preference.kto:KTOTask", "decoder", scorer="rouge",
+             options=(TemplateOptions, PreferenceOptions, KTOOptions)),
+    TaskSpec("grpo", "deltatune.tasks.grpo.task:GRPOTask", "decoder",
+             options=(TemplateOptions, PreferenceOptions, GRPOOptions)),
 )
 
 # name -> spec, in registration order; register() adds to it (test-only tasks)

@@ -22,8 +22,10 @@ def batched_outputs(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     rank: int = 0,
     world: int = 1,
+    step: Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, np.ndarray]] | None = None,
 ) -> list[tuple[list[int], dict[str, np.ndarray]]]:
-    """Run :meth:`Task.eval_step` over this process's share of length-sorted batches.
+    """Run :meth:`Task.eval_step` (or ``step``, e.g. :meth:`Task.reference_step`) over this process's
+    share of length-sorted batches.
 
     Args:
         batch_size: examples per forward pass.
@@ -38,7 +40,7 @@ def batched_outputs(
     for idx in eval_batches(features.lengths, batch_size)[rank::world]:
         batch = {k: v.to(device) for k, v in task.collate([features[i] for i in idx]).items()}
         with autocast():
-            parts.append((idx, task.eval_step(model, batch)))
+            parts.append((idx, (step or task.eval_step)(model, batch)))
     return parts
 
 

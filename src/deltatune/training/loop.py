@@ -190,6 +190,8 @@ class Trainer:
             called once, at the end, with the best evaluated weights in place.
         callbacks: ``callback(trainer, state)`` called after every optimizer step; raise
             ``KeyboardInterrupt`` in one to simulate a user interrupt.
+        reference_features: further splits (the test split) that the task's reference pass
+            (:attr:`Task.needs_reference_pass`) covers besides the training and validation features.
     """
 
     def __init__(
@@ -202,6 +204,7 @@ class Trainer:
         run_dir: RunDir,
         save_model: Callable[[Path], None],
         callbacks: tuple[Callable[["Trainer", TrainState], None], ...] = (),
+        reference_features: tuple[Features, ...] = (),
     ):
         self.cfg = config
         self.task = task
@@ -225,6 +228,8 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(train_features), self.global_batch, tc.gradient_accumulation_steps)
         self.total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * self.steps_per_epoch))
         model = apply_compute_options(model.to(self.accelerator.device), tc)  # checkpointing, torch.compile
+        self.reference_seconds: Optional[float] = None
+        self._reference_pass(model, (train_features, eval_features, *reference_features))
         self.plan: BatchPlan = self._plan_batch(model)
         optimizer = build_optimizer(model, tc)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -253,6 +258,31 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
+
+    def _reference_pass(self, model: torch.nn.Module, splits: tuple[Optional[Features], ...]) -> None:
+        """Before anything is trained (and before a resume loads its checkpoint): the task's
+        :meth:`Task.prepare_model`, then, for tasks with :attr:`Task.needs_reference_pass`, one
+        pass of :meth:`Task.reference_step` over every split given, its outputs attached to the
+        features (:meth:`Task.attach_reference`); its time goes to ``self.reference_seconds``
+        (logged to metrics.jsonl as ``{"event": "reference"}``)."""
+        self.task.prepare_model(model)
+        if not self.task.needs_reference_pass:
+            return
+        start = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        for features in splits:
+            if features is None or len(features) == 0:
+                continue
+            parts = batched_outputs(
+                model, self.task, features, self.cfg.eval.per_device_eval_batch_size, self.accelerator.device,
+                self.autocast, self.rank, self.world, step=self.task.reference_step,
+            )
+            if self.world > 1:
+                parts = gather_object(parts)
+            self.task.attach_reference(features, merge_outputs(parts, len(features)))
+        model.train(was_training)
+        self.reference_seconds = time.perf_counter() - start
 
     def _plan_batch(self, model: torch.nn.Module) -> BatchPlan:
         """The micro-batch for this machine (:mod:`deltatune.training.batch_plan`), the same on every process.
@@ -495,6 +525,8 @@ class Trainer:
                 "step": 0, "event": "start", "total_steps": self.total_steps,
                 "metric_for_best_model": self.stopper.metric, "greater_is_better": self.stopper.greater_is_better,
             })
+            if self.reference_seconds is not None:  # the reference pass, timed
+                self.run_dir.log({"step": 0, "event": "reference", "seconds": round(self.reference_seconds, 3)})
 
     def _start_trackers(self) -> None:
         """Start the ``train.report_to`` trackers (main process), continuing from the resumed step.
@@ -520,6 +552,7 @@ class Trainer:
             DeltatuneError: out of memory (see :meth:`train`).
         """
         self.model.train()
+        self.task.pop_train_metrics()  # what the batch planner's trial steps counted is not training
         loop = self._start_loop()
         out_of_memory: Optional[str] = None
         try:
@@ -768,8 +801,19 @@ class Trainer:
             "learning_rate": self.scheduler.get_last_lr()[0],
             "examples_per_second": (self.state.examples_seen - examples_at_start) / elapsed if elapsed > 0 else 0.0,
         }
+        rec.update(self._task_train_metrics())
         self._log(rec)
         return loss
+
+    def _task_train_metrics(self) -> dict[str, float]:
+        """The task's own training statistics since the last log (:meth:`Task.pop_train_metrics`),
+        averaged over processes (each process's mean weighs the same)."""
+        mine = self.task.pop_train_metrics()
+        if self.world == 1:
+            return mine
+        everyone = gather_object([mine])
+        keys = sorted({k for d in everyone for k in d})
+        return {k: float(np.mean([d[k] for d in everyone if k in d])) for k in keys}
 
     def _log(self, record: dict[str, Any]) -> None:
         """One record to metrics.jsonl and to the trackers of ``train.report_to`` (main process only).

@@ -20,7 +20,8 @@ from deltatune.tasks.options.classification import ClassificationOptions
 from deltatune.tasks.options.extractive_qa import QuestionAnsweringOptions
 from deltatune.tasks.options.extractive_summarization import ExtractiveSummarizationOptions
 from deltatune.tasks.options.masked_lm import MaskedLMOptions
-from deltatune.tasks.options.text_to_text import ChatOptions, TargetOptions, TextToTextOptions
+from deltatune.tasks.options.preference import DPOOptions, GRPOOptions, KTOOptions, PairOptions, PreferenceOptions, SimPOOptions
+from deltatune.tasks.options.text_to_text import ChatOptions, TargetOptions, TemplateOptions, TextToTextOptions
 from deltatune.tasks.options.token_classification import TokenClassificationOptions
 
 # every option model, in the order of DataConfig's YAML
@@ -33,11 +34,25 @@ OPTION_MODELS = (
     QuestionAnsweringOptions,
     ExtractiveSummarizationOptions,
     MaskedLMOptions,
+    TemplateOptions,
+    PreferenceOptions,
+    PairOptions,
+    DPOOptions,
+    SimPOOptions,
+    KTOOptions,
+    GRPOOptions,
 )
 
 __all__ = [
     "OPTION_MODELS",
     "ChatOptions",
+    "DPOOptions",
+    "GRPOOptions",
+    "KTOOptions",
+    "PairOptions",
+    "PreferenceOptions",
+    "SimPOOptions",
+    "TemplateOptions",
     "ClassificationOptions",
     "ExtractiveSummarizationOptions",
     "MaskedLMOptions",

@@ -12,17 +12,23 @@ from typing import Literal, Optional
 from pydantic import BaseModel, Field
 
 
-class ChatOptions(BaseModel):
-    """``data.*`` keys of the tasks trained as a chat on a decoder (instruction, summarization,
-    translation, generative-qa)."""
+class TemplateOptions(BaseModel):
+    """``data.*`` keys of every task that renders conversations with a chat template on a decoder
+    (instruction, the prompted text-to-text tasks, preference tuning, grpo)."""
 
-    format: Literal["auto", "alpaca", "messages", "prompt_completion"] = Field(
-        default="auto", description="layout of instruction data; auto: detected from the columns"
-    )
     chat_template: Optional[str] = Field(
         default=None, description="None: the model's own (else ChatML); or chatml, alpaca, or a Jinja template"
     )
     system_prompt: Optional[str] = Field(default=None, description="text prepended to every conversation as a system turn")
+
+
+class ChatOptions(TemplateOptions):
+    """``data.*`` keys of the tasks trained as a chat on a decoder by supervised fine-tuning
+    (instruction, summarization, translation, generative-qa)."""
+
+    format: Literal["auto", "alpaca", "messages", "prompt_completion"] = Field(
+        default="auto", description="layout of instruction data; auto: detected from the columns"
+    )
 
 
 class TargetOptions(BaseModel):

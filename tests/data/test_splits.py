@@ -1,0 +1,47 @@
+"""Splits of one file by a column (data.split_column) and the carved validation split."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from deltatune import api
+from deltatune.data.splits import split_by_column
+from deltatune.errors import DeltatuneError
+
+
+def test_rows_are_divided_by_their_split_value_in_file_order():
+    ds = datasets.Dataset.from_dict({"x": list(range(6)), "split": ["train", "eval", "Train ", "test", "dev", "train"]})
+    parts = split_by_column(ds, "split", "f.jsonl")
+    assert parts["train"]["x"] == [0, 2, 5] and parts["validation"]["x"] == [1, 4] and parts["test"]["x"] == [3]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["train", "holdout"], r"f.jsonl: row 2 has split='holdout'"),
+        (["eval", "test"], "no row has split=train"),
+    ],
+)
+def test_bad_split_values_are_refused_naming_the_row(values, message):
+    ds = datasets.Dataset.from_dict({"x": [1, 2], "split": values})
+    with pytest.raises(DeltatuneError, match=message):
+        split_by_column(ds, "split", "f.jsonl")
+
+
+def test_a_missing_split_column_is_named():
+    with pytest.raises(DeltatuneError, match="no column 'part' \\(data.split_column\\)"):
+        split_by_column(datasets.Dataset.from_dict({"x": [1]}), "part", "f.jsonl")
+
+
+def test_check_reads_the_validation_rows_of_the_split_column(tiny_llama_dir, tmp_path):
+    rows = [{"prompt": f"Q{i}?", "completion": f"A{i}.", "split": "eval" if i % 4 == 0 else "train"} for i in range(12)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = api.check(
+        {"task": "instruction", "model": {"name_or_path": tiny_llama_dir}, "data": {"train_file": str(path), "split_column": "split"}}
+    )
+    assert "9 encoded training examples" in report
+    assert "=== validation: 3 encoded examples" in report and "(split=validation)" in report
