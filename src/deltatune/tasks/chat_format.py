@@ -85,6 +85,31 @@ def message_text(value: Any, where: str) -> str:
     raise DeltatuneError(f"{where} must be text, got {type(value).__name__} {str(value)[:60]!r}; give a string")
 
 
+def parse_messages(value: Any, where: str) -> list[dict[str, str]]:
+    """A list of ``{role, content}`` (or ShareGPT ``{from, value}``) messages, normalised to
+    ``{"role": system|user|assistant, "content": str}``.
+
+    Raises:
+        DeltatuneError: not a non-empty list of message objects, an unknown role, missing or
+            non-text content, naming ``where`` and the message (from 1).
+    """
+    if not isinstance(value, (list, tuple)) or not value:
+        raise DeltatuneError(f"{where}: messages must be a non-empty list of {{role, content}}")
+    out = []
+    for k, m in enumerate(value, start=1):
+        if not isinstance(m, dict):
+            raise DeltatuneError(f"{where}: message {k} must be an object with role and content")
+        raw_role = m.get("role", m.get("from"))
+        role = SHAREGPT_ROLES.get(str(raw_role).lower()) if raw_role is not None else None
+        if role is None:
+            raise DeltatuneError(f"{where}: message {k} has role {raw_role!r}; use system/user/assistant (ShareGPT: system/human/gpt)")
+        content = m.get("content", m.get("value"))
+        if content is None:
+            raise DeltatuneError(f"{where}: message {k} ({raw_role}) has no content")
+        out.append({"role": role, "content": message_text(content, f"{where}: message {k} content")})
+    return out
+
+
 def row_to_messages(
     row: dict[str, Any], fmt: str, row_number: int, source: str, with_answer: bool = True
 ) -> list[dict[str, str]]:
@@ -130,25 +155,10 @@ def row_to_messages(
         return msgs
     if fmt == "messages":
         raw = row.get("messages") if row.get("messages") is not None else row.get("conversations")
-        if not isinstance(raw, (list, tuple)) or not raw:
-            raise DeltatuneError(f"{at}: 'messages' must be a non-empty list of {{role, content}}")
-        msgs = []
-        for k, m in enumerate(raw, start=1):
-            if not isinstance(m, dict):
-                raise DeltatuneError(f"{at}: each message must be an object with role and content")
-            raw_role = m.get("role", m.get("from"))
-            content = m.get("content", m.get("value"))
-            role = SHAREGPT_ROLES.get(str(raw_role).lower()) if raw_role is not None else None
-            if role is None:
-                raise DeltatuneError(
-                    f"{at}: message {k} has role {raw_role!r}; use system/user/assistant (ShareGPT: system/human/gpt)"
-                )
-            if content is None:
-                raise DeltatuneError(f"{at}: message {k} ({raw_role}) has no content")
-            text = message_text(content, f"{at}: message {k} content")
-            if role == "assistant" and with_answer and not text.strip():
+        msgs = parse_messages(raw, at)
+        for k, m in enumerate(msgs, start=1):
+            if m["role"] == "assistant" and with_answer and not m["content"].strip():
                 raise DeltatuneError(f"{at}: message {k} is an empty assistant turn; fill it or drop the row")
-            msgs.append({"role": role, "content": text})
         first_assistant = next((k for k, m in enumerate(msgs) if m["role"] == "assistant"), None)
         if first_assistant is not None and not any(m["role"] == "user" for m in msgs[:first_assistant]):
             raise DeltatuneError(f"{at}: the conversation has an assistant turn before any user turn; start it with a user message")

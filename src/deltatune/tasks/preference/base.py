@@ -61,7 +61,6 @@ from deltatune.tasks.token_loss import next_token_losses, resolve_chunk_size, un
 
 # the columns collate stacks into the 2B-row batch (chosen rows first)
 _SEQUENCE_KEYS = ("input_ids", "labels")
-_REFERENCE_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 def is_adapter_model(model: torch.nn.Module) -> bool:
@@ -115,6 +114,8 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
     uses_reference = False
     default_beta = 0.1
     scores_generations = True
+    # feature/batch keys of the reference log-probabilities of the first and second half of the 2B rows
+    reference_keys = ("ref_chosen_logps", "ref_rejected_logps")
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -225,11 +226,16 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
         reference log-probabilities."""
         seqs = [{k: f[k] for k in _SEQUENCE_KEYS} for f in features]
         seqs += [{"input_ids": f["rejected_input_ids"], "labels": f["rejected_labels"]} for f in features]
+        return self.stack_sequences(seqs, features)
+
+    def stack_sequences(self, seqs: list[dict[str, Any]], features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """``seqs`` ({input_ids, labels}: the first halves, then the second) right-padded with an
+        attention mask, and the features' precomputed reference log-probabilities (B,) when present."""
         for s in seqs:
             s["attention_mask"] = [1] * len(s["input_ids"])
         batch = pad_batch(seqs, {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX})
-        if all(k in features[0] for k in _REFERENCE_KEYS):
-            for k in _REFERENCE_KEYS:
+        if all(k in features[0] for k in self.reference_keys):
+            for k in self.reference_keys:
                 batch[k] = torch.tensor([f[k] for f in features], dtype=torch.float32)
         return batch
 
@@ -288,8 +294,9 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
     def reference_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) reference log-probability sums of chosen and rejected: from the batch when precomputed,
         else computed now (:meth:`reference_model`)."""
-        if _REFERENCE_KEYS[0] in batch:
-            return batch[_REFERENCE_KEYS[0]], batch[_REFERENCE_KEYS[1]]
+        first, second = self.reference_keys
+        if first in batch:
+            return batch[first], batch[second]
         with self.reference_model(model) as ref:
             was = ref.training
             ref.eval()
@@ -298,15 +305,17 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
         return out["chosen"].detach(), out["rejected"].detach()
 
     def reference_step(self, model, batch) -> dict[str, np.ndarray]:
-        """The reference log-probability sums of a batch's pairs (the Trainer's reference pass)."""
+        """The reference log-probability sums of a batch's two halves (the Trainer's reference pass)."""
         with self.reference_model(model) as ref:
             out = self.sequence_logps(ref, batch)
-        return {"ref_chosen_logps": out["chosen"].double().cpu().numpy(), "ref_rejected_logps": out["rejected"].double().cpu().numpy()}
+        first, second = self.reference_keys
+        return {first: out["chosen"].double().cpu().numpy(), second: out["rejected"].double().cpu().numpy()}
 
     def attach_reference(self, features: Features, outputs: dict[str, np.ndarray]) -> None:
-        """Store each pair's reference log-probabilities in its feature."""
-        for row, c, r in zip(features.rows, outputs["ref_chosen_logps"], outputs["ref_rejected_logps"]):
-            row["ref_chosen_logps"], row["ref_rejected_logps"] = float(c), float(r)
+        """Store each feature's reference log-probabilities in it (:attr:`reference_keys`)."""
+        first, second = self.reference_keys
+        for row, a, b in zip(features.rows, outputs[first], outputs[second]):
+            row[first], row[second] = float(a), float(b)
 
     # ---- loss and metrics ------------------------------------------------------------------
     def pair_loss(self, model, batch, logps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

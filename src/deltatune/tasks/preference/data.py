@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 from deltatune.errors import DeltatuneError
-from deltatune.tasks.chat_format import IGNORE_INDEX, SHAREGPT_ROLES, ChatEncoder, EncodeStats, message_text
+from deltatune.tasks.chat_format import IGNORE_INDEX, ChatEncoder, EncodeStats, message_text, parse_messages
 
 HH_ASSISTANT = "\n\nAssistant:"
 _HH_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
@@ -145,26 +145,11 @@ def hh_messages(text: str, where: str) -> list[dict[str, str]]:
 
 
 def _messages(value: Any, where: str) -> list[dict[str, str]]:
-    """A list of ``{role, content}`` or ShareGPT ``{from, value}`` messages, normalised.
-
-    Raises:
-        DeltatuneError: not a non-empty list of message objects, an unknown role, or non-text content.
-    """
+    """A list of messages, normalised (:func:`deltatune.tasks.chat_format.parse_messages`); a
+    value that is not a list asks for text or messages."""
     if not isinstance(value, (list, tuple)) or not value:
         raise DeltatuneError(f"{where} must be text or a non-empty list of {{role, content}} messages")
-    out = []
-    for k, m in enumerate(value, start=1):
-        if not isinstance(m, dict):
-            raise DeltatuneError(f"{where}: message {k} must be an object with role and content")
-        raw_role = m.get("role", m.get("from"))
-        role = SHAREGPT_ROLES.get(str(raw_role).lower()) if raw_role is not None else None
-        if role is None:
-            raise DeltatuneError(f"{where}: message {k} has role {raw_role!r}; use system/user/assistant (ShareGPT: system/human/gpt)")
-        content = m.get("content", m.get("value"))
-        if content is None:
-            raise DeltatuneError(f"{where}: message {k} ({raw_role}) has no content")
-        out.append({"role": role, "content": message_text(content, f"{where}: message {k} content")})
-    return out
+    return parse_messages(value, where)
 
 
 def _is_missing(value: Any) -> bool:

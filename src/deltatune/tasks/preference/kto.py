@@ -29,14 +29,11 @@ import torch
 
 from deltatune.errors import DeltatuneError
 from deltatune.tasks.base import Features
-from deltatune.tasks.chat_format import IGNORE_INDEX, mark_trained
-from deltatune.tasks.collate import pad_batch
+from deltatune.tasks.chat_format import mark_trained
 from deltatune.tasks.examples import example_row, worst_examples
 from deltatune.tasks.preference.base import PreferenceTask
 from deltatune.tasks.preference.data import PreferenceStats, read_example
 from deltatune.tasks.preference.losses import kto_kl, kto_loss
-
-_REFERENCE_KEYS = ("ref_logps", "ref_kl_logps")
 
 
 def rank_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -56,6 +53,7 @@ class KTOTask(PreferenceTask):
     paired = False
     uses_reference = True
     default_beta = 0.1
+    reference_keys = ("ref_logps", "ref_kl_logps")
 
     def __init__(self, config):
         super().__init__(config)
@@ -121,23 +119,9 @@ class KTOTask(PreferenceTask):
         and, when precomputed, ``ref_logps`` / ``ref_kl_logps`` (B,)."""
         seqs = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
         seqs += [{"input_ids": f["kl_input_ids"], "labels": f["kl_labels"]} for f in features]
-        for s in seqs:
-            s["attention_mask"] = [1] * len(s["input_ids"])
-        batch = pad_batch(seqs, {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX})
+        batch = self.stack_sequences(seqs, features)
         batch["desirable"] = torch.tensor([bool(f["desirable"]) for f in features])
-        if all(k in features[0] for k in _REFERENCE_KEYS):
-            for k in _REFERENCE_KEYS:
-                batch[k] = torch.tensor([f[k] for f in features], dtype=torch.float32)
         return batch
-
-    def reference_step(self, model, batch) -> dict[str, np.ndarray]:
-        with self.reference_model(model) as ref:
-            out = self.sequence_logps(ref, batch)
-        return {"ref_logps": out["chosen"].double().cpu().numpy(), "ref_kl_logps": out["rejected"].double().cpu().numpy()}
-
-    def attach_reference(self, features: Features, outputs: dict[str, np.ndarray]) -> None:
-        for row, a, b in zip(features.rows, outputs["ref_logps"], outputs["ref_kl_logps"]):
-            row["ref_logps"], row["ref_kl_logps"] = float(a), float(b)
 
     def _pair_outputs(self, model, batch) -> dict[str, torch.Tensor]:
         """Per-example loss, reward, log-probability and the batch's KL point, (B,) each."""
@@ -150,11 +134,6 @@ class KTOTask(PreferenceTask):
             "loss": losses, "rewards": rewards, "logps": logps["chosen"], "desirable": batch["desirable"].float(),
             "kl": z.expand_as(losses), "nll_sum": -logps["chosen"], "chosen_tokens": logps["chosen_tokens"],
         }
-
-    def reference_logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if _REFERENCE_KEYS[0] in batch:
-            return batch[_REFERENCE_KEYS[0]], batch[_REFERENCE_KEYS[1]]
-        return super().reference_logps(model, batch)
 
     def loss(self, model, batch):
         out = self._pair_outputs(model, batch)
