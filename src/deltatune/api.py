@@ -30,7 +30,6 @@ from deltatune.serving.predictor import Predictor, check_batch_size, load
 from deltatune.serving.server import serve  # deltatune serve: the HTTP API
 from deltatune.tasks import GenerativeTask, Task, create_task
 from deltatune.tasks.base import Features
-from deltatune.tasks.chat_format import EncodeStats
 from deltatune.tasks.examples import compared_generations, worst_examples
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
 from deltatune.training.checkpoint import replace_dir_atomically
@@ -468,9 +467,9 @@ def _final_metrics(
     with the generation metrics of decoder tasks, and analysis.json's content.
 
     The validation split is run through the model once: its outputs give both the metrics and
-    the worst rows (:meth:`Task.worst_examples`; generative tasks: the worst of their scored
-    generations, :meth:`GenerativeTask.scored_generations`, the same generations that give
-    the generation metrics).
+    the worst rows (:meth:`Task.worst_examples`; generative tasks without a row score of their
+    own: the worst of their scored generations, :meth:`GenerativeTask.scored_generations`, the
+    same generations that give the generation metrics).
 
     Returns:
         ``(metrics, analysis)``; ``analysis`` is ``{"split", "task"}`` with ``worst_examples``
@@ -485,7 +484,8 @@ def _final_metrics(
     worst = task.worst_examples(outputs, encoded.validation, splits.validation, k) if k > 0 else None
     generations = None
     if isinstance(task, GenerativeTask):  # decoder tasks: generate and score
-        worst, generations = _final_generations(cfg, trainer, task, tokenizer, splits, metrics, before)
+        generated_worst, generations = _final_generations(cfg, trainer, task, tokenizer, splits, metrics, before)
+        worst = worst if worst is not None else generated_worst  # a task's own row score (e.g. DPO's margin) wins
     if worst is not None:
         analysis["worst_examples"] = worst
     if generations is not None:
@@ -814,7 +814,7 @@ def check(
 
     def encode(ds, ref):
         feats = task.encode(ds, tokenizer, source=ref)
-        return feats, (_stats_line(feats.stats.as_dict()) if feats.stats is not None else None)
+        return feats, (feats.stats.summary() if feats.stats is not None else None)
 
     feats, stats_line = encode(train, d.train_file)
     lines = [f"{cfg.task}: {len(feats)} encoded training examples from {d.train_file} (max_seq_length {d.max_seq_length})"]
@@ -831,21 +831,6 @@ def check(
         if split_stats is not None:
             lines.append(split_stats)
     return "\n".join(lines)
-
-
-def _stats_line(d: dict[str, Any]) -> str:
-    """One line of a split's pre-flight counts (decoder tasks); counts a task adds to
-    :class:`EncodeStats` (preference pairs: ``dropped_identical`` ...) follow, by name."""
-    line = (
-        f"examples {d['examples']} | truncated {d['truncated']} | dropped (no trained token) {d['dropped_no_trained_tokens']}"
-        f" | EOS appended {d['eos_appended']} | double BOS {d['double_bos']} | trained tokens {d['trained_tokens']}"
-        f" of {d['total_tokens']} ({100 * d['trained_tokens'] / max(d['total_tokens'], 1):.1f}%)"
-    )
-    base = set(EncodeStats().as_dict())
-    extra = [f"{k.replace('_', ' ')} {v}" for k, v in d.items() if k not in base and isinstance(v, int)]
-    if d.get("dropped_rows"):
-        extra.append(f"dropped rows {', '.join(map(str, d['dropped_rows'][:20]))}")
-    return " | ".join([line, *extra])
 
 
 def predict(

@@ -174,6 +174,24 @@ def test_curves_svg_for_the_ui(cls_run):
     assert curves_svg([]) == ""
 
 
+def test_a_metric_logged_by_training_records_is_drawn_next_to_its_validation_values():
+    from deltatune.report.plots import curves_figure
+
+    # GRPO: the reward per logged step; evaluations every 4 steps
+    recs = [{"step": s, "loss": 0.01, "reward": 0.5 + 0.1 * s, "learning_rate": 1e-5} for s in range(1, 9)]
+    recs += [{"step": 4, "eval_loss": 0.02, "eval_reward": 0.9}, {"step": 8, "eval_loss": 0.02, "eval_reward": 1.3}]
+    svg, caption = curves_figure(recs, "reward", 8)
+    assert caption.startswith("Training and validation loss, training and validation reward and learning rate per optimizer step")
+    assert "training reward" in svg and "validation reward" in svg
+    # evaluation off: the training reward alone
+    svg, caption = curves_figure([r for r in recs if "eval_loss" not in r], "reward", None)
+    assert caption == "Training loss, training reward and learning rate per optimizer step." and "training reward" in svg
+    assert "validation reward" not in svg
+    # a metric that training records do not log: as before
+    _, caption = curves_figure(recs, "accuracy", None)
+    assert "training accuracy" not in caption
+
+
 @pytest.fixture(scope="module")
 def ner_run(tiny_model_dir, tmp_path_factory):
     from deltatune.tasks import get_task_class

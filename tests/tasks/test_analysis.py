@@ -29,6 +29,7 @@ from tests.tasks.demo_runs import demo_config, merge, write_jsonl
 CASES = [(s.name, s.family) for s in TASK_SPECS] + [(s.name, "encoder-decoder") for s in TASK_SPECS if s.encoder_decoder]
 MODEL_FIXTURES = {"encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir"}
 NO_ROW_SCORE = {"masked-lm", "causal-lm"}  # packed blocks of text, not rows: no worst_examples
+OWN_ROW_SCORE = {"dpo", "orpo", "simpo", "kto"}  # generative, but the worst rows are by reward margin over all rows
 ROW_KEYS = {"row", "input", "reference", "prediction", "score"}
 GENERATION_KEYS = {"row", "input", "reference", "before", "after"}
 K, COMPARE, GENERATED = 3, 2, 4  # eval.worst_examples, eval.compare_generations, eval.generation_max_samples
@@ -55,6 +56,14 @@ def _shows_row(name: str, row: dict, record: dict) -> bool:
         return shown == row["prompt"] and record["reference"] == row["completion"]
     if name == "generative-qa":
         return row["question"] in shown and row["context"] in shown and record["reference"] == row["answers"]["text"][0]
+    if name in {"dpo", "orpo", "simpo"}:  # worst rows: prediction = the rejected response; generations: "after"
+        return shown == row["prompt"] and record["reference"] == row["chosen"] and record.get("prediction", row["rejected"]) == row["rejected"]
+    if name == "kto":  # worst rows: reference = the label's kind; generations: the desirable completion
+        kind = "desirable" if row["label"] else "undesirable"
+        return shown == row["prompt"] and (record["reference"] == kind and record["prediction"] == row["completion"] if "prediction" in record
+                                          else record["reference"] == (row["completion"] if row["label"] else ""))
+    if name == "grpo":
+        return shown == row["prompt"] and record["reference"] == row["answer"]
     return row["source"] in shown and record["reference"] == row["target"]  # summarization, translation
 
 
@@ -85,16 +94,18 @@ def test_a_finished_run_writes_its_analysis(name, family, tmp_path, request):
     analysis = _read(run.path)
     assert analysis["split"] == "validation" and analysis["task"] == name
     generates = issubclass(cls, GenerativeTask)
-    compared = generates and REGISTRY[name].scorer is not None
+    compared = generates and cls.scores_generations
+    assert compared == (generates and (REGISTRY[name].scorer is not None or name == "grpo"))  # grpo: scored by its reward
+    from_generations = generates and name not in OWN_ROW_SCORE
     expected = {"split", "task"} | ({"worst_examples"} if name not in NO_ROW_SCORE else set()) | ({"generations"} if compared else set())
     assert set(analysis) == expected
 
     if "worst_examples" in analysis:
         worst = analysis["worst_examples"]
-        _check_worst(worst, K, min(GENERATED, len(rows)) if generates else len(rows))
+        _check_worst(worst, K, min(GENERATED, len(rows)) if from_generations else len(rows))
         for r in worst["rows"]:
             assert _shows_row(name, rows[r["row"]], r), (r, rows[r["row"]])
-        if generates:  # scored generations: within the rows the final evaluation generated for
+        if from_generations:  # scored generations: within the rows the final evaluation generated for
             assert all(r["row"] < GENERATED for r in worst["rows"])
     if compared:
         generations = analysis["generations"]
@@ -103,7 +114,7 @@ def test_a_finished_run_writes_its_analysis(name, family, tmp_path, request):
             assert set(g) == GENERATION_KEYS and all(isinstance(g[key], str) for key in GENERATION_KEYS - {"row"})
             assert _shows_row(name, rows[g["row"]], g)
             for r in analysis["worst_examples"]["rows"]:  # one generation pass: the same "after" text
-                if r["row"] == g["row"]:
+                if from_generations and r["row"] == g["row"]:
                     assert r["prediction"] == g["after"] and r["input"] == g["input"]
 
 

@@ -90,3 +90,18 @@ def test_logits_part_and_format():
     assert est.total == est.parameters + est.gradients + est.optimizer + est.activations + est.logits
     line = MemoryEstimate(2**30, 2**29, 2**30, None, 0).format()
     assert line.startswith("memory estimate 2.50 GiB") and "activations ?" in line
+
+
+@pytest.mark.parametrize(("task", "data", "sequences"), [("instruction", {}, 1), ("dpo", {}, 2), ("kto", {}, 2),
+                                                         ("grpo", {"num_generations": 4}, 4)])
+def test_a_run_estimate_counts_every_sequence_an_example_puts_through_the_model(task, data, sequences):
+    from deltatune.config import build_config
+    from deltatune.tasks import create_task
+    from deltatune.training.memory import estimate_run_memory
+
+    model = _tiny()
+    cfg = build_config({"task": task, "data": {"max_seq_length": 16, **data}, "train": {"per_device_train_batch_size": 2}})
+    est = estimate_run_memory(model, create_task(cfg), cfg, "no")
+    single = estimate_memory(model, "adamw", batch_size=2, seq_len=16, bits16=False, vocab_logits=True)
+    assert est.activations == sequences * single.activations > 0
+    assert est.logits == sequences * single.logits > 0  # tiny vocabulary: one chunk holds every token's logits

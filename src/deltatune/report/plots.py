@@ -123,12 +123,15 @@ def thin(steps: list[int], values: list[float], keep: Sequence[Optional[int]] = 
 
 
 def _curve_series(records: Sequence[dict[str, Any]], metric: Optional[str], best_step: Optional[int], learning_rate: bool = True) -> dict:
-    """The series :func:`curves_svg` draws, thinned (:func:`thin`): ``{"train", "val", "metric", "lr"}``
-    each ``(steps, values)`` (empty lists when not logged); the metric's series is empty for the loss."""
+    """The series :func:`curves_svg` draws, thinned (:func:`thin`): ``{"train", "val", "metric",
+    "train_metric", "lr"}`` each ``(steps, values)`` (empty lists when not logged); the metric's
+    series are empty for the loss. ``train_metric`` is the metric as training records log it under
+    its own name (GRPO's ``reward``, DPO's ``reward_accuracy`` per logged step)."""
     metric = metric or default_metric(records)
     mkey = f"eval_{metric}" if metric and metric != "loss" else None
-    points: dict[str, dict[int, float]] = {"train": {}, "val": {}, "metric": {}, "lr": {}}
-    train, val, met, lr = points["train"], points["val"], points["metric"], points["lr"]
+    points: dict[str, dict[int, float]] = {"train": {}, "val": {}, "metric": {}, "train_metric": {}, "lr": {}}
+    train, val, met, lr, train_met = points["train"], points["val"], points["metric"], points["lr"], points["train_metric"]
+    tkey = metric if metric and metric != "loss" else None
     for r in records:  # one pass (a 200,000-step log)
         step = r.get("step")
         if type(step) is not int or "event" in r:
@@ -143,6 +146,8 @@ def _curve_series(records: Sequence[dict[str, Any]], metric: Optional[str], best
                 train[step] = float(r["loss"])
             if learning_rate and _finite(r.get("learning_rate")):
                 lr[step] = float(r["learning_rate"])
+            if tkey is not None and _finite(r.get(tkey)):
+                train_met[step] = float(r[tkey])
     out: dict[str, Any] = {"metric_name": metric, "thinned": any(len(p) > MAX_POINTS for p in points.values())}
     for name, p in points.items():
         steps = sorted(p)
@@ -161,8 +166,9 @@ def _caption(s: dict, best_step: Optional[int]) -> str:
     parts = []
     if losses:
         parts.append(" and ".join(losses) + " loss")
-    if s["metric"][0]:
-        parts.append(f"validation {s['metric_name']}")
+    metrics = [w for w, k in (("training", "train_metric"), ("validation", "metric")) if s[k][0]]
+    if metrics:
+        parts.append(" and ".join(metrics) + f" {s['metric_name']}")
     if s["lr"][0]:
         parts.append("learning rate")
     if not parts:
@@ -232,7 +238,8 @@ def curves_figure(
     """The learning curves of one run: ``(svg, caption)``; the caption names what is drawn.
 
     Panels, stacked with a shared step axis: training loss and validation loss per step; the
-    validation metric ``eval_<metric>`` per evaluation (when logged); the learning rate per
+    validation metric ``eval_<metric>`` per evaluation and the metric as training records log it
+    (``<metric>``: GRPO's reward, a preference task's reward accuracy), when logged; the learning rate per
     logged step (``learning_rate=True``). The best step is a dashed vertical line on every
     panel, labelled on the first.
 
@@ -255,8 +262,8 @@ def curves_figure(
 @_styled("curves")
 def _draw_curves(series: dict, best_step: Optional[int], title: Optional[str]) -> str:
     metric = series["metric_name"]
-    train, val, met, lr = series["train"], series["val"], series["metric"], series["lr"]
-    panels = [p for p, has in (("loss", train[0] or val[0]), ("metric", met[0]), ("lr", lr[0])) if has]
+    train, val, met, lr, train_met = series["train"], series["val"], series["metric"], series["lr"], series["train_metric"]
+    panels = [p for p, has in (("loss", train[0] or val[0]), ("metric", met[0] or train_met[0]), ("lr", lr[0])) if has]
     if not panels:
         return ""
     heights = {"loss": 2.4, "metric": 1.8, "lr": 1.4}
@@ -272,14 +279,20 @@ def _draw_curves(series: dict, best_step: Optional[int], title: Optional[str]) -
             ax.set_ylabel("loss")
             ax.legend(loc="best", fontsize=8)
         elif panel == "metric":
-            ax.plot(*met, color=_COLORS[2], marker="o" if len(met[0]) <= 200 else None, markersize=3, linewidth=1.2)
-            ax.set_ylabel(_label(f"validation {metric}"))
+            if train_met[0]:
+                _line(ax, *train_met, color=_COLORS[3], linewidth=1.2, label=_label(f"training {metric}"))
+            if met[0]:
+                ax.plot(*met, color=_COLORS[2], marker="o" if len(met[0]) <= 200 else None, markersize=3, linewidth=1.2,
+                        label=_label(f"validation {metric}"))
+            ax.set_ylabel(_label(metric if train_met[0] else f"validation {metric}"))
+            if train_met[0]:
+                ax.legend(loc="best", fontsize=8)
         else:
             _line(ax, *lr, color=_COLORS[4], linewidth=1.2)
             ax.set_ylabel("learning rate")
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         if i == 0:
-            _sane_xlim(ax, train[0] + val[0] + met[0] + lr[0] + ([best_step] if best_step is not None else []))
+            _sane_xlim(ax, train[0] + val[0] + met[0] + train_met[0] + lr[0] + ([best_step] if best_step is not None else []))
         _mark_best(ax, best_step, label=i == 0)
     axes[-1, 0].set_xlabel("step")
     axes[-1, 0].xaxis.get_major_locator().set_params(integer=True)

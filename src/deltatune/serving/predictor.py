@@ -232,9 +232,14 @@ def load(
 
 
 def _permitted_config(rd: RunDir, trust_remote_code: bool, allow_pickle_weights: bool) -> RunConfig:
-    """The run's config with the caller's load permissions (never the run folder's own)."""
+    """The run's config with the caller's load permissions (never the run folder's own). Without
+    ``trust_remote_code`` a GRPO run's ``data.reward_path`` is dropped: its user rewards are not
+    imported (:mod:`deltatune.tasks.grpo.rewards`)."""
     permissions = {"model.trust_remote_code": bool(trust_remote_code), "model.allow_pickle_weights": bool(allow_pickle_weights)}
-    return build_config(rd.config, permissions)
+    cfg = build_config(rd.config, permissions)
+    if not trust_remote_code and getattr(cfg.data, "reward_path", None):
+        cfg = build_config(cfg, {"data.reward_path": None})
+    return cfg
 
 
 def load_onto(run: str | Path, shared: Predictor, adapter_name: str, *, allow_pickle_weights: bool = False) -> Predictor:

@@ -141,6 +141,11 @@ TASK_IO: dict[str, TaskIO] = {
     "summarization": TaskIO(input=PROMPTED_INPUT, prediction=GenerationPrediction, parameters=GenerationParameters),
     "translation": TaskIO(input=PROMPTED_INPUT, prediction=GenerationPrediction, parameters=GenerationParameters),
     "generative-qa": TaskIO(input=PROMPTED_INPUT, prediction=GenerationPrediction, parameters=GenerationParameters),
+    # preference-tuned and GRPO runs answer prompts as instruction runs do
+    **{
+        name: TaskIO(input=CHAT_INPUT, prediction=GenerationPrediction, parameters=GenerationParameters)
+        for name in ("dpo", "orpo", "simpo", "kto", "grpo")
+    },
 }
 # a task registered without an entry here (a user's own task) takes texts or rows and gives its records as they are
 DEFAULT_IO = TaskIO(input=TEXT_INPUT, prediction=dict[str, Any])

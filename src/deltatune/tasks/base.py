@@ -107,6 +107,9 @@ class Task(ABC):
     modules_to_save: list[str] | None = None
     # the model's output is logits over the whole vocabulary per token (memory estimate)
     vocab_logits: bool = False
+    # sequences one example puts through the model per training forward pass (memory estimate,
+    # micro-batch planning): 2 for a preference pair (chosen and rejected), G for GRPO's groups
+    sequences_per_example: int = 1
 
     def __init__(self, config: RunConfig):
         self.config = config

@@ -186,6 +186,24 @@ class EncodeStats:
         d["dropped_rows"] = d["dropped_rows"][:20]
         return d
 
+    def summary(self) -> str:
+        """The counts as one line of ``deltatune check``; the counts a subclass adds (preference
+        pairs: ``dropped_identical`` ...) follow by name, then the first dropped row numbers."""
+        line = (
+            f"examples {self.examples} | truncated {self.truncated} | dropped (no trained token) {self.dropped_no_trained_tokens}"
+            f" | EOS appended {self.eos_appended} | double BOS {self.double_bos} | trained tokens {self.trained_tokens}"
+            f" of {self.total_tokens} ({100 * self.trained_tokens / max(self.total_tokens, 1):.1f}%)"
+        )
+        return " | ".join([line, *self.extra_counts()])
+
+    def extra_counts(self) -> list[str]:
+        """``"name value"`` of the integer counts a subclass adds, and the first dropped row numbers."""
+        base = set(EncodeStats.__dataclass_fields__)
+        extra = [f"{k.replace('_', ' ')} {v}" for k, v in self.__dict__.items() if k not in base and isinstance(v, int)]
+        if self.dropped_rows:
+            extra.append(f"dropped rows {', '.join(map(str, self.dropped_rows[:20]))}")
+        return extra
+
 
 class ChatEncoder:
     """Turns message lists into (input_ids, labels) with assistant-only labels.

@@ -192,6 +192,7 @@ def estimate_run_memory(
     ``batch_size`` (examples per forward pass) and ``seq_len`` (tokens) override the config's
     ``train.per_device_train_batch_size`` and ``data.max_seq_length`` (the micro-batch planner
     asks for several sizes); ``per_device_train_batch_size: auto`` counts as the default 32.
+    Each example counts as ``task.sequences_per_example`` sequences (a preference pair: 2).
     """
     from deltatune.tasks.token_loss import output_head, resolve_chunk_size
 
@@ -201,10 +202,11 @@ def estimate_run_memory(
     chunk = 0
     if causal and output_head(model) is not None:
         chunk = resolve_chunk_size(tc.loss_chunk_size, _config_value(getattr(model, "config", None), "vocab_size") or 0)
+    examples = batch_size or (tc.per_device_train_batch_size if isinstance(tc.per_device_train_batch_size, int) else 32)
     return estimate_memory(
         model,
         tc.optimizer,
-        batch_size or (tc.per_device_train_batch_size if isinstance(tc.per_device_train_batch_size, int) else 32),
+        examples * task.sequences_per_example,
         seq_len or cfg.data.max_seq_length,
         bits16=mixed_precision in ("bf16", "fp16"),
         momentum=tc.momentum,

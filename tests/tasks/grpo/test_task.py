@@ -224,3 +224,43 @@ def test_a_run_logs_the_train_reward_and_evaluates_it(tiny_llama_dir, tmp_path):
     assert [r["step"] for r in train] == [1, 2] and [r["step"] for r in evals] == [1, 2]
     assert {"reward_std", "kl", "completion_length", "zero_std_groups", "reward_numeric_match"} <= set(train[0])
     assert run.metrics["validation"]["reward"] == pytest.approx(evals[-1]["eval_reward"])
+
+
+def test_a_received_run_imports_its_reward_code_only_with_trust_remote_code(tiny_llama_dir, tmp_path):
+    from deltatune.tasks.grpo.task import GRPOTask
+
+    rewards = tmp_path / "rewards"
+    rewards.mkdir()
+    marker = tmp_path / "imported.txt"
+    (rewards / "mine.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n\n"
+        "def short(completions, **kw):\n    return [-float(len(c)) for c in completions]\n"
+    )
+    cfg, rows = demo_config("grpo", GRPOTask, tiny_llama_dir, tmp_path, max_steps=1)
+    cfg["data"].update(rewards=["numeric_match", "mine:short"], reward_path=str(rewards))
+    cfg["eval"].update(compare_generations=0)
+    run = deltatune.finetune(cfg, verbose=False)
+    assert marker.read_text() == "ran" and "reward_short" in run.metrics["validation"]
+    marker.unlink()
+
+    data = tmp_path / "held.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    with pytest.raises(DeltatuneError, match="used only when you load it with --trust-remote-code"):
+        deltatune.evaluate(run.path, str(data))
+    assert not marker.exists()  # nothing of the run's reward code ran
+    predictor = deltatune.load(run.path)  # prediction needs no reward: it loads
+    assert predictor.config.data.reward_path is None and not marker.exists()
+    metrics = deltatune.evaluate(run.path, str(data), trust_remote_code=True)
+    assert marker.read_text() == "ran" and "reward_short" in metrics
+
+
+def test_check_shows_the_prompts_and_what_is_sampled_for_them(tiny_llama_dir, tmp_path):
+    from deltatune import api
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    report = api.check({"task": "grpo", "model": {"name_or_path": tiny_llama_dir},
+                        "data": {"train_file": str(train), "max_seq_length": 64, "num_generations": 3, "max_completion_length": 5}})
+    assert "[[3 sampled completions, <= 5 tokens]]" in report
+    assert "prompts 3 | cut from the left to fit 0 | prompt tokens " in report
+    assert "| trained: 3 sampled completions per prompt, <= 5 tokens each" in report and "trained tokens 0" not in report

@@ -28,6 +28,9 @@ Built-ins (``data.rewards``):
 under ``data.reward_path`` (a folder, put first on ``sys.path`` while the module is imported, so it
 can import its neighbours; or one ``.py`` file whose name is the module): nothing is imported from
 anywhere else, and never from a run folder (a ``reward_path`` inside ``output_dir`` is refused).
+A run loaded for prediction or evaluation (:func:`deltatune.load`, ``deltatune evaluate``) keeps
+its config's ``data.reward_path`` only with ``trust_remote_code``: a received run cannot make its
+author's reward code run.
 The module is imported, and so runs, when the task first needs its rewards (training, or
 evaluating labelled rows), never to generate predictions.
 """
@@ -142,7 +145,8 @@ def load_user_reward(spec: str, reward_path: Optional[str], output_dir: Optional
     if not reward_path:
         raise DeltatuneError(
             f"data.rewards: {spec!r} is a reward of your own, and user rewards are imported only from data.reward_path; "
-            "set data.reward_path to the folder (or .py file) that holds it"
+            "set data.reward_path to the folder (or .py file) that holds it (a run folder's own data.reward_path is "
+            "used only when you load it with --trust-remote-code / trust_remote_code=True)"
         )
     root = Path(reward_path).expanduser().resolve()
     if output_dir and _is_within(root, Path(output_dir).expanduser().resolve()):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import datasets
@@ -70,6 +71,23 @@ def is_adapter_model(model: torch.nn.Module) -> bool:
     from peft import PeftModel
 
     return isinstance(unwrap(model), PeftModel)
+
+
+@dataclass
+class GRPOStats(EncodeStats):
+    """Counts from encoding GRPO prompts: nothing is trained from the data itself (the trained
+    tokens are the ``sampled_per_prompt`` completions of at most ``max_completion_tokens`` each,
+    sampled during training), so ``deltatune check`` shows the prompts, their tokens and how many
+    were cut from the left instead of trained-token counts."""
+
+    sampled_per_prompt: int = 0
+    max_completion_tokens: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"prompts {self.examples} | cut from the left to fit {self.truncated} | prompt tokens {self.total_tokens}"
+            f" | trained: {self.sampled_per_prompt} sampled completions per prompt, <= {self.max_completion_tokens} tokens each"
+        )
 
 
 class Means:
@@ -106,6 +124,7 @@ class GRPOTask(LanguageModelTask):
         super().__init__(config)
         d = config.data
         self.beta = d.beta if d.beta is not None else self.default_beta
+        self.sequences_per_example = d.num_generations  # the prompt's G sampled completions
         self._rows: list[dict[str, Any]] = []  # by example_id: the rows encode() saw (prompt + other columns)
         self._rewards: Optional[RewardSet] = None
         self._means = Means()
@@ -219,7 +238,8 @@ class GRPOTask(LanguageModelTask):
             DeltatuneError: as :meth:`fit_columns`; ``data.max_seq_length`` leaves no room for a prompt.
         """
         self.fit_columns(ds, source, with_labels)
-        stats = EncodeStats()
+        d = self.config.data
+        stats = GRPOStats(sampled_per_prompt=d.num_generations, max_completion_tokens=d.max_completion_length)
         ids = self.prompt_ids(tokenizer, ds, source, stats)
         rows = []
         for prompt, row in zip(ids, ds):

@@ -113,6 +113,7 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
     paired = True
     uses_reference = False
     default_beta = 0.1
+    sequences_per_example = 2  # chosen + rejected (KTO: the completion + its mismatched KL sequence)
     scores_generations = True
     # feature/batch keys of the reference log-probabilities of the first and second half of the 2B rows
     reference_keys = ("ref_chosen_logps", "ref_rejected_logps")
