@@ -26,6 +26,9 @@ Arms (each in its own subprocess, so peak RSS is its own):
 - ``deltatune``: ``deltatune.finetune`` with task dpo at its defaults (reference log-probs
   precomputed, length-grouped batches); its training time is ``result.train_seconds`` plus the
   reference pass (the ``{"event": "reference"}`` record of metrics.jsonl).
+- ``deltatune-mb4``: the same with ``train.micro_batch_size: 4`` (each step's pairs in forward
+  passes of 4, gradients accumulated: the same optimizer steps with half the activation memory;
+  TRL's default gets its lower memory from gradient checkpointing instead).
 
 Measured per arm: pairs trained per second of training (incl. any reference precompute),
 training seconds, peak RSS of the arm's process (ru_maxrss), and on the held-out pairs, by the
@@ -204,7 +207,7 @@ def run_trl(args, train, out: Path, best: bool) -> dict:
     }
 
 
-def run_deltatune(args, train, held, out: Path) -> dict:
+def run_deltatune(args, train, held, out: Path, micro_batch_size: int | None = None) -> dict:
     import shutil
 
     import deltatune
@@ -231,6 +234,7 @@ def run_deltatune(args, train, held, out: Path) -> dict:
                 "weight_decay": WEIGHT_DECAY,
                 "lr_scheduler_type": "linear",
                 "max_grad_norm": 1.0,
+                **({"micro_batch_size": micro_batch_size} if micro_batch_size else {}),
                 "mixed_precision": "no",
                 "logging_steps": 10,
                 "progress_bar": False,
@@ -330,6 +334,8 @@ def worker(args: argparse.Namespace) -> None:
     out = Path(args.adapter_out)
     if args.worker == "deltatune":
         res = run_deltatune(args, train, held, out)
+    elif args.worker == "deltatune-mb4":
+        res = run_deltatune(args, train, held, out, micro_batch_size=4)
     else:
         res = run_trl(args, train, out, best=args.worker == "trl-best")
     res["pairs_trained"] = args.steps * args.batch_size
@@ -350,7 +356,7 @@ def main() -> None:
     p.add_argument("--precompute-batch-size", type=int, default=32, help="trl-best: pairs per reference precompute batch")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default); 1 on a shared CPU")
-    p.add_argument("--arms", default="trl,trl-best,deltatune")
+    p.add_argument("--arms", default="trl,trl-best,deltatune,deltatune-mb4")
     p.add_argument("--output", help="also write the results as JSON here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--adapter-out", help=argparse.SUPPRESS)
@@ -387,18 +393,20 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
     b = evaluation["base"]
     print(f"base model: reward accuracy 0.5 (by construction), log-prob preference {b['logp_preference']:.3f}\n")
-    print(f"{'arm':<10} {'pairs/s':>8} {'train s':>8} {'(ref s)':>8} {'peak RSS GiB':>13} {'reward acc':>10} {'margin':>8} {'logp pref':>9}")
+    print(f"{'arm':<13} {'pairs/s':>8} {'train s':>8} {'(ref s)':>8} {'peak RSS GiB':>13} {'reward acc':>10} {'margin':>8} {'logp pref':>9}")
     for arm, r in results.items():
         print(
-            f"{arm:<10} {r['pairs_per_second']:>8.3f} {r['train_seconds']:>8.1f} {r['reference_seconds']:>8.1f} "
+            f"{arm:<13} {r['pairs_per_second']:>8.3f} {r['train_seconds']:>8.1f} {r['reference_seconds']:>8.1f} "
             f"{r['peak_rss_mib'] / 1024:>13.2f} {r['reward_accuracy']:>10.3f} {r['mean_margin']:>8.4f} {r['logp_preference']:>9.3f}"
         )
-    d = results.get("deltatune")
-    for other in ("trl", "trl-best"):
-        if d and other in results:
+    for ours in ("deltatune", "deltatune-mb4"):
+        d = results.get(ours)
+        for other in ("trl", "trl-best"):
+            if not d or other not in results:
+                continue
             o = results[other]
             print(
-                f"deltatune / {other}: pairs/s x{d['pairs_per_second'] / o['pairs_per_second']:.2f}, "
+                f"{ours} / {other}: pairs/s x{d['pairs_per_second'] / o['pairs_per_second']:.2f}, "
                 f"peak RSS x{d['peak_rss_mib'] / o['peak_rss_mib']:.2f}, "
                 f"reward accuracy {d['reward_accuracy'] - o['reward_accuracy']:+.3f}"
             )

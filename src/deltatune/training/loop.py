@@ -269,6 +269,10 @@ class Trainer:
         if not self.task.needs_reference_pass:
             return
         start = time.perf_counter()
+        count = sum(len(f) for f in splits if f is not None)
+        if self.is_main:  # minutes on a CPU before the first step: say what is happening
+            print(f"deltatune: reference pass over {count} examples (the reference model's log-probabilities, once, "
+                  "before training; data.precompute_reference)", file=sys.stderr, flush=True)
         was_training = model.training
         model.eval()
         for features in splits:
@@ -283,6 +287,8 @@ class Trainer:
             self.task.attach_reference(features, merge_outputs(parts, len(features)))
         model.train(was_training)
         self.reference_seconds = time.perf_counter() - start
+        if self.is_main:
+            print(f"deltatune: reference pass done in {self.reference_seconds:.0f} s", file=sys.stderr, flush=True)
 
     def _plan_batch(self, model: torch.nn.Module) -> BatchPlan:
         """The micro-batch for this machine (:mod:`deltatune.training.batch_plan`), the same on every process.

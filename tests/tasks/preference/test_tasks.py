@@ -128,7 +128,7 @@ def test_an_untrained_model_scores_one_half_reward_accuracy_and_its_own_log_prob
     assert m["sft_loss"] > 0
 
 
-def test_train_logs_carry_the_preference_statistics(tiny_llama_dir, tmp_path):
+def test_train_logs_carry_the_preference_statistics(tiny_llama_dir, tmp_path, capsys):
     cls = type(create_task(build_config({"task": "dpo"})))
     cfg, _ = demo_config("dpo", cls, tiny_llama_dir, tmp_path, max_steps=2)
     cfg["delta"] = {"method": "lora"}
@@ -136,6 +136,8 @@ def test_train_logs_carry_the_preference_statistics(tiny_llama_dir, tmp_path):
     run = deltatune.finetune(cfg, verbose=False)
     records = [json.loads(line) for line in (Path(run.path) / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "reference" and r["seconds"] >= 0 for r in records)
+    err = capsys.readouterr().err  # the minutes-long pass before the first step is announced and timed
+    assert "deltatune: reference pass over " in err and "deltatune: reference pass done in " in err
     train = [r for r in records if "loss" in r and "event" not in r]
     assert train and all({"reward_accuracy", "rewards_margin", "logps_chosen"} <= set(r) for r in train)
     assert {"reward_accuracy", "rewards_margin", "logps_accuracy", "sft_loss"} <= set(run.metrics["validation"])
