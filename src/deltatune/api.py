@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 
 from deltatune.config import RunConfig, build_config, flatten_dict
 from deltatune.data import load_table, train_validation_split
-from deltatune.data.splits import split_by_column
+from deltatune.data.splits import split_by_column, split_source
 from deltatune.data.coverage import check_coverage
 from deltatune.delta import apply_delta, parameter_summary, save_trained
 from deltatune.errors import DeltatuneError
@@ -269,11 +269,11 @@ def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
     d = cfg.data
     train, in_file = _training_rows(cfg)
     task = create_task(cfg)
-    task.fit(train, d.train_file)
+    task.fit(train, split_source(d.train_file, d.split_column, "train"))
     if d.validation_file:
         validation = _read_split(d.validation_file, task, cfg)
     elif "validation" in in_file:
-        validation = _checked_rows(in_file["validation"], task, cfg)
+        validation = _checked_rows(in_file["validation"], task, cfg, "validation")
     else:
         if len(train) < 2:
             raise DeltatuneError(f"{d.train_file}: needs at least 2 rows to carve out a validation split")
@@ -284,7 +284,7 @@ def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
             validation = validation.select(range(min(cfg.data.max_eval_samples, len(validation))))
     test = _read_split(d.test_file, task, cfg) if d.test_file else None
     if test is None and "test" in in_file:
-        test = _checked_rows(in_file["test"], task, cfg)
+        test = _checked_rows(in_file["test"], task, cfg, "test")
     return task, _Splits(train, validation, test)
 
 
@@ -303,17 +303,23 @@ def _training_rows(cfg: RunConfig) -> tuple[datasets.Dataset, dict[str, datasets
     if d.split_column:
         others = split_by_column(train, d.split_column, d.train_file)
         train = others.pop("train")
+        for name, own in (("validation", d.validation_file), ("test", d.test_file)):
+            if own and name in others:
+                raise DeltatuneError(
+                    f"{d.train_file} has {len(others[name])} rows with {d.split_column}={name} and data.{name}_file is {own} "
+                    f"too; use one: drop data.{name}_file (--{'validation' if name == 'validation' else 'test'}), or those rows"
+                )
     if d.max_train_samples:
         train = train.select(range(min(d.max_train_samples, len(train))))
     return train, others
 
 
-def _checked_rows(ds: datasets.Dataset, task: Task, cfg: RunConfig) -> datasets.Dataset:
+def _checked_rows(ds: datasets.Dataset, task: Task, cfg: RunConfig, split: str) -> datasets.Dataset:
     """Validation or test rows taken from the training file by ``data.split_column``, cut to
     ``data.max_eval_samples`` and checked as :func:`_read_split` checks a file's."""
     if cfg.data.max_eval_samples:
         ds = ds.select(range(min(cfg.data.max_eval_samples, len(ds))))
-    task.check(ds, cfg.data.train_file, with_labels=True)
+    task.check(ds, split_source(cfg.data.train_file, cfg.data.split_column, split), with_labels=True)
     return ds
 
 
@@ -414,7 +420,17 @@ def _generate_before(cfg: RunConfig, task: Task, model, tokenizer, validation: d
 
 def _validation_source(cfg: RunConfig) -> str:
     """The file the validation rows come from (named in error messages)."""
-    return cfg.data.validation_file or cfg.data.train_file or "validation"
+    return _source(cfg, "validation")
+
+
+def _source(cfg: RunConfig, split: str) -> str:
+    """How messages name split ``split``'s rows: its own file, else the training file's rows
+    of that split (:func:`split_source`)."""
+    d = cfg.data
+    own = {"train": d.train_file, "validation": d.validation_file, "test": d.test_file}[split]
+    if own and split != "train":
+        return own
+    return split_source(d.train_file or split, d.split_column, split)
 
 
 def _train(
@@ -652,7 +668,8 @@ def _encode_splits(task: Task, tokenizer, train, validation, test, cfg: RunConfi
     """Encode the splits; for decoder tasks also collect the pre-flight counts per split."""
     report: dict[str, Any] = {}
     out = []
-    for name, ds, src in (("train", train, cfg.data.train_file), ("validation", validation, cfg.data.validation_file or cfg.data.train_file), ("test", test, cfg.data.test_file)):
+    for name, ds in (("train", train), ("validation", validation), ("test", test)):
+        src = _source(cfg, name)
         if ds is None:
             out.append(None)
             continue
@@ -728,12 +745,37 @@ def evaluate(
         num_beams=num_beams,
     )
     ds = load_table(data, split="test", config_name=predictor.config.data.dataset_config_name)
-    predictor.task.check(ds, data, with_labels=True)
-    metrics = predictor.metrics(ds, batch_size=batch_size)
+    ds, source = _held_out_rows(ds, data, predictor.config.data.split_column)
+    predictor.task.check(ds, source, with_labels=True)
+    metrics, stats = predictor.metrics_and_stats(ds, batch_size=batch_size, source=source)
+    if stats is not None:  # what encoding kept of the rows: truncated, dropped by kind, their numbers
+        print(f"{source}: {stats.summary()}", file=sys.stderr, flush=True)
     if output is not None:
         check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data", keep=RunDir(run).own_paths())  # made meanwhile?
         write_atomically(output, lambda f: f.write(json.dumps(metrics, indent=2)))
     return metrics
+
+
+def _held_out_rows(ds: datasets.Dataset, data: str, split_column: Optional[str]) -> tuple[datasets.Dataset, str]:
+    """The rows of ``data`` to evaluate: all of them, or, when the run was trained with
+    ``data.split_column`` and the file has that column, its test rows (else its validation rows),
+    never its training rows; with how messages name them.
+
+    Raises:
+        DeltatuneError: the file's rows are all training rows.
+    """
+    if not split_column or split_column not in ds.column_names:
+        return ds, data
+    parts = split_by_column(ds, split_column, data)
+    for name in ("test", "validation"):
+        if name in parts:
+            print(f"{data}: evaluating its {len(parts[name])} rows with {split_column}={name} (the run's data.split_column)",
+                  file=sys.stderr, flush=True)
+            return parts[name], split_source(data, split_column, name)
+    raise DeltatuneError(
+        f"{data}: every row has {split_column}=train (the run's data.split_column); evaluate on held-out rows "
+        f"(test or validation), or a file without a '{split_column}' column"
+    )
 
 
 def evaluate_pretrained(
@@ -800,12 +842,12 @@ def check(
     d = cfg.data
     train, in_file = _training_rows(cfg)
     task = create_task(cfg)
-    task.fit(train, d.train_file)
+    task.fit(train, split_source(d.train_file, d.split_column, "train"))
     # read (and check) every split before the tokenizer, in finetune's order
     splits = (("validation", d.validation_file), ("test", d.test_file))
     extra = [(name, ref, _read_split(ref, task, cfg)) for name, ref in splits if ref]
     extra += [
-        (name, f"{d.train_file} ({d.split_column}={name})", _checked_rows(in_file[name], task, cfg))
+        (name, _source(cfg, name), _checked_rows(in_file[name], task, cfg, name))
         for name, ref in splits if not ref and name in in_file
     ]
     tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model.trust_remote_code)
@@ -816,7 +858,7 @@ def check(
         feats = task.encode(ds, tokenizer, source=ref)
         return feats, (feats.stats.summary() if feats.stats is not None else None)
 
-    feats, stats_line = encode(train, d.train_file)
+    feats, stats_line = encode(train, _source(cfg, "train"))
     lines = [f"{cfg.task}: {len(feats)} encoded training examples from {d.train_file} (max_seq_length {d.max_seq_length})"]
     for i in range(min(examples, len(feats))):
         row = feats[i]

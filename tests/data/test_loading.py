@@ -92,8 +92,22 @@ def test_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
 def test_a_json_column_mixing_lists_and_single_values_is_named(tmp_path):
     p = tmp_path / "docs.jsonl"
     p.write_text('{"source": ["One.", "Two."], "target": "x"}\n{"source": "Three. Four.", "target": "y"}\n')
-    with pytest.raises(DeltatuneError, match=r"column 'source' holds a list in row 1 but a single value in row 2"):
+    with pytest.raises(DeltatuneError, match=r"column 'source' holds a list in row 1 but text in row 2; .*a list of sentences"):
         load_table(str(p))
+
+
+@pytest.mark.parametrize(("second", "message"), [
+    ('{"chosen": 4}', "column 'chosen' holds text in row 1 but a number in row 2; .*quote numbers as text"),
+    ('{"chosen": {"role": "assistant"}}', "column 'chosen' holds text in row 1 but an object in row 2"),
+    ('{"chosen": true}', "column 'chosen' holds text in row 1 but true/false in row 2"),
+])
+def test_a_json_column_mixing_kinds_of_values_is_named_with_its_row(tmp_path, second, message):
+    p = tmp_path / "pairs.jsonl"
+    p.write_text('{"chosen": "It is 4."}\n' + second + "\n" + '{"chosen": null}\n')
+    with pytest.raises(DeltatuneError, match=message):
+        load_table(str(p))
+    p.write_text('{"n": 1}\n{"n": 2.5}\n{"n": null}\n')  # ints and floats are one kind; nulls are allowed
+    assert load_table(str(p))["n"] == [1.0, 2.5, None]
 
 
 def test_an_empty_conll_file_asks_for_a_sentence(tmp_path):

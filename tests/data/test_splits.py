@@ -44,4 +44,21 @@ def test_check_reads_the_validation_rows_of_the_split_column(tiny_llama_dir, tmp
         {"task": "instruction", "model": {"name_or_path": tiny_llama_dir}, "data": {"train_file": str(path), "split_column": "split"}}
     )
     assert "9 encoded training examples" in report
-    assert "=== validation: 3 encoded examples" in report and "(split=validation)" in report
+    assert "=== validation: 3 encoded examples" in report and "(split=validation rows, numbered among themselves)" in report
+
+
+def test_rows_of_a_split_are_named_as_such_in_errors_and_a_second_source_is_refused(tiny_llama_dir, tmp_path):
+    rows = [{"prompt": f"Q{i}?", "completion": f"A{i}.", "split": "eval" if i % 4 == 0 else "train"} for i in range(12)]
+    rows[8]["completion"] = ""  # the 3rd validation row (file line 9) has an empty answer
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"task": "instruction", "model": {"name_or_path": tiny_llama_dir}, "data": {"train_file": str(path), "split_column": "split"}}
+    with pytest.raises(DeltatuneError, match=r"rows.jsonl \(split=validation rows, numbered among themselves\).* row 3"):
+        api.check(cfg)
+    rows[8]["completion"] = "A8."
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    other = tmp_path / "dev.jsonl"
+    other.write_text(json.dumps({"prompt": "Q?", "completion": "A."}) + "\n")
+    cfg["data"]["validation_file"] = str(other)
+    with pytest.raises(DeltatuneError, match=r"has 3 rows with split=validation and data.validation_file is .*dev.jsonl too; use one"):
+        api.check(cfg)

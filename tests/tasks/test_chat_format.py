@@ -139,3 +139,17 @@ def test_chat_templates_that_cannot_work_are_refused(tok):
         ChatEncoder(tok, "{% for m in messages %}{{ m['content'] }", 64)
     with pytest.raises(DeltatuneError, match="does not write the messages' content"):
         ChatEncoder(tok, "{% for m in messages %}x{% endfor %}", 64)
+
+
+def test_the_counts_line_names_added_counts_and_says_when_dropped_rows_are_cut():
+    from dataclasses import dataclass
+
+    @dataclass
+    class PairStats(EncodeStats):
+        dropped_identical: int = 0
+
+    st = PairStats(examples=30, trained_tokens=5, total_tokens=10, dropped_identical=23, dropped_rows=list(range(1, 24)))
+    line = st.summary()
+    assert line.startswith("examples 30 | truncated 0 | dropped (no trained token) 0 | EOS appended 0 | double BOS 0 | trained tokens 5 of 10 (50.0%)")
+    assert "| dropped identical 23 | dropped rows 1, 2," in line and line.endswith("19, 20, ... (3 more)")
+    assert EncodeStats(examples=1).summary().endswith("(0.0%)")

@@ -86,6 +86,8 @@ def measure_coverage(inputs: list[tuple[str, ...]], tokenizer, max_length: int |
             special tokens; None: truncation is not counted.
     """
     unknown_ids, name = unknown_token_ids(tokenizer)
+    if not inputs:  # every row dropped by the task (e.g. identical preference pairs): nothing to measure
+        return Coverage(0, 0, 0, 0, name)
     tokens = unknown = truncated = 0
     width = max((len(x) for x in inputs), default=1)
     columns = [[x[k] if k < len(x) else "" for x in inputs] for k in range(width)]

@@ -134,25 +134,41 @@ def _load_file(path: Path) -> datasets.Dataset:
     return ds
 
 
+def _kind(value) -> str:
+    """The JSON kind of a cell as Arrow columns need it uniform: text, number, true/false, object or list."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
 def _check_consistent_json(rows: list[dict], path: Path) -> None:
-    """A column must hold lists in every row or in none (Arrow cannot mix them).
+    """A column must hold one kind of value in every row (text, number, true/false, object or a
+    list; nulls aside): Arrow cannot mix them, and its own error names neither row nor column.
 
     Raises:
-        DeltatuneError: naming the column and the first row whose form differs from row 1's.
+        DeltatuneError: naming the column and the first row whose kind differs from the first row's.
     """
-    first: dict[str, bool] = {}
+    first: dict[str, tuple[str, int]] = {}
     for i, row in enumerate(rows, start=1):
         for key, value in row.items():
             if value is None:
                 continue
-            is_list = isinstance(value, list)
+            kind = _kind(value)
             if key not in first:
-                first[key] = (is_list, i)
-            elif first[key][0] != is_list:
-                kinds = ("a list", "a single value") if first[key][0] else ("a single value", "a list")
+                first[key] = (kind, i)
+            elif first[key][0] != kind:
+                hint = "e.g. a list of sentences everywhere" if "a list" in (kind, first[key][0]) else 'e.g. quote numbers as text: "4"'
                 raise DeltatuneError(
-                    f"{path}: column '{key}' holds {kinds[0]} in row {first[key][1]} but {kinds[1]} in row {i}; "
-                    "use the same form in every row (e.g. a list of sentences everywhere)"
+                    f"{path}: column '{key}' holds {first[key][0]} in row {first[key][1]} but {kind} in row {i}; "
+                    f"use the same kind in every row ({hint})"
                 )
 
 

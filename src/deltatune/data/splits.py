@@ -57,6 +57,15 @@ SPLIT_NAMES = {
 }
 
 
+def split_source(file: str, column: str | None, split: str) -> str:
+    """How error messages and ``deltatune check`` name the rows of ``split`` taken from ``file`` by
+    ``data.split_column`` ``column``: row numbers then count that split's rows, not the file's
+    lines, and the name says so. Without a split column: ``file``."""
+    if not column:
+        return file
+    return f"{file} ({column}={split} rows, numbered among themselves)"
+
+
 def split_by_column(ds: datasets.Dataset, column: str, source: str) -> dict[str, datasets.Dataset]:
     """The rows of one file divided by the value of its ``column`` (``data.split_column``).
 

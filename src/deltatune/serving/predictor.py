@@ -41,27 +41,36 @@ class Predictor:
         self.model_dir = model_dir
 
     def outputs(
-        self, ds: datasets.Dataset, with_labels: bool = True, batch_size: int | None = None
+        self, ds: datasets.Dataset, with_labels: bool = True, batch_size: int | None = None, source: str = "data"
     ) -> tuple[dict[str, np.ndarray], Features]:
-        """Raw :meth:`Task.eval_step` outputs for every feature of ``ds`` in feature order, and the features."""
+        """Raw :meth:`Task.eval_step` outputs for every feature of ``ds`` in feature order, and the
+        features (``source`` names ``ds`` in error messages)."""
         check_batch_size(batch_size)
-        features = self.task.encode(ds, self.tokenizer, with_labels=with_labels)
+        features = self.task.encode(ds, self.tokenizer, with_labels=with_labels, source=source)
         bs = batch_size or self.config.eval.per_device_eval_batch_size
         if with_labels and self.task.needs_reference_pass:  # dpo, kto: the reference model's log-probabilities first
             parts = batched_outputs(self.model, self.task, features, bs, self.device, step=self.task.reference_step)
             self.task.attach_reference(features, merge_outputs(parts, len(features)))
         return merge_outputs(batched_outputs(self.model, self.task, features, bs, self.device), len(features)), features
 
-    def metrics(self, ds: datasets.Dataset, batch_size: int | None = None) -> dict[str, Any]:
+    def metrics(self, ds: datasets.Dataset, batch_size: int | None = None, source: str = "data") -> dict[str, Any]:
         """The task's metrics on labelled rows ``ds`` (generation metrics too for generative tasks).
 
         Raises:
             DeltatuneError: ``batch_size`` is not an integer >= 1.
         """
-        metrics = self.task.compute_metrics(*self.outputs(ds, with_labels=True, batch_size=batch_size))
+        return self.metrics_and_stats(ds, batch_size, source)[0]
+
+    def metrics_and_stats(
+        self, ds: datasets.Dataset, batch_size: int | None = None, source: str = "data"
+    ) -> tuple[dict[str, Any], Any]:
+        """:meth:`metrics` and the encoding counts of ``ds`` (rows truncated, dropped by kind, with
+        their numbers: :class:`deltatune.tasks.chat_format.EncodeStats`; ``None`` for tasks that keep none)."""
+        outputs, features = self.outputs(ds, with_labels=True, batch_size=batch_size, source=source)
+        metrics = self.task.compute_metrics(outputs, features)
         if isinstance(self.task, GenerativeTask):
             metrics.update(self.task.final_metrics(self.model, self.tokenizer, ds, self.device))
-        return metrics
+        return metrics, features.stats
 
     def predict_rows(self, ds: datasets.Dataset, source: str = "input", batch_size: int | None = None) -> list[dict[str, Any]]:
         """One prediction record per row (``label`` and ``probabilities`` for classification).

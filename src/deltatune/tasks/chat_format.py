@@ -201,7 +201,8 @@ class EncodeStats:
         base = set(EncodeStats.__dataclass_fields__)
         extra = [f"{k.replace('_', ' ')} {v}" for k, v in self.__dict__.items() if k not in base and isinstance(v, int)]
         if self.dropped_rows:
-            extra.append(f"dropped rows {', '.join(map(str, self.dropped_rows[:20]))}")
+            more = f", ... ({len(self.dropped_rows) - 20} more)" if len(self.dropped_rows) > 20 else ""
+            extra.append(f"dropped rows {', '.join(map(str, self.dropped_rows[:20]))}{more}")
         return extra
 
 

@@ -12,6 +12,7 @@ import torch
 import deltatune
 from deltatune import api
 from deltatune.config import build_config
+from deltatune.errors import DeltatuneError
 from deltatune.delta import apply_delta
 from deltatune.models.loading import load_tokenizer
 from deltatune.tasks import create_task
@@ -154,3 +155,29 @@ def test_check_shows_the_pair_with_trained_spans_and_counts_dropped_pairs(tiny_l
     report = api.check({"task": "dpo", "model": {"name_or_path": tiny_llama_dir}, "data": {"train_file": str(train)}})
     assert "chosen:" in report and "rejected:" in report and "[[Hi there!" in report
     assert "dropped identical 1" in report and "dropped empty 1" in report and "dropped rows 2, 3" in report
+
+
+def test_evaluate_takes_the_held_out_rows_of_a_split_column_and_counts_what_it_drops(tiny_llama_dir, tmp_path, capsys):
+    rows = [{"prompt": f"What is {i} plus one?", "chosen": f"It is {i + 1}.", "rejected": f"Maybe {i + 7}.",
+             "split": "eval" if i % 3 == 0 else "train"} for i in range(12)]
+    rows[9]["rejected"] = rows[9]["chosen"]  # the 4th held-out row: identical responses, dropped
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cls = type(create_task(build_config({"task": "dpo"})))
+    cfg, _ = demo_config("dpo", cls, tiny_llama_dir, tmp_path, max_steps=1)
+    cfg["data"].update(train_file=str(data), split_column="split")
+    cfg["data"].pop("validation_file", None)
+    cfg["eval"].update(compare_generations=0, generation_max_samples=0)
+    run = deltatune.finetune(cfg, verbose=False)
+    assert run.metrics["validation"]["pairs"] == 3  # 4 eval rows, 1 dropped
+    capsys.readouterr()
+    metrics = deltatune.evaluate(run.path, str(data))
+    err = capsys.readouterr().err
+    assert metrics["pairs"] == 3 and metrics["reward_accuracy"] == pytest.approx(run.metrics["validation"]["reward_accuracy"])
+    assert "evaluating its 4 rows with split=validation (the run's data.split_column)" in err
+    assert "(split=validation rows, numbered among themselves): examples 4 |" in err
+    assert "dropped identical 1 | dropped empty 0 | dropped too long 0 | dropped rows 4" in err
+    only_train = tmp_path / "train_only.jsonl"
+    only_train.write_text("".join(json.dumps(r) + "\n" for r in rows if r["split"] == "train"))
+    with pytest.raises(DeltatuneError, match="every row has split=train"):
+        deltatune.evaluate(run.path, str(only_train))
