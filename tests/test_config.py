@@ -297,3 +297,10 @@ def test_a_saved_classification_run_with_a_stride_as_long_as_its_sequences_still
     path = tmp_path / "config.yaml"
     path.write_text(__import__("yaml").safe_dump(saved))
     assert build_config(str(path)).data.doc_stride == 128
+
+
+def test_a_grpo_completion_must_leave_room_for_a_prompt_and_other_tasks_ignore_it():
+    with pytest.raises(DeltatuneError, match="data.max_completion_length 64 must be smaller than data.max_seq_length 64"):
+        build_config({"task": "grpo", "data": {"max_seq_length": 64}})
+    assert build_config({"task": "grpo", "data": {"max_seq_length": 65}}).data.max_completion_length == 64
+    assert build_config({"task": "text-classification", "data": {"max_seq_length": 32}}).data.max_seq_length == 32

@@ -46,6 +46,7 @@ from deltatune.tasks.options import (
     TextToTextOptions,
     TokenClassificationOptions,
 )
+from deltatune.tasks.options.preference import completion_room_problem
 from deltatune.tasks.registry import REGISTRY, option_fields, task_names, tasks_reading
 
 # [CLS] x [SEP] (BERT) needs 3 positions; the tokenizer-aware check runs before encoding
@@ -479,6 +480,15 @@ class RunConfig(_Section):
         own = option_fields(self.task)
         if "beta" in own and "num_generations" not in own and self.data.beta is not None and self.data.beta <= 0:
             raise ValueError(f"data.beta must be > 0 for {self.task} (0 is allowed for grpo only); e.g. data.beta=0.1")
+        return self
+
+    @model_validator(mode="after")
+    def _grpo_completion_fits(self) -> "RunConfig":
+        """grpo: a sampled completion leaves room for a prompt in ``data.max_seq_length``."""
+        if "num_generations" in option_fields(self.task):
+            problem = completion_room_problem(self.data)
+            if problem:
+                raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

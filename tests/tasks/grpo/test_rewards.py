@@ -28,6 +28,12 @@ def rewards(tmp_path: Path | None = None, **kw) -> RewardSet:
     return RewardSet(data(**kw), str(tmp_path / "run") if tmp_path else None)
 
 
+def unchecked(**kw) -> RewardSet:
+    """A RewardSet of a data section the config's validators never saw (a config loaded as it was
+    written): the runtime checks still guard it."""
+    return RewardSet(data().model_copy(update=kw))
+
+
 def test_numbers_and_final_answers():
     assert last_number("it is 1,234.5 or -7") == -7.0
     assert last_number("Total: 1,234 apples.") == 1234.0
@@ -57,18 +63,27 @@ def test_format_pattern_and_its_error():
     rs = rewards(rewards=["format"], format_pattern=r"\d+")
     assert rs.score(["12 ", "a12"], [[1], [1]], ["p", "p"], {})[0] == [1.0, 0.0]
     with pytest.raises(DeltatuneError, match="data.format_pattern .* is not a regular expression"):
+        unchecked(rewards=["format"], format_pattern="(")
+    with pytest.raises(DeltatuneError, match="config error .*'data.format_pattern': '\\(' is not a regular expression"):
         rewards(rewards=["format"], format_pattern="(")
 
 
 def test_configuration_errors():
-    with pytest.raises(DeltatuneError, match="neither a built-in .* nor 'module:function'"):
-        rewards(rewards=["nope"])
+    # refused by the config already (tests/tasks/preference/test_options.py) and, for a config that
+    # skipped validation, again here
+    for make in (rewards, unchecked):
+        with pytest.raises(DeltatuneError, match="neither a built-in .* nor 'module:function'"):
+            make(rewards=["nope"])
+        with pytest.raises(DeltatuneError, match="2 weights for 1 rewards"):
+            make(rewards=["format"], reward_weights=[1.0, 2.0])
+        with pytest.raises(DeltatuneError, match="set data.answer_column"):
+            make(rewards=["exact_match"], answer_column=None)
+    with pytest.raises(DeltatuneError, match="data.rewards is empty"):
+        unchecked(rewards=[])
+    with pytest.raises(DeltatuneError, match="must be finite numbers"):
+        unchecked(reward_weights=[float("inf")])
     with pytest.raises(DeltatuneError, match="set data.reward_path"):
         rewards(rewards=["mine:score"])
-    with pytest.raises(DeltatuneError, match="2 weights for 1 rewards"):
-        rewards(rewards=["format"], reward_weights=[1.0, 2.0])
-    with pytest.raises(DeltatuneError, match="set data.answer_column"):
-        rewards(rewards=["exact_match"], answer_column=None)
 
 
 def test_rows_lacking_the_answer_are_named():

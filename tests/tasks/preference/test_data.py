@@ -332,3 +332,55 @@ def test_real_hh_pairs_encode(tok, hh_pairs):
     for f in kept:
         assert max(len(f["chosen_input_ids"]), len(f["rejected_input_ids"])) <= 256
         assert f["chosen_labels"][-1] == f["rejected_labels"][-1] == tok.eos_token_id
+
+
+# ---- the column errors and the worst examples of the tasks ----
+
+
+def test_kto_column_error_advises_renaming_not_an_option():
+    with pytest.raises(DeltatuneError) as e:
+        detect_preference_format(["response", "desirable"], paired=False, source="k.jsonl")
+    msg = str(e.value)
+    assert msg.startswith("k.jsonl: cannot read KTO rows from columns ['desirable', 'response']")
+    assert "rename your columns to prompt, completion and label" in msg
+    assert "data.prompt_column" not in msg  # not a kto option: the config would refuse it
+
+
+@pytest.mark.parametrize("task, columns", [("dpo", ["q", "good", "bad"]), ("kto", ["response", "desirable"])])
+def test_the_tasks_column_errors_name_the_file(task, columns):
+    import datasets
+
+    from deltatune.config import build_config
+    from deltatune.tasks import create_task
+
+    t = create_task(build_config({"task": task}))
+    ds = datasets.Dataset.from_list([{c: "x" for c in columns}])
+    with pytest.raises(DeltatuneError, match=r"^my/data.jsonl: cannot read"):
+        t.fit_columns(ds, "my/data.jsonl")
+    with pytest.raises(DeltatuneError, match=r"^my/data.jsonl: cannot read"):
+        t.examples(ds, "my/data.jsonl", PreferenceStats())
+
+
+def test_worst_examples_show_response_texts_of_message_lists():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from deltatune.config import build_config
+    from deltatune.tasks import create_task
+
+    def msgs(text):
+        return [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]
+
+    pairs = [{"prompt": [{"role": "user", "content": "q"}], "chosen": msgs("1"), "rejected": [{"role": "assistant", "content": "2"}]},
+             {"prompt": "p", "chosen": " good ", "rejected": "bad"}]
+    dpo = create_task(build_config({"task": "dpo"}))
+    out = dpo.worst_examples(
+        {"rewards_chosen": np.array([0.0, 1.0]), "rewards_rejected": np.array([1.0, 0.0])}, SimpleNamespace(meta=[0, 1]), pairs, 2
+    )
+    assert [(r["reference"], r["prediction"]) for r in out["rows"]] == [("1", "2"), ("good", "bad")]
+
+    unpaired = [{"prompt": "q", "completion": [{"role": "assistant", "content": "yes"}], "label": True}]
+    kto = create_task(build_config({"task": "kto"}))
+    out = kto.worst_examples({"rewards": np.array([0.5]), "desirable": np.array([1.0])}, SimpleNamespace(meta=[0]), unpaired, 1)
+    assert out["rows"][0]["prediction"] == "yes" and out["rows"][0]["reference"] == "desirable"

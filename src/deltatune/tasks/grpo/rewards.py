@@ -48,10 +48,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from deltatune.errors import DeltatuneError
+from deltatune.tasks.options.preference import BUILTIN_REWARDS, REWARDS_NEEDING_ANSWER, is_user_reward, reward_weights_problem
 
-BUILTINS = ("exact_match", "numeric_match", "format", "length_penalty")
+# the built-ins (declared with the options, torch-free, so that the config checks them too)
+BUILTINS = BUILTIN_REWARDS
 # built-ins that read the answer column
-NEEDS_ANSWER = frozenset({"exact_match", "numeric_match"})
+NEEDS_ANSWER = REWARDS_NEEDING_ANSWER
 # keyword arguments the task passes itself; columns of these names are not passed
 RESERVED = frozenset({"completions", "prompts", "completion_ids"})
 
@@ -140,7 +142,7 @@ def load_user_reward(spec: str, reward_path: Optional[str], output_dir: Optional
             fails (its exception named); no such attribute, or it is not callable.
     """
     module, _, name = spec.partition(":")
-    if not module or not name or not all(p.isidentifier() for p in module.split(".")) or not name.isidentifier():
+    if not is_user_reward(spec):
         raise DeltatuneError(f"data.rewards: {spec!r} is neither a built-in ({', '.join(BUILTINS)}) nor 'module:function'")
     if not reward_path:
         raise DeltatuneError(
@@ -236,10 +238,9 @@ class RewardSet:
         if not specs:
             raise DeltatuneError("data.rewards is empty; name at least one reward (e.g. [numeric_match])")
         weights = list(data.reward_weights) if data.reward_weights is not None else [1.0] * len(specs)
-        if len(weights) != len(specs):
-            raise DeltatuneError(f"data.reward_weights has {len(weights)} weights for {len(specs)} rewards in data.rewards; give one each")
-        if not all(math.isfinite(w) for w in weights):
-            raise DeltatuneError(f"data.reward_weights must be finite numbers, got {weights}")
+        problem = reward_weights_problem(len(specs), weights)
+        if problem:
+            raise DeltatuneError(problem)
         self.answer_column = data.answer_column
         self.max_length = data.max_completion_length
         self.limit = data.length_penalty_tokens or data.max_completion_length // 2

@@ -8,9 +8,54 @@ docs/preference.md.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import math
+import re
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+# GRPO's built-in rewards (deltatune.tasks.grpo.rewards), and those that read data.answer_column
+BUILTIN_REWARDS = ("exact_match", "numeric_match", "format", "length_penalty")
+REWARDS_NEEDING_ANSWER = frozenset({"exact_match", "numeric_match"})
+
+
+def is_user_reward(spec: str) -> bool:
+    """Whether ``spec`` has the form ``'module:function'`` of a user reward (dotted module, identifiers)."""
+    module, _, name = spec.partition(":")
+    return bool(module) and bool(name) and all(p.isidentifier() for p in module.split(".")) and name.isidentifier()
+
+
+def reward_spec_problem(spec: str) -> Optional[str]:
+    """Why ``spec`` is not a reward name of ``data.rewards`` (neither a built-in nor ``'module:function'``), or None."""
+    if spec in BUILTIN_REWARDS or is_user_reward(spec):
+        return None
+    return f"{spec!r} is neither a built-in ({', '.join(BUILTIN_REWARDS)}) nor 'module:function' (a reward of your own)"
+
+
+def reward_weights_problem(n_rewards: int, weights: Optional[list[float]]) -> Optional[str]:
+    """Why ``data.reward_weights`` does not fit ``n_rewards`` rewards (another length, a non-finite weight), or None."""
+    if weights is None:
+        return None
+    if len(weights) != n_rewards:
+        return f"data.reward_weights has {len(weights)} weights for {n_rewards} rewards in data.rewards; give one each, or unset it"
+    if not all(math.isfinite(w) for w in weights):
+        return f"data.reward_weights must be finite numbers, got {list(weights)}"
+    return None
+
+
+def completion_room_problem(data: Any) -> Optional[str]:
+    """Why grpo's ``data.max_completion_length`` leaves no room for a prompt in ``data.max_seq_length``, or None.
+
+    For :class:`deltatune.config.RunConfig` to call for the task grpo only (other tasks keep the
+    default ``max_completion_length`` whatever their ``max_seq_length``).
+    """
+    if data.max_completion_length >= data.max_seq_length:
+        return (
+            f"data.max_completion_length {data.max_completion_length} must be smaller than data.max_seq_length "
+            f"{data.max_seq_length}: it leaves no room for a prompt; raise data.max_seq_length or lower "
+            "data.max_completion_length"
+        )
+    return None
 
 
 class PreferenceOptions(BaseModel):
@@ -57,6 +102,15 @@ class DPOOptions(BaseModel):
         "(conservative DPO, Mitchell 2023)",
     )
 
+    @model_validator(mode="after")
+    def _smoothing_is_for_sigmoid(self) -> Any:
+        if self.loss_type == "ipo" and self.label_smoothing > 0:
+            raise ValueError(
+                f"data.label_smoothing applies to loss_type sigmoid; IPO has none: remove data.label_smoothing "
+                f"(got {self.label_smoothing}) or set data.loss_type=sigmoid"
+            )
+        return self
+
 
 class SimPOOptions(BaseModel):
     """``data.*`` keys read by ``simpo`` only."""
@@ -101,3 +155,36 @@ class GRPOOptions(BaseModel):
     temperature: float = Field(default=1.0, gt=0, description="sampling temperature of the training completions")
     top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling of the training completions")
     epsilon: float = Field(default=0.2, gt=0, lt=1, description="clip range of the policy ratio (PPO's epsilon)")
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_rewards(cls, rewards: list[str]) -> list[str]:
+        if not rewards:
+            raise ValueError("empty; name at least one reward (e.g. [numeric_match])")
+        for spec in rewards:
+            problem = reward_spec_problem(spec)
+            if problem:
+                raise ValueError(f"{problem}; fix the name")
+        return rewards
+
+    @field_validator("format_pattern")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"{pattern!r} is not a regular expression: {e}; fix it (Python re syntax)") from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _rewards_fit(self) -> Any:
+        problem = reward_weights_problem(len(self.rewards), self.reward_weights)
+        if problem:
+            raise ValueError(problem)
+        needing = [r for r in self.rewards if r in REWARDS_NEEDING_ANSWER]
+        if needing and not self.answer_column:
+            raise ValueError(
+                f"the rewards {', '.join(needing)} in data.rewards compare completions with a reference answer: set "
+                "data.answer_column to its column (or use other rewards)"
+            )
+        return self

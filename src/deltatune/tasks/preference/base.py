@@ -133,9 +133,10 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
         d = self.config.data
         return {"prompt_column": d.prompt_column, "chosen_column": d.chosen_column, "rejected_column": d.rejected_column}
 
-    def data_format(self, ds: datasets.Dataset) -> str:
-        """The preference format of ``ds`` from its columns (see :func:`detect_preference_format`)."""
-        return detect_preference_format(ds.column_names, paired=self.paired, **self.columns())
+    def data_format(self, ds: datasets.Dataset, source: Optional[str] = None) -> str:
+        """The preference format of ``ds`` from its columns (see :func:`detect_preference_format`);
+        ``source`` (the file) is named in the error."""
+        return detect_preference_format(ds.column_names, paired=self.paired, source=source, **self.columns())
 
     def fit_columns(self, ds: datasets.Dataset, source: str, with_labels: bool = True) -> None:
         """Check the columns: a full pair when labelled, a prompt (or dialogues) for prediction inputs.
@@ -144,13 +145,13 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
             DeltatuneError: no known layout of columns, naming ``source`` and the columns.
         """
         if with_labels:
-            self.data_format(ds)
+            self.data_format(ds, source)
         elif self.config.data.prompt_column not in ds.column_names:
-            self.data_format(ds)  # dialogues: the prompt is their shared prefix
+            self.data_format(ds, source)  # dialogues: the prompt is their shared prefix
 
     def examples(self, ds: datasets.Dataset, source: str, stats: PreferenceStats) -> list[tuple[int, PreferenceExample]]:
         """(0-based row index, example) of every row kept; dropped rows are counted in ``stats``."""
-        fmt = self.data_format(ds)
+        fmt = self.data_format(ds, source)
         out = []
         for i, row in enumerate(ds):
             ex = read_example(row, fmt, i + 1, source, stats, system_prompt=self.config.data.system_prompt, **self.columns())
@@ -385,9 +386,22 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
         recs = []
         for row_index, c, r in zip(features.meta, outputs["rewards_chosen"], outputs["rewards_rejected"]):
             row = rows[int(row_index)]
-            chosen, rejected = row.get(d.chosen_column), row.get(d.rejected_column)
+            ex = self.read_row(row, int(row_index) + 1)
+            if ex is not None:
+                chosen, rejected = ex.chosen, ex.rejected
+            else:
+                chosen, rejected = row.get(d.chosen_column), row.get(d.rejected_column)
             recs.append(example_row(row_index, self.example_input(row, row_index + 1, "data"), chosen, rejected, float(c - r)))
         return worst_examples("reward margin, chosen - rejected (reference: chosen, prediction: rejected)", True, recs, k)
+
+    def read_row(self, row: dict[str, Any], row_number: int, source: str = "data") -> Optional[PreferenceExample]:
+        """One labelled row read as :func:`read_example` reads it for training (response texts, not
+        message lists), or ``None`` when it is dropped or cannot be read."""
+        try:
+            fmt = detect_preference_format(list(row), paired=self.paired, **self.columns())
+            return read_example(row, fmt, row_number, source, PreferenceStats(), **self.columns())
+        except DeltatuneError:
+            return None
 
     # ---- generation (report.html: the answers before and after training) ------------------
     def example_input(self, row: dict[str, Any], row_number: int, source: str) -> str:

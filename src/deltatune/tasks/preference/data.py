@@ -86,7 +86,8 @@ def detect_preference_format(
         columns: the data's column names.
         paired: True for dpo/orpo/simpo (chosen and rejected), False for kto.
         prompt_column, chosen_column, rejected_column: the configured names
-            (``data.prompt_column`` etc.); kto reads ``prompt_column``, ``completion`` and ``label``.
+            (``data.prompt_column`` etc.); kto reads ``prompt_column`` (``prompt``: kto has no
+            column options), ``completion`` and ``label``.
         source: the file, named at the start of the error message.
 
     Returns:
@@ -94,7 +95,8 @@ def detect_preference_format(
         dialogues whose shared beginning is the prompt) or ``"unpaired"`` (prompt, completion, label).
 
     Raises:
-        DeltatuneError: no such combination, naming the columns found and those expected.
+        DeltatuneError: no such combination, naming ``source``, the columns found and those
+            expected (kto: the columns to rename, its names being fixed).
     """
     cols = set(columns)
     at = f"{source}: " if source else ""
@@ -110,9 +112,11 @@ def detect_preference_format(
         )
     if {prompt_column, "completion", "label"} <= cols:
         return "unpaired"
+    missing = [c for c in (prompt_column, "completion", "label") if c not in cols]
     raise DeltatuneError(
-        f"{at}cannot read unpaired preference rows from columns {sorted(cols)}: expected '{prompt_column}', 'completion' "
-        "and 'label' (true = desirable); set data.prompt_column to your prompt column"
+        f"{at}cannot read KTO rows from columns {sorted(cols)}: no {', '.join(repr(c) for c in missing)}; KTO reads the "
+        f"columns '{prompt_column}', 'completion' and 'label' (true = desirable), names that are fixed: rename your "
+        f"columns to {prompt_column}, completion and label"
     )
 
 

@@ -65,9 +65,11 @@ class KTOTask(PreferenceTask):
 
     def fit_columns(self, ds, source: str, with_labels: bool = True) -> None:
         if with_labels:
-            self.data_format(ds)
+            self.data_format(ds, source)
         elif "prompt" not in ds.column_names:
-            raise DeltatuneError(f"{source}: no 'prompt' column; columns are {', '.join(ds.column_names)}")
+            raise DeltatuneError(
+                f"{source}: no 'prompt' column; columns are {', '.join(ds.column_names)}; rename your prompt column to prompt"
+            )
 
     def prompt_messages(self, row, row_number, source):
         """The prompt of one row as chat messages (a string, HH dialogue, or messages)."""
@@ -181,7 +183,9 @@ class KTOTask(PreferenceTask):
         for row_index, r, d in zip(features.meta, outputs["rewards"], outputs["desirable"]):
             row = rows[int(row_index)]
             kind = "desirable" if d else "undesirable"
-            recs.append(example_row(row_index, self.example_input(row, row_index + 1, "data"), kind, row.get("completion"), float(r if d else -r)))
+            ex = self.read_row(row, int(row_index) + 1)
+            completion = ex.completion if ex is not None else row.get("completion")
+            recs.append(example_row(row_index, self.example_input(row, row_index + 1, "data"), kind, completion, float(r if d else -r)))
         return worst_examples("signed reward (negated for undesirable completions; reference: the label)", True, recs, k)
 
     def rows_from_texts(self, texts):
