@@ -210,7 +210,7 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
             meta.append(i)
         if not rows:
             raise DeltatuneError(
-                f"{source}: no pair left to train on ({stats.dropped_identical} identical, {stats.dropped_empty} with an empty "
+                f"{source}: no pair left to train or evaluate on ({stats.dropped_identical} identical, {stats.dropped_empty} with an empty "
                 f"response, {stats.dropped_too_long} too long for data.max_seq_length={self.config.data.max_seq_length})"
             )
         lengths = [len(r["input_ids"]) + len(r["rejected_input_ids"]) for r in rows]

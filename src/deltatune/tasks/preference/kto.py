@@ -103,7 +103,7 @@ class KTOTask(PreferenceTask):
             meta.append(i)
         if not rows:
             raise DeltatuneError(
-                f"{source}: no example left to train on ({stats.dropped_empty} with an empty completion, "
+                f"{source}: no example left to train or evaluate on ({stats.dropped_empty} with an empty completion, "
                 f"{stats.dropped_too_long} too long for data.max_seq_length={self.config.data.max_seq_length})"
             )
         lengths = [len(r["input_ids"]) + len(r["kl_input_ids"]) for r in rows]
