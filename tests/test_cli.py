@@ -480,3 +480,26 @@ def test_a_bad_mlflow_store_is_refused_before_torch_and_writes_nothing(tmp_path)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: train.tracking_uri: MLflow has no foo:// store"), p.stderr
     assert not out.exists()
+
+
+def test_train_is_interruptible_even_when_started_with_sigint_ignored_or_blocked():
+    """A non-interactive shell starts background jobs with SIGINT ignored; training must still stop on it."""
+    import signal as _signal
+    import subprocess as _subprocess
+
+    code = (
+        "import signal\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\n"
+        "from deltatune.cli import interruptible\n"
+        "interruptible()\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())\n"
+        "try:\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    out = _subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: _signal.signal(_signal.SIGINT, _signal.SIG_IGN))
+    assert out.returncode == 0 and out.stdout.strip() == "interrupted", out.stderr

@@ -594,6 +594,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return run_ui(args.host, args.port, Path(args.runs_dir), max_trainings=args.max_trainings)
 
 
+def interruptible() -> None:
+    """Make Ctrl-C / ``kill -INT`` stop training (checkpoint, exit 130) even when this process
+    inherited SIGINT ignored or blocked: a shell script's background job (``deltatune train ... &``
+    in a non-interactive shell) starts with SIGINT ignored, and the web UI's Stop, the printed
+    ``kill -INT`` advice and resumable interrupts all rely on it."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``deltatune`` console script; returns the exit status."""
     parser = build_parser()
@@ -608,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handlers = {"auto": cmd_auto, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check,
                 "serve": cmd_serve, "report": cmd_report, "ui": cmd_ui}
+    if args.command in ("train", "auto"):
+        interruptible()
     try:
         return handlers[args.command](args)
     except DeltatuneError as e:

@@ -93,7 +93,7 @@ def test_logits_part_and_format():
 
 
 @pytest.mark.parametrize(("task", "data", "sequences"), [("instruction", {}, 1), ("dpo", {}, 2), ("kto", {}, 2),
-                                                         ("grpo", {"num_generations": 4}, 4)])
+                                                         ("grpo", {"num_generations": 4, "max_completion_length": 8}, 4)])
 def test_a_run_estimate_counts_every_sequence_an_example_puts_through_the_model(task, data, sequences):
     from deltatune.config import build_config
     from deltatune.tasks import create_task
