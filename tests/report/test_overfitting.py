@@ -58,6 +58,14 @@ def test_too_few_evaluations_and_no_records():
     assert diagnose([]).kind == "too_few"
 
 
+def test_evaluations_without_a_validation_loss_are_not_told_to_evaluate_more_often():
+    recs = [{"step": s, "loss": 0.01, "reward": 0.5 + s / 10} for s in range(1, 7)]
+    recs += [{"step": s, "eval_reward": 0.7 + s / 10} for s in (2, 4, 6)]  # GRPO: rewards, no eval_loss
+    d = diagnose(recs)
+    assert not d.overfitting and d.kind == "too_few"
+    assert "log no validation loss" in d.message and "evaluate more often" not in d.message
+
+
 def test_validation_loss_rising_with_training_loss_is_unstable_not_overfitting():
     d = diagnose(records([0.5, 0.4, 0.6, 0.8], [0.5, 0.45, 0.6, 0.9]))
     assert not d.overfitting and d.kind == "unstable" and "learning rate" in d.message

@@ -161,6 +161,12 @@ def diagnose(records: list[dict[str, Any]], best_step: Optional[int] = None, res
         return _diverged(records, bad, pairs)
     if not pairs and no_evaluations:
         return Diagnosis(False, f"no evaluations: {no_evaluations}; overfitting cannot be judged", "too_few", pairs)
+    if not pairs and any(r.get("step") is not None and "event" not in r and "eval_loss" not in r
+                         and any(k.startswith("eval_") for k in r) for r in records):
+        return Diagnosis(False, (
+            "the evaluations log no validation loss (this task scores its evaluations otherwise, e.g. GRPO's reward): "
+            "overfitting cannot be judged by loss; compare the training and validation metric curves instead"
+        ), "too_few", pairs)
     if len(pairs) < MIN_EVALS:
         return Diagnosis(False, (
             f"too few evaluations to judge overfitting ({len(pairs)} with a validation loss; at least {MIN_EVALS} are needed: "
