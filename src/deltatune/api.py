@@ -307,7 +307,7 @@ def _training_rows(cfg: RunConfig) -> tuple[datasets.Dataset, dict[str, datasets
             if own and name in others:
                 raise DeltatuneError(
                     f"{d.train_file} has {len(others[name])} rows with {d.split_column}={name} and data.{name}_file is {own} "
-                    f"too; use one: drop data.{name}_file (--{'validation' if name == 'validation' else 'test'}), or those rows"
+                    f"too; use one: drop data.{name}_file (--{name}), or those rows"
                 )
     if d.max_train_samples:
         train = train.select(range(min(d.max_train_samples, len(train))))
@@ -414,13 +414,8 @@ def _generate_before(cfg: RunConfig, task: Task, model, tokenizer, validation: d
     device = processes.device
     accelerated = device.type != "cpu"  # the CPU generator is always forked; an accelerator's when used
     with torch.random.fork_rng(devices=[device] if accelerated else [], device_type=device.type if accelerated else None):
-        texts, _ = task.generate_rows(model.to(device), tokenizer, validation.select(range(n)), device, _validation_source(cfg))
+        texts, _ = task.generate_rows(model.to(device), tokenizer, validation.select(range(n)), device, _source(cfg, "validation"))
     return texts
-
-
-def _validation_source(cfg: RunConfig) -> str:
-    """The file the validation rows come from (named in error messages)."""
-    return _source(cfg, "validation")
 
 
 def _source(cfg: RunConfig, split: str) -> str:
@@ -521,7 +516,7 @@ def _final_generations(
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     device = trainer.accelerator.device
     with trainer.autocast():
-        scored = task.scored_generations(unwrapped, tokenizer, splits.validation, device, _validation_source(cfg))
+        scored = task.scored_generations(unwrapped, tokenizer, splits.validation, device, _source(cfg, "validation"))
         metrics["validation"].update(scored.metrics)
         if splits.test is not None:
             metrics["test"].update(task.final_metrics(unwrapped, tokenizer, splits.test, device))

@@ -131,7 +131,7 @@ def _curve_series(records: Sequence[dict[str, Any]], metric: Optional[str], best
     mkey = f"eval_{metric}" if metric and metric != "loss" else None
     points: dict[str, dict[int, float]] = {"train": {}, "val": {}, "metric": {}, "train_metric": {}, "lr": {}}
     train, val, met, lr, train_met = points["train"], points["val"], points["metric"], points["lr"], points["train_metric"]
-    tkey = metric if metric and metric != "loss" else None
+    tkey = metric if mkey else None
     for r in records:  # one pass (a 200,000-step log)
         step = r.get("step")
         if type(step) is not int or "event" in r:

@@ -7,6 +7,7 @@ import gzip
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 
 from deltatune.errors import DeltatuneError
@@ -372,15 +373,17 @@ def test_worst_examples_show_response_texts_of_message_lists():
     def msgs(text):
         return [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]
 
-    pairs = [{"prompt": [{"role": "user", "content": "q"}], "chosen": msgs("1"), "rejected": [{"role": "assistant", "content": "2"}]},
-             {"prompt": "p", "chosen": " good ", "rejected": "bad"}]
+    pairs = datasets.Dataset.from_list([  # worst_examples gets the validation rows as a Dataset
+        {"prompt": [{"role": "user", "content": "q"}], "chosen": msgs("1"), "rejected": [{"role": "assistant", "content": "2"}]},
+        {"prompt": [{"role": "user", "content": "q"}], "chosen": msgs(" good "), "rejected": [{"role": "assistant", "content": "bad"}]},
+    ])
     dpo = create_task(build_config({"task": "dpo"}))
     out = dpo.worst_examples(
         {"rewards_chosen": np.array([0.0, 1.0]), "rewards_rejected": np.array([1.0, 0.0])}, SimpleNamespace(meta=[0, 1]), pairs, 2
     )
     assert [(r["reference"], r["prediction"]) for r in out["rows"]] == [("1", "2"), ("good", "bad")]
 
-    unpaired = [{"prompt": "q", "completion": [{"role": "assistant", "content": "yes"}], "label": True}]
+    unpaired = datasets.Dataset.from_list([{"prompt": "q", "completion": [{"role": "assistant", "content": "yes"}], "label": True}])
     kto = create_task(build_config({"task": "kto"}))
     out = kto.worst_examples({"rewards": np.array([0.5]), "desirable": np.array([1.0])}, SimpleNamespace(meta=[0]), unpaired, 1)
     assert out["rows"][0]["prediction"] == "yes" and out["rows"][0]["reference"] == "desirable"

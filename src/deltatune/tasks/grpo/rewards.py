@@ -50,10 +50,6 @@ from typing import Any, Callable, Optional, Sequence
 from deltatune.errors import DeltatuneError
 from deltatune.tasks.options.preference import BUILTIN_REWARDS, REWARDS_NEEDING_ANSWER, is_user_reward, reward_weights_problem
 
-# the built-ins (declared with the options, torch-free, so that the config checks them too)
-BUILTINS = BUILTIN_REWARDS
-# built-ins that read the answer column
-NEEDS_ANSWER = REWARDS_NEEDING_ANSWER
 # keyword arguments the task passes itself; columns of these names are not passed
 RESERVED = frozenset({"completions", "prompts", "completion_ids"})
 
@@ -143,7 +139,7 @@ def load_user_reward(spec: str, reward_path: Optional[str], output_dir: Optional
     """
     module, _, name = spec.partition(":")
     if not is_user_reward(spec):
-        raise DeltatuneError(f"data.rewards: {spec!r} is neither a built-in ({', '.join(BUILTINS)}) nor 'module:function'")
+        raise DeltatuneError(f"data.rewards: {spec!r} is neither a built-in ({', '.join(BUILTIN_REWARDS)}) nor 'module:function'")
     if not reward_path:
         raise DeltatuneError(
             f"data.rewards: {spec!r} is a reward of your own, and user rewards are imported only from data.reward_path; "
@@ -248,7 +244,7 @@ class RewardSet:
         self.rewards: list[Reward] = []
         seen: set[str] = set()
         for spec, w in zip(specs, weights):
-            if spec in BUILTINS:
+            if spec in BUILTIN_REWARDS:
                 fn, key = None, spec
                 if spec == "format" and self.pattern is None:
                     try:
@@ -261,7 +257,7 @@ class RewardSet:
             while key in seen:
                 key += "_"
             seen.add(key)
-            self.rewards.append(Reward(spec, key, float(w), spec in NEEDS_ANSWER, fn))
+            self.rewards.append(Reward(spec, key, float(w), spec in REWARDS_NEEDING_ANSWER, fn))
         if any(r.needs_answer for r in self.rewards) and not self.answer_column:
             names = ", ".join(r.spec for r in self.rewards if r.needs_answer)
             raise DeltatuneError(f"data.rewards {names} compare with a reference answer: set data.answer_column")

@@ -382,26 +382,12 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
     def worst_examples(self, outputs, features, rows, k):
         """The pairs with the lowest reward margin (chosen - rejected): reference = chosen response,
         prediction = rejected response."""
-        d = self.config.data
+        kept = dict(self.examples(rows, "data", PreferenceStats()))  # row index -> the pair as encoded (response texts)
         recs = []
         for row_index, c, r in zip(features.meta, outputs["rewards_chosen"], outputs["rewards_rejected"]):
-            row = rows[int(row_index)]
-            ex = self.read_row(row, int(row_index) + 1)
-            if ex is not None:
-                chosen, rejected = ex.chosen, ex.rejected
-            else:
-                chosen, rejected = row.get(d.chosen_column), row.get(d.rejected_column)
-            recs.append(example_row(row_index, self.example_input(row, row_index + 1, "data"), chosen, rejected, float(c - r)))
+            ex = kept[int(row_index)]
+            recs.append(example_row(row_index, self.example_input(rows[int(row_index)], row_index + 1, "data"), ex.chosen, ex.rejected, float(c - r)))
         return worst_examples("reward margin, chosen - rejected (reference: chosen, prediction: rejected)", True, recs, k)
-
-    def read_row(self, row: dict[str, Any], row_number: int, source: str = "data") -> Optional[PreferenceExample]:
-        """One labelled row read as :func:`read_example` reads it for training (response texts, not
-        message lists), or ``None`` when it is dropped or cannot be read."""
-        try:
-            fmt = detect_preference_format(list(row), paired=self.paired, **self.columns())
-            return read_example(row, fmt, row_number, source, PreferenceStats(), **self.columns())
-        except DeltatuneError:
-            return None
 
     # ---- generation (report.html: the answers before and after training) ------------------
     def example_input(self, row: dict[str, Any], row_number: int, source: str) -> str:

@@ -179,13 +179,12 @@ class KTOTask(PreferenceTask):
     def worst_examples(self, outputs, features, rows, k):
         """Desirable completions with the lowest reward and undesirable ones with the highest (score:
         the reward, negated for undesirable ones)."""
+        kept = dict(self.examples(rows, "data", PreferenceStats()))  # row index -> the example as encoded
         recs = []
         for row_index, r, d in zip(features.meta, outputs["rewards"], outputs["desirable"]):
-            row = rows[int(row_index)]
             kind = "desirable" if d else "undesirable"
-            ex = self.read_row(row, int(row_index) + 1)
-            completion = ex.completion if ex is not None else row.get("completion")
-            recs.append(example_row(row_index, self.example_input(row, row_index + 1, "data"), kind, completion, float(r if d else -r)))
+            completion = kept[int(row_index)].completion
+            recs.append(example_row(row_index, self.example_input(rows[int(row_index)], row_index + 1, "data"), kind, completion, float(r if d else -r)))
         return worst_examples("signed reward (negated for undesirable completions; reference: the label)", True, recs, k)
 
     def rows_from_texts(self, texts):
