@@ -10,7 +10,7 @@ type) it also scores:
 
 - lead-k: the first ``--sentences`` sentences of the document;
 - the greedy ROUGE oracle (the labels' upper bound for a k-sentence extract, built against the
-  test references: :func:`deltatune.tasks.sentences.greedy_oracle`).
+  test references: :func:`deltatune.data.sentences.greedy_oracle`).
 
 Run from the repository root::
 
@@ -55,7 +55,7 @@ def main() -> None:
 
     import deltatune
     from deltatune.metrics.text import rouge
-    from deltatune.tasks.sentences import greedy_oracle
+    from deltatune.data.sentences import greedy_oracle
 
     train_rows = read_jsonl(SCITLDR / "train.jsonl", args.train_docs)
     test_rows = read_jsonl(SCITLDR / "test.jsonl", args.test_docs or None)

@@ -77,3 +77,38 @@ def test_text_pairs_bf16_accumulation_and_l1(tiny_model_dir, tmp_path, capsys):
     assert printed["text_pair"] == "it was good" and printed["probabilities"] == pytest.approx(out[0]["probabilities"])
     assert main(["predict", str(run.path), "--text", "a", "--text", "b", "--text-pair", "c"]) == 2
     assert "one --text-pair per --text" in capsys.readouterr().err
+
+
+def test_evaluate_pretrained_scores_only_held_out_rows_and_refuses_fresh_heads(tmp_path, capsys, tiny_model_dir):
+    """The pretrained model's numbers ("before"): the split_column's training rows are left out, as
+    deltatune.api.evaluate does; a task with a fresh head is refused naming the task."""
+    import gzip
+    from pathlib import Path
+
+    from deltatune.api import evaluate_pretrained
+    from deltatune.errors import DeltatuneError
+
+    d = Path(__file__).resolve().parents[2] / "shared" / "data" / "translation" / "multi30k_en_de"
+    if not d.is_dir():
+        pytest.skip(f"no shared data at {d}")
+    read = lambda name: gzip.open(d / name, "rt", encoding="utf-8").read().splitlines()[:4]  # noqa: E731
+    rows = [{"source": a, "target": b} for a, b in zip(read("test_2016_flickr.en.gz"), read("test_2016_flickr.de.gz"))]
+    mixed, held = tmp_path / "mixed.jsonl", tmp_path / "held.jsonl"
+    mixed.write_text("".join(json.dumps({**r, "split": s}) + "\n" for r, s in zip(rows, ("train", "test", "train", "test"))))
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[1::2]))
+    cfg = {
+        "task": "translation", "model": {"name_or_path": "smollm2"}, "output_dir": str(tmp_path / "run"),
+        "data": {"train_file": str(mixed), "split_column": "split", "source_lang": "English", "target_lang": "German", "max_seq_length": 128},
+        "eval": {"per_device_eval_batch_size": 4, "max_new_tokens": 4},
+    }
+    out = tmp_path / "m.json"
+    on_mixed = evaluate_pretrained(cfg, str(mixed), output=out)
+    err = capsys.readouterr().err
+    assert "evaluating its 2 rows with split=test" in err and "pretrained model's numbers" in err
+    assert json.loads(out.read_text()) == on_mixed
+    with pytest.raises(DeltatuneError, match="--overwrite"):
+        evaluate_pretrained(cfg, str(mixed), output=out)
+    assert evaluate_pretrained(cfg, str(held)) == on_mixed  # the same two rows
+    classify = {"task": "text-classification", "model": {"name_or_path": str(tiny_model_dir)}, "data": {"train_file": str(held)}}
+    with pytest.raises(DeltatuneError, match=r"^task text-classification: .*no trained head.*train first"):
+        evaluate_pretrained(classify, str(held))

@@ -503,3 +503,100 @@ def test_train_is_interruptible_even_when_started_with_sigint_ignored_or_blocked
     out = _subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           preexec_fn=lambda: _signal.signal(_signal.SIGINT, _signal.SIG_IGN))
     assert out.returncode == 0 and out.stdout.strip() == "interrupted", out.stderr
+
+
+# ---- evaluate --pretrained: the "before" numbers of a config's pretrained model ----
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _pretrained_slice(task: str, tmp_path: Path, rows: int = 3) -> tuple[Path, Path]:
+    """(config.yaml, held-out data file) for ``task`` on the packaged SmolLM2, on ``rows`` real rows."""
+    import gzip
+    import json
+
+    import yaml
+
+    if task == "translation":
+        d = SHARED_DATA / "translation" / "multi30k_en_de"
+        if not d.is_dir():
+            pytest.skip(f"no shared data at {d}")
+        read = lambda name: gzip.open(d / name, "rt", encoding="utf-8").read().splitlines()[:rows]  # noqa: E731
+        data = [{"source": a, "target": b} for a, b in zip(read("test_2016_flickr.en.gz"), read("test_2016_flickr.de.gz"))]
+        extra = {"source_lang": "English", "target_lang": "German", "max_seq_length": 128}
+    else:
+        d = SHARED_DATA / "summarization" / "scitldr_a"
+        if not d.is_dir():
+            pytest.skip(f"no shared data at {d}")
+        lines = (d / "test.jsonl").read_text().splitlines()[:rows]
+        data = [{k: json.loads(x)[k] for k in ("source", "target")} for x in lines]
+        extra = {"max_seq_length": 384}
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in data))
+    cfg = {
+        "task": task, "model": {"name_or_path": "smollm2"}, "output_dir": str(tmp_path / "run"),
+        "data": {"train_file": str(test), "validation_file": str(test), **extra},
+        "eval": {"per_device_eval_batch_size": 4, "max_new_tokens": 8, "generation_max_samples": rows},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, test
+
+
+@pytest.mark.parametrize("task, keys", [("translation", ("bleu", "chrf")), ("summarization", ("rouge1", "rougeL"))])
+def test_evaluate_pretrained_cli_equals_the_api(task, keys, tmp_path, capsys):
+    import json
+
+    from deltatune.api import evaluate_pretrained
+
+    config, test = _pretrained_slice(task, tmp_path)
+    out = tmp_path / "before.json"
+    argv = ["evaluate", "--pretrained", str(config), "--data", str(test), "--json", "--output", str(out), "eval.max_new_tokens=8"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    cli = json.loads(captured.out)
+    assert "pretrained model's numbers" in captured.err and "no training" in captured.err
+    assert all(k in cli for k in keys) and "loss" in cli
+    assert json.loads(out.read_text()) == cli  # --output holds the same numbers
+    assert evaluate_pretrained(str(config), str(test), ["eval.max_new_tokens=8"]) == cli
+    # an existing --output is refused without --overwrite, before anything loads
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_evaluate_pretrained_refuses_a_fresh_head_task(tmp_path, capsys, tiny_model_dir, sentiment_csv):
+    import yaml
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"task": "text-classification", "model": {"name_or_path": str(tiny_model_dir)},
+                                      "data": {"train_file": str(sentiment_csv)}, "output_dir": str(tmp_path / "run")}))
+    assert main(["evaluate", "--pretrained", str(config), "--data", str(sentiment_csv)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: task text-classification: the pretrained model ") and "train first" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["evaluate", "--pretrained", "missing.yaml", "--data", "d.jsonl"], "config file not found: missing.yaml"),
+        (["evaluate", "--pretrained", "c.yaml", "--data", "d.jsonl", "train.no_such_key=1"], "no_such_key"),
+        (["evaluate", "--pretrained", "c.yaml", "--data", "missing.jsonl"], "data file not found: missing.jsonl"),
+        (["evaluate", "--pretrained", "c.yaml", "--data", "d.jsonl", "--output", "d.jsonl", "--overwrite"], "d.jsonl"),
+        (["evaluate", "--pretrained", "c.yaml", "--data", "d.jsonl", "--output", "taken.json"], "--overwrite"),
+        (["evaluate", "--pretrained", "eval.max_new_tokens=8", "--data", "d.jsonl"], "give the YAML config"),
+        (["evaluate", "run", "--data", "d.jsonl", "eval.max_new_tokens=8"], "apply with --pretrained CONFIG only"),
+    ],
+)
+def test_evaluate_pretrained_usage_errors_come_before_torch(argv, needle, tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"source": "a", "target": "b"}\n')
+    (tmp_path / "taken.json").write_text("{}")
+    (tmp_path / "c.yaml").write_text("task: translation\nmodel: {name_or_path: smollm2}\ndata: {train_file: d.jsonl}\n")
+    code = (
+        "import sys\nfrom deltatune.cli import main\n"
+        "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'no torch', rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
+    assert out.stderr.startswith("error: ") and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,56 @@ def test_a_finished_swap_whose_old_folder_was_not_deleted_is_cleaned(tmp_path):
     old_dir_for(target).mkdir()
     replace_dir_atomically(lambda d: (d / "newer").write_text("newer"), target)
     assert sorted(p.name for p in target.iterdir()) == ["newer"] and _leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def umask_022():
+    set_umask = os.umask  # kept: a test may replace os.umask
+    old = set_umask(0o022)
+    yield
+    set_umask(old)
+
+
+def test_new_files_get_the_users_umask_not_the_temporary_files_0600(tmp_path, umask_022):
+    """Issue 20: a file written through a temporary file (mkstemp makes it 0600) ends up 0o666
+    minus the umask, like a file the user writes."""
+    from deltatune.files import write_file_atomically
+
+    write_atomically(tmp_path / "eval.json", lambda f: f.write("{}"))
+    write_file_atomically(tmp_path / "model.gguf", lambda tmp: tmp.write_bytes(b"GGUF"))
+    assert (tmp_path / "eval.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model.gguf").stat().st_mode & 0o777 == 0o644
+    os.umask(0o027)
+    write_file_atomically(tmp_path / "other.gguf", lambda tmp: tmp.write_bytes(b"GGUF"))
+    assert (tmp_path / "other.gguf").stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="no /proc: the umask is read by setting it")
+def test_the_umask_is_read_without_changing_it(monkeypatch, umask_022):
+    """Setting the umask to 0 for a moment would give files other threads create then mode 0666."""
+    from deltatune import files
+
+    calls = []
+    monkeypatch.setattr(files.os, "umask", lambda mask: calls.append(mask) or 0)
+    assert files._umask() == 0o022 and calls == []
+
+
+def test_a_folder_writers_private_files_get_the_users_umask(tmp_path, umask_022):
+    """Issue 20: safetensors (>= 0.8) and tempfile make files 0600; an exported folder's files
+    are 0o644 under umask 022 like any file the user makes (execute bits kept)."""
+    import tempfile
+
+    def write(d):
+        fd, name = tempfile.mkstemp(dir=d)  # 0600, as safetensors.save_file makes its files
+        os.close(fd)
+        os.rename(name, d / "model.safetensors")
+        sub = Path(tempfile.mkdtemp(dir=d))  # 0700
+        (sub / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(sub / "run.sh", 0o700)
+
+    replace_dir_atomically(write, tmp_path / "export")
+    out = tmp_path / "export"
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    (sub,) = [p for p in out.iterdir() if p.is_dir()]
+    assert sub.stat().st_mode & 0o777 == 0o755
+    assert (sub / "run.sh").stat().st_mode & 0o777 == 0o755

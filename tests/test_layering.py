@@ -88,7 +88,7 @@ def test_the_checker_sees_an_upward_import_even_inside_a_function(tmp_path):
 
 def test_layers_match_the_documented_order():
     order = [names for names in LAYERS]
-    assert order.index(("tasks",)) < order.index(("training",)) < order.index(("auto", "serving")) < order.index(("api",))
+    assert order.index(("tasks",)) < order.index(("training",)) < order.index(("auto", "curve", "serving")) < order.index(("api",))
     assert layer_of("deltatune.config") == layer_of("deltatune.errors") == 0
     assert layer_of("deltatune.cli") == layer_of("deltatune") == len(LAYERS) - 1
 

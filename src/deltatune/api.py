@@ -32,7 +32,7 @@ from deltatune.tasks import GenerativeTask, Task, create_task
 from deltatune.tasks.base import Features
 from deltatune.tasks.examples import compared_generations, worst_examples
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
-from deltatune.training.checkpoint import replace_dir_atomically
+from deltatune.training.checkpoint import list_checkpoints, replace_dir_atomically
 from deltatune.training.loop import check_launch, process_state
 from deltatune.training.memory import estimate_run_memory
 from deltatune.training.progress import format_rate
@@ -157,7 +157,23 @@ def finetune(
     model = _build_model(cfg, task, model_path)
     _prepare_run_dir(cfg, run_dir, overwrite, resume)
     with run_dir.training(main=process_state().is_main_process):  # .training: other processes see it is in use
-        return _train_and_conclude(cfg, run_dir, task, model, tokenizer, splits, encoded, model_path, callbacks, verbose, resume, trust_checkpoint)
+        try:
+            return _train_and_conclude(cfg, run_dir, task, model, tokenizer, splits, encoded, model_path, callbacks, verbose, resume, trust_checkpoint)
+        except DeltatuneError as e:  # e.g. a user reward that raises: say how to run again, the folder being kept
+            e.args = (_with_rerun_advice(str(e), run_dir),)
+            raise
+
+
+def _with_rerun_advice(message: str, run_dir: RunDir) -> str:
+    """``message`` of an error raised after the run folder was made, with how to run again (the
+    folder is kept, with its log and any checkpoint): ``--resume`` when a checkpoint exists, else
+    ``--overwrite``. Messages that already say so are returned as they are."""
+    if "--overwrite" in message or "--resume" in message:
+        return message
+    root = run_dir.root
+    if list_checkpoints(run_dir.checkpoints):
+        return f"{message} (the run folder {root} is kept: after fixing this, continue with deltatune train --resume {root}, or start again with --overwrite)"
+    return f"{message} (the run folder {root} is kept: after fixing this, start again with --overwrite)"
 
 
 def _train_and_conclude(
@@ -285,7 +301,22 @@ def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
     test = _read_split(d.test_file, task, cfg) if d.test_file else None
     if test is None and "test" in in_file:
         test = _checked_rows(in_file["test"], task, cfg, "test")
-    return task, _Splits(train, validation, test)
+    return task, _Splits(_train_subset(cfg, task, train), validation, test)
+
+
+def _train_subset(cfg: RunConfig, task: Task, train: datasets.Dataset) -> datasets.Dataset:
+    """The ``data.train_fraction`` subset of the training rows, taken after the validation split is
+    fixed (every fraction is evaluated on the same rows): seeded by ``data.subset_seed``, nested
+    across fractions, stratified by the task's keys (:mod:`deltatune.curve.subsets`); the count
+    is printed to stderr. A fraction of 1 returns ``train`` as it is."""
+    fraction = cfg.data.train_fraction
+    if fraction >= 1.0:
+        return train
+    from deltatune.curve.subsets import subset_indices
+
+    keep = subset_indices(len(train), fraction, cfg.data.subset_seed, task.stratify_keys(train))
+    print(f"train_fraction {fraction:g}: {len(keep):,} of {len(train):,} training rows", file=sys.stderr, flush=True)
+    return train.select(keep)
 
 
 def _training_rows(cfg: RunConfig) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
@@ -340,6 +371,7 @@ def _encode(cfg: RunConfig, task: Task, splits: _Splits, model_path: str | Path,
         task, splits.train, tokenizer, cfg.data.train_file, strict=strict, warn=lambda line: print(line, file=sys.stderr, flush=True)
     )
     train_f, val_f, test_f, data_report = _encode_splits(task, tokenizer, splits.train, splits.validation, splits.test, cfg)
+    train_f = task.training_features(train_f)  # few-shot classification: pairs of training texts
     if cfg.train.packing:  # decoder tasks: several examples per sequence, no attention between them
         train_f = pack_training_features(task, train_f, cfg.data.max_seq_length)
         data_report["packing"] = packing_report(train_f, cfg.data.max_seq_length)
@@ -457,8 +489,9 @@ def _train(
         fresh = task.build_model(model_path, {})
         return {n: p.detach() for n, p in fresh.named_parameters() if n not in task.new_parameter_names}
 
-    def save_model(folder: Path) -> None:
+    def save_model(folder: Path) -> None:  # once, at the end of training, with the kept weights in place
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        task.finish_training(unwrapped, encoded.train)  # e.g. fit the few-shot head, before saving and the final evaluation
         replace_dir_atomically(
             lambda tmp: saved.update(save_trained(unwrapped, tmp, tokenizer, cfg, model_path, base_state)), folder
         )
@@ -708,6 +741,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a trained run on a labelled data file with the task's metrics.
 
+    Question answering: a one-line warning on stderr when ``data`` has unanswerable questions
+    (SQuAD v2.0) and the run never learned to abstain (trained without unanswerable questions):
+    those score 0 (:func:`deltatune.tasks.extractive_qa.abstention_warning`).
+
     Args:
         run: the run directory.
         data: a labelled data file with the run's column names.
@@ -742,6 +779,9 @@ def evaluate(
     ds = load_table(data, split="test", config_name=predictor.config.data.dataset_config_name)
     ds, source = _held_out_rows(ds, data, predictor.config.data.split_column)
     predictor.task.check(ds, source, with_labels=True)
+    warning = predictor.task.evaluation_warning(ds, source)  # e.g. v2.0 data on a QA run that never abstains
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     metrics, stats = predictor.metrics_and_stats(ds, batch_size=batch_size, source=source)
     if stats is not None:  # what encoding kept of the rows: truncated, dropped by kind, their numbers
         print(f"{source}: {stats.summary()}", file=sys.stderr, flush=True)
@@ -773,41 +813,88 @@ def _held_out_rows(ds: datasets.Dataset, data: str, split_column: Optional[str])
     )
 
 
+def _fresh_head_error(cfg: RunConfig) -> DeltatuneError:
+    """The refusal of :func:`evaluate_pretrained` for a task whose head the pretrained model lacks."""
+    return DeltatuneError(
+        f"task {cfg.task}: the pretrained model {cfg.model.name_or_path} has no trained head for this task (a fresh, "
+        f"random head would be scored), so there are no 'before' numbers to measure; train first (deltatune train CONFIG) "
+        f"and evaluate the run (deltatune evaluate RUN --data FILE)"
+    )
+
+
 def evaluate_pretrained(
     config: str | Path | dict[str, Any] | RunConfig,
     data: str,
     overrides: list[str] | dict[str, Any] | None = None,
+    output: str | Path | None = None,
+    batch_size: int | None = None,
+    *,
+    overwrite: bool = False,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    num_beams: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate the *pretrained* model of ``config`` (no training) on a data file: the "before" numbers.
 
-    Only for tasks whose head exists in the pretrained model (decoder tasks). Returns the same
-    metrics as a trained run's evaluation (loss, perplexity and generation metrics).
+    Only for tasks whose head exists in the pretrained model (decoder and encoder-decoder tasks).
+    Returns the same metrics as a trained run's evaluation (loss, perplexity and generation
+    metrics). When ``data`` has the config's ``data.split_column``, only its held-out rows (test,
+    else validation) are evaluated, as :func:`evaluate` does. A one-line note on stderr says the
+    numbers are the pretrained model's.
+
+    Args:
+        config: the run config (YAML path, dict or :class:`RunConfig`), as for :func:`finetune`.
+        data: a labelled data file with the config's column names.
+        overrides: dotted ``key=value`` overrides of ``config``.
+        output: optional path of a JSON file to write the metrics to (written atomically).
+        batch_size: examples per forward pass (default: ``eval.per_device_eval_batch_size``).
+        overwrite: replace an existing ``output`` file (never ``data`` itself).
+        max_new_tokens, temperature, top_p, num_beams: generation options, as in :func:`evaluate`
+            (``None`` keeps the config's ``eval`` settings).
 
     Raises:
-        DeltatuneError: bad config/data/model, or a task whose head would be untrained.
+        DeltatuneError: bad config/data/model; a task whose head would be untrained (names the
+            task; train first); ``output`` exists (without ``overwrite``) or is ``data``;
+            ``batch_size`` < 1; ``top_p`` without sampling.
     """
     import torch
 
+    from deltatune.serving.predictor import generation_overrides
     from deltatune.training.inference import batched_outputs, merge_outputs
 
+    if output is not None:
+        check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data")
+    check_batch_size(batch_size)
+    generation = generation_overrides(max_new_tokens, temperature, top_p, num_beams)
     cfg = build_config(config, overrides)
+    if generation:
+        cfg = build_config(cfg, generation)
     task = create_task(cfg)
     if task.peft_task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):
-        raise DeltatuneError(f"{cfg.task}: a pretrained model has no trained head for this task; train first")
+        raise _fresh_head_error(cfg)
+    if top_p is not None and not cfg.eval.do_sample:
+        raise DeltatuneError("--top-p (top_p) applies to sampling, and eval.do_sample is false; add --temperature T with T > 0 to sample")
     ds = load_table(data, split="test", config_name=cfg.data.dataset_config_name)
-    task.fit(ds, data)
+    ds, source = _held_out_rows(ds, data, cfg.data.split_column)
+    task.fit(ds, source)
     if cfg.data.max_eval_samples:
         ds = ds.select(range(min(cfg.data.max_eval_samples, len(ds))))
     model_path = resolve_model(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
-    features = task.encode(ds, tokenizer, source=data)
+    features = task.encode(ds, tokenizer, source=source)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = task.build_model(model_path, {}).to(device).eval()
-    parts = batched_outputs(model, task, features, cfg.eval.per_device_eval_batch_size, device)
+    parts = batched_outputs(model, task, features, batch_size or cfg.eval.per_device_eval_batch_size, device)
     metrics = task.compute_metrics(merge_outputs(parts, len(features)), features)
     if isinstance(task, GenerativeTask):
         metrics.update(task.final_metrics(model, tokenizer, ds, device))
+    print(f"deltatune: {source}: these are the pretrained model's numbers ({cfg.model.name_or_path}, no training)",
+          file=sys.stderr, flush=True)
+    if output is not None:
+        check_output(output, overwrite=overwrite, inputs=[data], input_flag="--data")  # made meanwhile?
+        write_atomically(output, lambda f: f.write(json.dumps(metrics, indent=2)))
     return metrics
 
 

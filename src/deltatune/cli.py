@@ -1,4 +1,4 @@
-"""Command line: ``deltatune train | auto | evaluate | predict | export | serve | check``. Thin: parse, call :mod:`deltatune.api`, print.
+"""Command line: ``deltatune train | auto | curve | evaluate | predict | export | serve | check``. Thin: parse, call :mod:`deltatune.api`, print.
 
 Every :class:`DeltatuneError` is printed as one line ``error: ...`` with exit status 2.
 """
@@ -102,6 +102,11 @@ def _train_parser(sub) -> None:
         help="no progress bar: a progress line every 5 minutes (train.log_interval_seconds, at least 300), the summary and results",
     )
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    p.add_argument(
+        "--few-shot", action="store_true",
+        help="few-shot text classification (SetFit): contrastive training on pairs of training texts, then a logistic "
+        "regression head (sets train.method=contrastive)",
+    )
     _add_load_permission_args(p)
 
 
@@ -130,6 +135,22 @@ def _auto_parser(sub) -> None:
     p.add_argument("--keep-all", action="store_true", help="keep every trial's model and checkpoints")
     p.add_argument("--evals-per-epoch", type=int, default=2, help="intermediate evaluations per epoch (pruning points)")
     p.add_argument("--quiet", action="store_true", help="print only the best run")
+
+
+def _curve_parser(sub) -> None:
+    p = sub.add_parser(
+        "curve", help="learning curve: train on fractions of the data and fit what more data would buy",
+        description="Train one normal run per (fraction of the training rows, subset seed), all evaluated on the same "
+        "validation rows, fit an inverse power law to the metric and predict the gain from more data. Resumable: "
+        "run the same command again to continue; finished points are not retrained.",
+    )
+    _add_config_args(p, "YAML base config (data.train_fraction and data.subset_seed are set per point)")
+    for action in p._actions:
+        if action.dest == "output_dir":
+            action.help = "the curve folder (default: the config's output_dir + '-curve'); the runs go inside it"
+    p.add_argument("--fractions", default="0.1,0.25,0.5,1.0", help="comma-separated fractions of the training rows, in (0, 1] (default 0.1,0.25,0.5,1.0)")
+    p.add_argument("--seeds", type=int, default=1, help="subsets drawn per fraction below 1 (data.subset_seed 0..N-1; default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _number(kind: type, low: float, high: float | None = None, low_open: bool = False, what: str = ""):
@@ -208,8 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _train_parser(sub)
     _auto_parser(sub)
-    e = sub.add_parser("evaluate", help="evaluate a trained run on labelled data")
-    e.add_argument("run", help="run directory")
+    _curve_parser(sub)
+    e = sub.add_parser(
+        "evaluate", help="evaluate a trained run (or, with --pretrained, the untrained model of a config) on labelled data",
+        description="Evaluate a trained run on labelled data; with --pretrained CONFIG, the config's pretrained model "
+        "before any training (the 'before' numbers of a before/after comparison).",
+    )
+    e.add_argument("run", help="run directory (with --pretrained: the YAML config file)")
+    e.add_argument("overrides", nargs="*", help="with --pretrained: dotted config overrides such as eval.max_new_tokens=32")
+    e.add_argument(
+        "--pretrained", action="store_true",
+        help="evaluate the pretrained model of the YAML config given in place of the run (no training; decoder and "
+        "encoder-decoder tasks only)",
+    )
     e.add_argument("--data", required=True, help="labelled data file")
     e.add_argument("--output", help="write metrics JSON here (an existing file is refused without --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
@@ -326,7 +358,7 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
         if not hasattr(args, "overrides"):
             sp.error(f"unrecognized arguments: {' '.join(extra)}{_did_you_mean(sp, extra)}")
         bad = [t for t in extra if not _is_override(t)]
-        if bad and not bad[0].startswith("-") and _config_source(args, consume=False) is None:
+        if bad and not bad[0].startswith("-") and hasattr(args, "config") and _config_source(args, consume=False) is None:
             extra.remove(bad[0])  # the config file, after a flag or an override
             args.overrides = ([args.config] if args.config else []) + args.overrides
             args.config = bad.pop(0)
@@ -376,6 +408,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         v = getattr(args, flag)
         if v is not None:
             out.append(f"{key}={json.dumps(v) if isinstance(v, str) else v}")
+    if getattr(args, "few_shot", False):  # deltatune train --few-shot
+        out.append("train.method=contrastive")
     out += list(args.set_) + list(args.overrides)
     if args.quiet:
         out.append("train.progress_bar=false")
@@ -466,6 +500,23 @@ def cmd_auto(args: argparse.Namespace) -> int:
     return 0 if result.best_path is not None else 1
 
 
+def cmd_curve(args: argparse.Namespace) -> int:
+    """``deltatune curve``: usage and config errors (fractions, seeds, config, data files, the curve
+    folder) are reported before torch is imported; then :func:`deltatune.curve.runner.curve`."""
+    from deltatune.curve.runner import check_seeds, parse_fractions, plan_curve
+
+    parse_fractions(args.fractions)  # usage first, then the config
+    check_seeds(args.seeds)
+    curve_dir, args.output_dir = args.output_dir, None  # --output-dir is the curve folder, not the base config's
+    source, overrides = _validated_config(args)
+    plan_curve(source, overrides, args.fractions, args.seeds, curve_dir)
+    from deltatune.api import finetune
+    from deltatune.curve.runner import curve
+
+    result = curve(source, overrides, fractions=args.fractions, seeds=args.seeds, output_dir=curve_dir, train=finetune)
+    return 130 if result.interrupted else 0
+
+
 def _check_run_inputs(args: argparse.Namespace, data: str | None, data_flag: str, suffixes: tuple[str, ...] | None) -> None:
     """The run folder, the data file and ``--output`` of evaluate/predict, checked before torch loads.
 
@@ -489,7 +540,51 @@ def _check_run_inputs(args: argparse.Namespace, data: str | None, data_flag: str
                      keep=run.own_paths())
 
 
+def _check_pretrained_inputs(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``evaluate --pretrained``: the config source and overrides, with the config built and checked,
+    the ``--data`` file and ``--output`` checked, all before torch loads (as ``train`` checks its config).
+
+    Raises:
+        DeltatuneError: no config file among the positionals; as :func:`_validated_config`,
+            :func:`check_data_file`, :func:`check_columns` and :func:`check_output`.
+    """
+    from deltatune.config import build_config
+    from deltatune.output_files import check_output
+
+    permissions = ["model.trust_remote_code=true"] * args.trust_remote_code + ["model.allow_pickle_weights=true"] * args.allow_pickle_weights
+    ns = argparse.Namespace(config=args.run, overrides=list(args.overrides) + permissions, set_=[], quiet=False,
+                            **{flag: None for flag in FLAG_KEYS})
+    if _config_source(ns, consume=False) is None:
+        raise DeltatuneError(
+            "evaluate --pretrained: no config file among the arguments (only key=value overrides); "
+            "give the YAML config: deltatune evaluate --pretrained CONFIG --data FILE"
+        )
+    source, overrides = _validated_config(ns)
+    cfg = build_config(source, overrides)
+    check_data_file(args.data)
+    columns = REGISTRY[cfg.task].columns
+    if columns is not None:
+        check_columns(args.data, columns(cfg.data, True))
+    if args.output:
+        check_output(args.output, overwrite=args.overwrite, inputs=[args.data], input_flag="--data")
+    return source, overrides
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``deltatune evaluate RUN --data FILE``, or ``--pretrained CONFIG``: the pretrained model's numbers."""
+    if args.pretrained:
+        source, overrides = _check_pretrained_inputs(args)
+        from deltatune.api import evaluate_pretrained, format_table
+
+        metrics = evaluate_pretrained(source, args.data, overrides, args.output, args.batch_size, overwrite=args.overwrite,
+                                      **_generation_kwargs(args))
+        print(json.dumps(metrics, indent=2) if args.json else format_table(metrics, f"pretrained model's metrics on {args.data}"))
+        return 0
+    if args.overrides:
+        raise DeltatuneError(
+            f"evaluate {args.run}: unexpected arguments {' '.join(args.overrides)}; a run is evaluated with its own config "
+            "(key=value overrides apply with --pretrained CONFIG only)"
+        )
     _check_run_inputs(args, args.data, "--data", None)
     from deltatune.api import evaluate, format_table
 
@@ -618,9 +713,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"auto": cmd_auto, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check,
+    handlers = {"auto": cmd_auto, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check, "curve": cmd_curve,
                 "serve": cmd_serve, "report": cmd_report, "ui": cmd_ui}
-    if args.command in ("train", "auto"):
+    if args.command in ("train", "auto", "curve"):
         interruptible()
     try:
         return handlers[args.command](args)

@@ -42,6 +42,7 @@ from deltatune.tasks.options import (
     PreferenceOptions,
     SimPOOptions,
     QuestionAnsweringOptions,
+    RegressionOptions,
     TargetOptions,
     TextToTextOptions,
     TokenClassificationOptions,
@@ -213,11 +214,19 @@ class DataFiles(BaseModel):
     )
     max_train_samples: Optional[int] = Field(default=None, gt=0, description="use only the first N training rows")
     max_eval_samples: Optional[int] = Field(default=None, gt=0, description="use only the first N validation/test rows")
+    train_fraction: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description="train on this fraction of the training rows (0 < f <= 1), chosen after the validation split is "
+        "fixed: seeded by subset_seed, stratified by label for single-label classification, nested across fractions "
+        "(deltatune curve)",
+    )
+    subset_seed: int = Field(default=0, description="seed of the train_fraction subset (the same seed gives nested subsets)")
     max_seq_length: int = Field(default=128, ge=MIN_SEQ_LENGTH, description="longest input, in tokens (longer inputs are truncated or windowed)")
 
 
 class DataConfig(
     _Section,
+    RegressionOptions,
     GRPOOptions,
     KTOOptions,
     SimPOOptions,
@@ -277,8 +286,21 @@ class TrainConfig(_Section):
     Progress: a bar on a terminal; otherwise (output to a file or pipe) one plain line every
     ``log_interval_seconds`` (0: every step); with ``progress_bar: false`` (``--quiet``) one
     line every ``log_interval_seconds`` but at most one per 5 minutes.
+
+    Few-shot text classification (``method: contrastive``, ``deltatune train --few-shot``;
+    SetFit, Tunstall et al. 2022, arXiv:2209.11055; :mod:`deltatune.tasks.fewshot`): the
+    encoder is trained on pairs of training texts (same label: target cosine 1, different: 0;
+    ``contrastive_iterations`` rounds of one positive and one negative pair per training
+    example, so ``2 * contrastive_iterations * rows`` pairs), ``num_train_epochs`` passes over
+    the pairs; then ``contrastive_head`` (a logistic regression, the only one so far) is fitted
+    on the mean-pooled embeddings of the training texts. ``text-classification`` only; with
+    ``delta.method: full`` and no ``learning_rate`` the rate is SetFit's 2e-5.
     """
 
+    # how the model is trained: "standard" (the task's own loss) or "contrastive" (few-shot, above)
+    method: Literal["standard", "contrastive"] = "standard"
+    contrastive_iterations: int = Field(default=20, gt=0, le=1000)
+    contrastive_head: Literal["logistic_regression"] = "logistic_regression"
     num_train_epochs: float = Field(default=1.0, gt=0, le=100_000)
     max_steps: Optional[int] = Field(default=None, gt=0, le=10**9)
     per_device_train_batch_size: Union[int, str] = 32  # a positive int or "auto" (validated below)
@@ -411,6 +433,8 @@ _OPTION_OF: dict[str, type[BaseModel]] = {key: model for model in OPTION_MODELS 
 
 # peak learning rates that work for each method when train.learning_rate is not set (from the registry)
 DEFAULT_LEARNING_RATES = default_learning_rates()
+# train.method contrastive with delta.method full: SetFit's body learning rate (arXiv:2209.11055)
+CONTRASTIVE_FULL_LEARNING_RATE = 2e-5
 
 
 class RunConfig(_Section):
@@ -501,6 +525,33 @@ class RunConfig(_Section):
                 f"data.doc_stride {d.doc_stride} must be smaller than data.max_seq_length {d.max_seq_length} "
                 "(windows overlap by doc_stride tokens); lower it or leave it unset"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _contrastive_fits(self) -> "RunConfig":
+        """``train.method: contrastive`` (few-shot, SetFit) is for single-text ``text-classification``;
+        ``train.contrastive_iterations`` only means something with it. Its default learning rate
+        with ``delta.method: full`` is SetFit's 2e-5 (set here, before the per-method default)."""
+        t = self.train
+        if t.method == "standard":
+            if t.contrastive_iterations != TrainConfig.model_fields["contrastive_iterations"].default:
+                raise ValueError(
+                    "train.contrastive_iterations applies to train.method contrastive (few-shot); "
+                    "remove it, or set train.method: contrastive (deltatune train --few-shot)"
+                )
+            return self
+        if self.task != "text-classification":
+            raise ValueError(
+                f"train.method contrastive (few-shot, --few-shot) applies to task text-classification only, not {self.task}; "
+                "remove train.method (or --few-shot) or set task: text-classification"
+            )
+        if self.data.text_pair_column:
+            raise ValueError(
+                f"train.method contrastive embeds single texts, and data.text_pair_column is {self.data.text_pair_column!r}; "
+                "remove data.text_pair_column or use train.method standard"
+            )
+        if t.learning_rate is None and self.delta.method == "full":
+            object.__setattr__(t, "learning_rate", CONTRASTIVE_FULL_LEARNING_RATE)
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,10 @@
   the instant between the two renames, the complete old one waits under ``.old-<name>``, and
   the next call puts it back).
 
+Files and folders they make get the permission bits of a file the user makes (``0o666``, or
+``0o777`` for folders, minus the umask), also where a writer created them private (``tempfile``,
+and ``safetensors`` >= 0.8, make files ``0600``).
+
 Both leave the previous target untouched and no temporary file or folder behind when the
 writer (or the write itself) fails; the exception is re-raised unchanged for the caller to
 explain (see :func:`deltatune.rundir.write_failure`).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -75,9 +80,45 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> No
 
 
 def _umask() -> int:
+    """The process's umask (new files get ``0o666`` minus it), read without changing it.
+
+    Linux shows it in ``/proc/self/status``; elsewhere it is read by setting it and setting it
+    back, during which a file another thread creates would get no umask at all.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def give_umask_modes(folder: str | Path) -> None:
+    """Give everything under ``folder`` the permission bits of what the user makes: files
+    ``0o666`` (``0o777`` if executable), folders ``0o777``, minus the umask.
+
+    Writers that make their files private (``tempfile.mkstemp``; ``safetensors.save_file`` since
+    0.8 writes ``0600``) would otherwise leave exported weights unreadable to the user's group.
+    Links are left alone.
+
+    Raises:
+        OSError: a mode cannot be changed.
+    """
+    keep = ~_umask()
+    for root, dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, (0o777 if st.st_mode & 0o111 else 0o666) & keep)
+        for name in dirs:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o777 & keep)
 
 
 def temp_dir_for(target: Path) -> Path:
@@ -114,7 +155,8 @@ def replace_dir_atomically(write: Callable[[Path], Any], target: str | Path) -> 
     """Call ``write(tmp_dir)`` on a new empty folder, then swap it in as ``target``.
 
     Order: :func:`recover_dir` (leftovers of an earlier interrupted call); make ``.tmp-<name>``
-    (parents too); ``write`` it; rename an existing ``target`` to ``.old-<name>``; rename
+    (parents too); ``write`` it; give what it wrote the user's permission bits
+    (:func:`give_umask_modes`); rename an existing ``target`` to ``.old-<name>``; rename
     ``.tmp-<name>`` to ``target``; delete ``.old-<name>``. The old folder is deleted only once
     the new one is in place, so a crash at any point leaves a complete folder (``target``, or
     ``.old-<name>`` that the next call puts back).
@@ -133,6 +175,7 @@ def replace_dir_atomically(write: Callable[[Path], Any], target: str | Path) -> 
     tmp.mkdir(parents=True)
     try:
         write(tmp)
+        give_umask_modes(tmp)
         moved_aside = target.exists()
         if moved_aside:
             target.rename(old)

@@ -14,7 +14,8 @@ deltatune module from a higher layer, lazy imports inside functions included. Th
    folder's layout and failure messages), ``report`` (report.html from a run folder's files, torch-free);
 2. ``tasks``;
 3. ``training``;
-4. ``auto``, ``serving`` (loading a run to predict or export it);
+4. ``auto``, ``curve`` (learning curves: one run per training-data fraction), ``serving`` (loading a
+   run to predict or export it);
 5. ``api``;
 6. ``cli``, ``__main__``, ``ui`` (the local web UI, a front end like the CLI) and the package
    facade ``deltatune`` itself (``deltatune/__init__.py``).
@@ -31,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models", "delta", "data", "metrics", "rundir", "report"),
     ("tasks",),
     ("training",),
-    ("auto", "serving"),
+    ("auto", "curve", "serving"),
     ("api",),
     ("cli", "__main__", "ui", ""),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,38 @@ def test_export_never_replaces_the_runs_own_files(files, tiny_model_dir, tmp_pat
         assert main(["export", str(run), "--out", str(out), "--overwrite"]) == 2
         assert "own files" in capsys.readouterr().err
     assert sorted(p.name for p in (run / "model").iterdir()) == before
+
+
+def test_adapter_export_of_a_classification_run_keeps_the_label_names(files, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from deltatune.delta.export import HEAD_CONFIG_FILE
+
+    run = train_tiny_run(tiny_model_dir, files, tmp_path / "run", delta={"method": "lora"})
+    out = tmp_path / "adapter"
+    old_umask = os.umask(0o022)
+    try:
+        cfg = _export(run, out)
+    finally:
+        os.umask(old_umask)
+    # every exported file gets the user's umask (issue 20), not the 0600 of a temporary file
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {p.name: 0o644 for p in out.iterdir()}
+    assert not (out / "config.json").exists()  # transformers would take the folder for a full model
+    head = json.loads((out / HEAD_CONFIG_FILE).read_text())
+    assert head["num_labels"] == 2 and sorted(head["id2label"].values()) == ["neg", "pos"]
+    assert {head["id2label"][str(i)]: i for i in range(2)} == head["label2id"]
+    assert HEAD_CONFIG_FILE in (out / "README.md").read_text()
+    # as the model card says: pass the head configuration when loading the base, then the adapter
+    head["id2label"] = {int(i): name for i, name in head["id2label"].items()}
+    config = AutoConfig.from_pretrained(cfg["base_model_name_or_path"])
+    config.update(head)
+    base = AutoModelForSequenceClassification.from_pretrained(cfg["base_model_name_or_path"], config=config)
+    model = PeftModel.from_pretrained(base, str(out)).eval()
+    import deltatune
+
+    predictor = deltatune.load(run, device="cpu")
+    assert model.config.id2label == predictor.model.config.id2label
+    batch = predictor.tokenizer(["a good film"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, predictor.model(**batch).logits)

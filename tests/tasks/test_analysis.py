@@ -46,6 +46,8 @@ def _shows_row(name: str, row: dict, record: dict) -> bool:
     shown = record["input"]
     if name == "text-classification":
         return shown == row["text"] and record["reference"] == row["label"]
+    if name == "text-regression":
+        return shown == row["text"] and record["reference"] == f"{row['label']:.3g}"
     if name == "token-classification":
         return shown == " ".join(row["tokens"])
     if name == "question-answering":

@@ -1,4 +1,4 @@
-"""The task contract, run on every registered task (and on a test-only toy task).
+"""The task contract, run on every registered task (and on a task registered from outside the package).
 
 Each task's own ``demo_rows()`` are encoded, trained for two steps on a tiny random model of
 the task's family, saved, reloaded with :func:`deltatune.load`, predicted and evaluated; a task
@@ -27,13 +27,22 @@ from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_tokenizer
 from deltatune.tasks import create_task, get_task_class
 from deltatune.tasks.base import Features, GenerativeTask, Task
-from deltatune.tasks.options.classification import ClassificationOptions, classification_columns
+from deltatune.tasks.options import ClassificationOptions, RegressionOptions
+from deltatune.tasks.options.regression import regression_columns
+from deltatune.tasks.regression import TextRegressionTask
 from deltatune.tasks.registry import REGISTRY, TASK_SPECS, TaskSpec, register, tasks_of_family, unregister
 from tests.tasks.demo_runs import demo_config
 
-# as docs/extending.md registers it: it reads data.label_column, an option of text classification
-TOY = TaskSpec("text-regression", "tests.tasks.toy_regression:TextRegressionTask", "encoder",
-               options=(ClassificationOptions,), columns=classification_columns)
+
+class ScoreTask(TextRegressionTask):
+    """The packaged text regression under another name, as a user's own task module would define it."""
+
+    name = "text-score"
+
+
+# registered from outside the package (docs/extending.md): it reads the option models of text-regression
+TOY = TaskSpec("text-score", "tests.tasks.test_contract:ScoreTask", "encoder",
+               options=(ClassificationOptions, RegressionOptions), columns=regression_columns)
 # (task name, model family) for every registered implementation
 CASES = [(s.name, s.family) for s in TASK_SPECS] + [(s.name, "encoder-decoder") for s in TASK_SPECS if s.encoder_decoder]
 MODEL_FIXTURES = {"encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir"}
@@ -46,7 +55,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def toy_task():
-    """The worked example of docs/extending.md, registered for the test only."""
+    """A task of the test's own, registered for the test only."""
     register(TOY)
     yield TOY
     unregister(TOY.name)
@@ -99,9 +108,7 @@ def test_registered_task_meets_the_contract(name, family, tmp_path, request):
 
 
 def test_a_task_registered_from_outside_the_package_meets_the_contract(toy_task, tiny_model_dir, tmp_path):
-    from tests.tasks.toy_regression import TextRegressionTask
-
-    check_contract(toy_task.name, TextRegressionTask, tiny_model_dir, tmp_path)
+    check_contract(toy_task.name, ScoreTask, tiny_model_dir, tmp_path)
     predictions = deltatune.load(tmp_path / "run").predict(["good good"])
     assert set(predictions[0]) == {"score"}
 
@@ -179,5 +186,7 @@ def test_registering_a_task_checks_its_spec():
 
 def test_a_packaged_task_is_never_replaced_by_register():
     with pytest.raises(ValueError, match="packaged task"):
-        register(TaskSpec("text-classification", "tests.tasks.toy_regression:TextRegressionTask", "encoder"))
+        register(TaskSpec("text-classification", "tests.tasks.test_contract:ScoreTask", "encoder"))
+    with pytest.raises(ValueError, match="packaged task"):
+        register(TaskSpec("text-regression", "tests.tasks.test_contract:ScoreTask", "encoder"))
     assert REGISTRY["text-classification"].implementation == "classification:ClassificationTask"

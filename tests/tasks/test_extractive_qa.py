@@ -438,3 +438,55 @@ def test_minilm_xquad_slice_trains_evaluates_and_predicts(tmp_path):
     (rec,) = deltatune.load(run.path).predict([(question, context)])
     assert rec["answer"] and rec["answer"] in context  # v1.1: always an answer
     assert context[rec["start"] : rec["end"]] == rec["answer"] and isinstance(rec["score"], float)
+
+
+# ---- evaluating v2.0 data on a run that never abstains (issue 20) --------------------------------
+def test_abstention_warning_only_for_runs_that_never_learned_to_abstain():
+    from deltatune.tasks.extractive_qa import abstention_warning
+
+    w = abstention_warning("dev.json", 3, 10, False, 0)
+    assert w is not None and "\n" not in w
+    assert "dev.json: 3 of 10 questions have no answer" in w and "data.version_2_with_negative" in w
+    assert "v2.0" in abstention_warning("dev.json", 3, 10, True, 0)  # v2.0 flag on, but no negatives seen in training
+    assert abstention_warning("dev.json", 3, 10, False, None) is not None  # older run without the count
+    assert abstention_warning("dev.json", 3, 10, True, 5) is None  # trained with unanswerable questions
+    assert abstention_warning("dev.json", 3, 10, True, None) is None  # older v2.0 run: the flag decides
+    assert abstention_warning("dev.json", 0, 10, False, 0) is None  # every question answerable
+
+
+def test_fit_counts_unanswerable_training_questions_and_the_run_keeps_the_count(tiny_model_dir):
+    t = _task()
+    t.fit(_ds(["Q1?", "Q2?"], ["It is red.", "It is blue."], [["red"], []]), "train.json")
+    assert t.train_unanswerable == 1
+    model = t.build_model(tiny_model_dir, {})
+    back = ExtractiveQATask.from_pretrained_config(t.config, model.config)
+    assert back.train_unanswerable == 1 and back.version_2_with_negative is True
+    dev = _ds(["Q?", "Q?"], ["It is red.", "It is red."], [["red"], []])
+    assert back.evaluation_warning(dev, "dev.json") is None
+
+
+def test_evaluate_warns_when_a_v1_run_meets_unanswerable_questions(tiny_model_dir, tmp_path, capsys):
+    import deltatune
+
+    def run(name, unanswerable_every):
+        cfg = {
+            "task": "question-answering",
+            "output_dir": str(tmp_path / name),
+            "model": {"name_or_path": tiny_model_dir},
+            "data": {"train_file": str(_squad_json(tmp_path / f"{name}.json", 8, unanswerable_every)),
+                     "max_seq_length": 48, "doc_stride": 16},
+            "train": {"per_device_train_batch_size": 8, "max_steps": 1, "progress_bar": False},
+            "eval": {"eval_strategy": "no"},
+        }
+        return deltatune.finetune(cfg, verbose=False).path
+
+    dev = _squad_json(tmp_path / "dev.json", 8, unanswerable_every=4)
+    v1, v2 = run("v1", 0), run("v2", 4)
+    capsys.readouterr()
+    m = deltatune.evaluate(v1, str(dev))
+    err = capsys.readouterr().err
+    assert m["NoAns_total"] == 2
+    (line,) = [x for x in err.splitlines() if "no answer" in x]
+    assert line.startswith("warning: ") and "2 of 8 questions" in line and "data.version_2_with_negative" in line
+    deltatune.evaluate(v2, str(dev))
+    assert "no answer" not in capsys.readouterr().err

@@ -14,7 +14,7 @@ from deltatune.errors import DeltatuneError
 from deltatune.metrics.text import rouge
 from deltatune.models import resolve_model
 from deltatune.tasks.extractive_summarization import ExtractiveSummarizationTask, top_k_in_order
-from deltatune.tasks.sentences import greedy_oracle, split_sentences
+from deltatune.data.sentences import greedy_oracle, split_sentences
 from tests.conftest import SHARED_DATA
 
 SCITLDR = SHARED_DATA / "summarization" / "scitldr_a"

@@ -36,8 +36,14 @@ def test_resume_reaches_the_same_final_loss(tiny_model_dir, sentiment_csv, tmp_p
     cut = finetune(cfg, callbacks=(stop_at_7,), verbose=False)
     assert cut.result.interrupted and cut.result.global_step == 7
     assert not (tmp_path / "cut" / "eval.json").exists()
+    newest = sorted((tmp_path / "cut" / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))[-1]
+    checkpointed = json.loads((newest / "trainer_state.json").read_text())
+    assert 0 < checkpointed["train_seconds"] <= cut.result.train_seconds
     resumed = finetune(tmp_path / "cut", resume=True, verbose=False)
     assert resumed.result.global_step == full.result.global_step
+    # the training time counts the first launch up to its checkpoint as well as the resumed part
+    assert resumed.result.train_seconds > checkpointed["train_seconds"]
+    assert json.loads((resumed.path / "eval.json").read_text())["train"]["train_seconds"] >= round(checkpointed["train_seconds"], 2)
     a, b = _losses(full.path), _losses(resumed.path)
     assert [s for s, _ in a] == [s for s, _ in b]
     assert a[-1][1] == pytest.approx(b[-1][1], abs=1e-6)

@@ -1,7 +1,10 @@
 """Classification metrics (scikit-learn).
 
 Definitions follow scikit-learn: accuracy = share of exact matches; macro F1 = unweighted mean
-of per-class F1; micro F1 = F1 of the pooled counts (equals accuracy for single-label data);
+of per-class F1 over the classes present in the gold labels or the predictions (scikit-learn's
+default ``labels``: a class that occurs in neither has no defined F1 and is left out of the mean
+rather than counted as 0; such classes are listed under ``absent_classes``); micro F1 = F1 of
+the pooled counts (equals accuracy for single-label data);
 subset accuracy (multi-label) = share of rows whose whole label set is exactly right.
 References: sklearn.metrics.{accuracy_score, f1_score, precision_recall_fscore_support,
 confusion_matrix}; Manning, Raghavan & Schütze (2008), §13.6 for macro/micro averaging.
@@ -24,15 +27,22 @@ def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequenc
         labels: class names by id.
 
     Returns:
-        ``accuracy``, ``f1_macro``, ``f1_micro``, ``per_class`` {name: precision, recall, f1,
-        support} and ``confusion_matrix`` (rows = true class, columns = predicted, in label order).
+        ``accuracy``, ``f1_macro`` (mean over the classes present in ``y_true`` or ``y_pred``, as
+        ``sklearn.metrics.f1_score(average="macro")``), ``f1_micro``, ``absent_classes`` (names of
+        the classes in neither, in label order; left out of ``f1_macro``), ``per_class`` {name:
+        precision, recall, f1, support} for every class (an absent one: all 0) and
+        ``confusion_matrix`` (rows = true class, columns = predicted, in label order).
     """
     ids = list(range(len(labels)))
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    seen = set(y_true.tolist()) | set(y_pred.tolist())
+    present = [i for i in ids if i in seen]
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "f1_macro": float(f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0)),
+        "f1_macro": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)) if present else 0.0,
         "f1_micro": float(f1_score(y_true, y_pred, labels=ids, average="micro", zero_division=0)),
+        "absent_classes": [labels[i] for i in ids if i not in seen],
         "per_class": {
             name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, name in enumerate(labels)
@@ -50,14 +60,20 @@ def multi_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence
         labels: the L label names.
 
     Returns:
-        ``subset_accuracy``, ``f1_micro``, ``f1_macro``, ``per_class`` {name: precision, recall,
-        f1, support}.
+        ``subset_accuracy``, ``f1_micro``, ``f1_macro`` (mean over the labels set in some row of
+        ``y_true`` or ``y_pred``: ``sklearn.metrics.f1_score(average="macro")`` with those
+        ``labels``), ``absent_classes`` (names of the labels set in no row of either; left out
+        of ``f1_macro``), ``per_class`` {name: precision, recall, f1, support} for every label.
     """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    used = (y_true != 0).any(axis=0) | (y_pred != 0).any(axis=0)
+    present = [i for i in range(len(labels)) if used[i]]
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
     return {
         "subset_accuracy": float(accuracy_score(y_true, y_pred)),
         "f1_micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
-        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "f1_macro": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)) if present else 0.0,
+        "absent_classes": [labels[i] for i in range(len(labels)) if not used[i]],
         "per_class": {
             name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, name in enumerate(labels)

@@ -315,14 +315,26 @@ def clean_analysis(raw: Any, path: Path, notes: list[str]) -> Optional[dict]:
 
 
 # ---- metrics.jsonl --------------------------------------------------------------------------
-_EVENT_FIELDS = {"best_step": "int", "total_steps": "int", "metric_for_best_model": "text", "greater_is_better": "bool"}
+_EVENT_FIELDS = {
+    "best_step": "int", "total_steps": "int", "metric_for_best_model": "text", "greater_is_better": "bool",
+    "task_settings": "settings",
+}
+
+
+def _settings(value: Any) -> Optional[dict[str, Any]]:
+    """A start record's ``task_settings``: text keys to scalars or lists of scalars (others left out)."""
+    if not isinstance(value, dict):
+        return None
+    scalar = (int, float, str, bool, type(None))
+    return {clean_text(str(k)): scrub(v) for k, v in value.items()
+            if isinstance(v, scalar) or (isinstance(v, list) and all(isinstance(x, scalar) for x in v))}
 
 
 def clean_records(records: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
     """metrics.jsonl records with an integer ``step`` >= 0 (others left out, counted in one note);
     in a training or evaluation record only the numbers are kept (NaN and infinities too: they show
     a diverged run); an event record keeps ``event`` and its typed fields (``best_step``,
-    ``total_steps``, ``metric_for_best_model``, ``greater_is_better``)."""
+    ``total_steps``, ``metric_for_best_model``, ``greater_is_better``, ``task_settings``)."""
     out = []
     dropped = 0
     num_types = (int, float)
@@ -346,6 +358,8 @@ def clean_records(records: list[dict[str, Any]], notes: list[str]) -> list[dict[
                 rec[k] = v
             elif kind == "text" and isinstance(v, str):
                 rec[k] = clean_text(v)
+            elif kind == "settings" and _settings(v) is not None:
+                rec[k] = _settings(v)
         out.append(rec)
     if dropped:
         notes.append(f"damaged metrics.jsonl: {dropped} record(s) without a whole-number step; left out")

@@ -42,12 +42,13 @@ from deltatune.rundir import RunDir
 # higher layer; an unknown task falls back to the loss)
 TASK_DEFAULT_METRICS = {
     "text-classification": "accuracy",
+    "text-regression": "mse",  # lower is better (not in _GREATER_IS_BETTER)
     "token-classification": "f1",
     "question-answering": "f1",
     "extractive-summarization": "rougeL",
 }
 _GREATER_IS_BETTER = {"accuracy", "f1", "f1_micro", "f1_macro", "subset_accuracy", "exact_match", "rougeL", "rouge1",
-                      "rouge2", "rougeLsum", "bleu", "chrf", "precision", "recall"}
+                      "rouge2", "rougeLsum", "bleu", "chrf", "precision", "recall", "pearson", "spearman"}
 
 WHAT_TO_GIVE = "give a run folder made by deltatune train (it holds config.yaml) or a deltatune auto folder (it holds auto_report.json)"
 

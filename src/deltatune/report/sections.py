@@ -192,6 +192,9 @@ def header(run: RunData) -> Header:
         value = learning_rate_text(run) if key == "train.learning_rate" else run.setting(key)
         if value is not None:
             hyper.append((key, value if isinstance(value, str) else fmt(value)))
+    task_settings = run.start_record.get("task_settings")
+    if isinstance(task_settings, dict):  # the task's own (beta, num_generations, ...), as the run used them
+        hyper.extend((str(k), fmt(v)) for k, v in task_settings.items())
     if not run.config_known:
         hyper.append(("settings", f"{UNKNOWN} (config.yaml is missing or empty)"))
     facts = []

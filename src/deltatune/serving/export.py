@@ -98,8 +98,15 @@ def export_run(
     elif fmt == "gguf":
         _export_gguf(predictor, out, method in PEFT_METHODS, gguf_dtype)
     else:
+        task = predictor.task
+        head = task.head_config(predictor.model.config)
+        head_class = task.auto_model_class.__name__ if task.auto_model_class is not None else None
         replace_dir_atomically(
-            lambda tmp: write_export(predictor.model, predictor.tokenizer, tmp, fmt=fmt, merge=method in PEFT_METHODS, meta=meta), out
+            lambda tmp: write_export(
+                predictor.model, predictor.tokenizer, tmp, fmt=fmt, merge=method in PEFT_METHODS, meta=meta, head=head,
+                head_class=head_class,
+            ),
+            out,
         )
     return out
 

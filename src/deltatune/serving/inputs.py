@@ -32,9 +32,9 @@ def _object_row(item: dict[str, Any], task: Task, where: str) -> dict[str, Any]:
     keys = set(item)
     if keys == {"messages"} and name != "instruction":
         raise ApiError(400, f"{where}: {{messages}} inputs are for instruction runs; this run is {name}", param=f"{where}.messages")
-    if keys == {"text", "text_pair"} and name == "text-classification":
+    if keys == {"text", "text_pair"} and name in ("text-classification", "text-regression"):
         if not d.text_pair_column:
-            raise ApiError(400, f"{where}: this run classifies single texts, not pairs: send a string", param=f"{where}.text_pair")
+            raise ApiError(400, f"{where}: this run reads single texts, not pairs: send a string", param=f"{where}.text_pair")
         return {d.text_column: item["text"], d.text_pair_column: item["text_pair"]}
     if keys == {"question", "context"} and name == "question-answering":
         return {d.question_column: item["question"], d.context_column: item["context"]}
@@ -56,8 +56,8 @@ def _plain_row(item: Any, task: Task, where: str) -> dict[str, Any]:
     if isinstance(item, list) and task.config.task == "extractive-summarization":
         return {task.config.data.text_column: [str(s) for s in item]}
     value = tuple(item) if isinstance(item, list) else item
-    if isinstance(value, tuple) and task.config.task == "text-classification" and not task.config.data.text_pair_column:
-        raise ApiError(400, f"{where}: this run classifies single texts; send a string, not a list", param=where)
+    if isinstance(value, tuple) and task.config.task in ("text-classification", "text-regression") and not task.config.data.text_pair_column:
+        raise ApiError(400, f"{where}: this run reads single texts; send a string, not a list", param=where)
     try:
         return task.rows_from_texts([value])[0]
     except DeltatuneError as e:

@@ -273,7 +273,7 @@ def load_onto(run: str | Path, shared: Predictor, adapter_name: str, *, allow_pi
         raise DeltatuneError(f"run {rd.root} is not an adapter run of the same base and head as {shared_root(shared).parent}; load it alone")
     cfg = _permitted_config(rd, False, allow_pickle_weights)
     model_cfg = PretrainedConfig.from_dict(read_meta(rd.model)["model_config"])
-    task = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg)).from_pretrained_config(cfg, model_cfg)
+    task = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg), cfg.train.method).from_pretrained_config(cfg, model_cfg)
     add_adapter(shared.model, rd.model, adapter_name, allow_pickle_weights)
     tokenizer = load_tokenizer(str(rd.model), False)
     task.set_tokenizer(tokenizer)
@@ -300,11 +300,11 @@ def load_task_model(cfg: RunConfig, model_dir: Path) -> tuple[Task, torch.nn.Mod
     """
     if is_delta_folder(model_dir):
         model_cfg = PretrainedConfig.from_dict(read_meta(model_dir)["model_config"])
-        task_cls = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg))
+        task_cls = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg), cfg.train.method)
         task = task_cls.from_pretrained_config(cfg, model_cfg)
         return task, load_trained(model_dir, lambda base: task.build_model(base, {}), cfg.model.allow_pickle_weights)
     model_cfg = load_config(str(model_dir), cfg.model.trust_remote_code)
-    task_cls = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg))
+    task_cls = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg), cfg.train.method)
     task = task_cls.from_pretrained_config(cfg, model_cfg)
     return task, task.load_trained(str(model_dir))
 

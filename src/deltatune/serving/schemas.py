@@ -75,6 +75,12 @@ class ClassificationPrediction(BaseModel):
     probabilities: dict[str, float] = Field(description="probability of every label (softmax; sigmoid for multi-label)")
 
 
+class RegressionPrediction(BaseModel):
+    score: Union[float, dict[str, float]] = Field(
+        description="the predicted value in the targets' units; with several targets, {target column: value}"
+    )
+
+
 class Entity(BaseModel):
     type: str = Field(description="entity type, e.g. PER")
     text: str
@@ -132,6 +138,7 @@ class TaskIO(BaseModel):
 
 TASK_IO: dict[str, TaskIO] = {
     "text-classification": TaskIO(input=CLASSIFICATION_INPUT, prediction=ClassificationPrediction),
+    "text-regression": TaskIO(input=CLASSIFICATION_INPUT, prediction=RegressionPrediction),
     "token-classification": TaskIO(input=TEXT_INPUT, prediction=TokenClassificationPrediction),
     "question-answering": TaskIO(input=QA_INPUT, prediction=QuestionAnsweringPrediction),
     "extractive-summarization": TaskIO(input=Union[Text, list[str], Row], prediction=ExtractiveSummaryPrediction),

@@ -30,8 +30,16 @@ def import_class(ref: str) -> type[Task]:
     return getattr(importlib.import_module(module_path), class_name)
 
 
-def get_task_class(name: str, encoder_decoder: bool = False) -> type[Task]:
+# train.method contrastive (few-shot text classification, SetFit): the class that trains that way
+CONTRASTIVE_CLASS = "deltatune.tasks.fewshot.task:ContrastiveClassificationTask"
+
+
+def get_task_class(name: str, encoder_decoder: bool = False, method: str = "standard") -> type[Task]:
     """The task class registered under ``name`` (its encoder-decoder variant when asked and one exists).
+
+    ``method`` is the run's ``train.method``: ``"contrastive"`` gives the few-shot classification
+    task (:class:`deltatune.tasks.fewshot.task.ContrastiveClassificationTask`; the config allows
+    it for ``text-classification`` only).
 
     Raises:
         DeltatuneError: unknown task name (lists the known ones); an encoder-decoder model for
@@ -46,6 +54,10 @@ def get_task_class(name: str, encoder_decoder: bool = False) -> type[Task]:
                 f"task '{name}' does not run on an encoder-decoder model; use one of {', '.join(tasks_of_family('encoder-decoder'))}"
             )
         return import_class(spec.encoder_decoder)
+    if method == "contrastive":
+        if name != "text-classification":
+            raise DeltatuneError(f"train.method contrastive applies to text-classification only, not {name}; remove train.method")
+        return import_class(CONTRASTIVE_CLASS)
     return import_class(spec.implementation)
 
 
@@ -72,7 +84,7 @@ def create_task(config: RunConfig, model_config=None) -> Task:
     """A fresh, unfitted task for ``config.task`` on ``config.model``."""
     spec = REGISTRY.get(config.task)
     enc_dec = spec is not None and spec.encoder_decoder is not None and is_encoder_decoder(config.model, model_config)
-    return get_task_class(config.task, enc_dec)(config)
+    return get_task_class(config.task, enc_dec, config.train.method)(config)
 
 
 _BASE_NAMES = ("Features", "GenerativeTask", "Task")

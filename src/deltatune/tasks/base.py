@@ -110,10 +110,18 @@ class Task(ABC):
     # sequences one example puts through the model per training forward pass (memory estimate,
     # micro-batch planning): 2 for a preference pair (chosen and rejected), G for GRPO's groups
     sequences_per_example: int = 1
+    # ``data.*`` keys of the task's own hyperparameters, shown in report.html (see settings())
+    setting_keys: tuple[str, ...] = ()
 
     def __init__(self, config: RunConfig):
         self.config = config
         self.pad_token_id = 0
+
+    def settings(self) -> dict[str, Any]:
+        """The task's own hyperparameters as this run uses them (defaults resolved), by dotted config
+        key: ``{"data.beta": 0.1, "data.loss_type": "sigmoid"}``. The trainer logs them in
+        metrics.jsonl's start record and report.html lists them with the other hyperparameters."""
+        return {f"data.{k}": getattr(self.config.data, k) for k in self.setting_keys}
 
     def set_tokenizer(self, tokenizer) -> None:
         """Remember what the collator needs from the tokenizer (its pad id)."""
@@ -175,6 +183,21 @@ class Task(ABC):
     auto_model_class: Any = None  # the transformers Auto* class of this task's head
     peft_task_type: str | None = ""  # peft's TaskType name (SEQ_CLS, TOKEN_CLS, CAUSAL_LM, ...); None: peft has none
     new_parameter_names: set = set()  # parameters build_model initialised fresh (the head)
+    # model-config fields that define what the head outputs (label names, ...): head_config()
+    head_config_keys: tuple[str, ...] = ()
+
+    def head_config(self, model_config) -> dict[str, Any] | None:
+        """What a user needs, besides an exported adapter, to rebuild this task's head on the base
+        model: ``num_labels`` and the model-config fields of :attr:`head_config_keys` that are set
+        (``id2label``, ``label2id``, ...); ``None`` for tasks without (a language-model head).
+        Written as ``head_config.json`` next to an exported adapter
+        (:func:`deltatune.delta.export.write_head_config`)."""
+        if not self.head_config_keys:
+            return None
+        values = model_config.to_dict()
+        head = {"num_labels": model_config.num_labels}
+        head.update({k: values[k] for k in self.head_config_keys if values.get(k) is not None})
+        return head
 
     def load_trained(self, model_dir: str) -> torch.nn.Module:
         """Load a model this task trained and saved (``save_pretrained`` folder)."""
@@ -262,6 +285,25 @@ class Task(ABC):
         """Store the merged :meth:`reference_step` outputs of ``features`` (one entry per feature, in order)
         with the features, so that :meth:`collate` batches them for :meth:`loss`."""
         raise NotImplementedError(f"task {self.name!r} declares no reference pass")
+
+    def training_features(self, features: Features) -> Features:
+        """The features the Trainer trains on, made from the encoded training split (:meth:`encode`
+        encodes every split alike, not knowing which one it is). Called once per run by
+        :func:`deltatune.api.finetune`, before packing. Default: ``features`` unchanged;
+        few-shot classification (``train.method: contrastive``) returns pairs of its texts."""
+        return features
+
+    def evaluation_warning(self, ds: datasets.Dataset, source: str) -> str | None:
+        """A one-line warning about evaluating this run on ``ds`` (rows :meth:`check` accepted; ``source``
+        names them), printed by :func:`deltatune.api.evaluate`, or ``None``: e.g. SQuAD v2.0 data with
+        unanswerable questions on a question-answering run that never learned to abstain. Default: ``None``."""
+        return None
+
+    def finish_training(self, model: torch.nn.Module, train_features: Features) -> None:
+        """Called once when training ends (not interrupted), on the main process, with the weights
+        the run keeps in place (the best evaluated ones), before the model is saved and the final
+        evaluation runs: e.g. fit a head that is not trained by gradient. ``train_features`` are
+        :meth:`training_features`' result. Default: nothing."""
 
     def pop_train_metrics(self) -> dict[str, float]:
         """The task's own training statistics since the last call, averaged (DPO: rewards and

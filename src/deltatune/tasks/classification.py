@@ -52,12 +52,31 @@ def _sort_key(name: str):
         return (1, 0.0, name)
 
 
+def text_inputs(ds: datasets.Dataset, data) -> list[tuple[str, ...]]:
+    """``(text,)`` per row of ``ds``, or ``(text, text_pair)`` when ``data.text_pair_column`` is set."""
+    texts = [str(t) for t in ds[data.text_column]]
+    if not data.text_pair_column:
+        return [(t,) for t in texts]
+    return list(zip(texts, (str(t) for t in ds[data.text_pair_column])))
+
+
+def tokenize_texts(ds: datasets.Dataset, tokenizer, data) -> list[dict[str, list[int]]]:
+    """One row of ``input_ids``/``attention_mask``[/``token_type_ids``] per row of ``ds``: its
+    ``data.text_column`` (and ``data.text_pair_column``) tokenized, truncated to ``data.max_seq_length``."""
+    texts = [str(t) for t in ds[data.text_column]]
+    pairs = [str(t) for t in ds[data.text_pair_column]] if data.text_pair_column else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=data.max_seq_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+
+
 class ClassificationTask(Task):
     """Sequence classification with a linear head on the encoder (``AutoModelForSequenceClassification``)."""
 
     name = "text-classification"
     auto_model_class = AutoModelForSequenceClassification
     peft_task_type = "SEQ_CLS"
+    head_config_keys = ("id2label", "label2id", "problem_type")
 
     def __init__(self, config: RunConfig, labels: list[str] | None = None, multi_label: bool | None = None):
         super().__init__(config)
@@ -149,11 +168,7 @@ class ClassificationTask(Task):
 
     def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
         """``(text,)`` per row, or ``(text, text_pair)`` for sentence pairs (see :meth:`Task.input_texts`)."""
-        d = self.config.data
-        texts = [str(t) for t in ds[d.text_column]]
-        if not d.text_pair_column:
-            return [(t,) for t in texts]
-        return list(zip(texts, (str(t) for t in ds[d.text_pair_column])))
+        return text_inputs(ds, self.config.data)
 
     def stratify_keys(self, ds: datasets.Dataset) -> list | None:
         if self.multi_label:
@@ -167,11 +182,7 @@ class ClassificationTask(Task):
         ``labels`` is an int class id (single-label) or a multi-hot list of 0/1 floats (multi-label).
         """
         d = self.config.data
-        texts = [str(t) for t in ds[d.text_column]]
-        pairs = [str(t) for t in ds[d.text_pair_column]] if d.text_pair_column else None
-        enc = tokenizer(texts, pairs, truncation=True, max_length=d.max_seq_length)
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-        rows = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
+        rows = tokenize_texts(ds, tokenizer, d)
         if with_labels:
             l2i = self.label2id
             for i, (row, v) in enumerate(zip(rows, ds[d.label_column]), start=1):

@@ -107,13 +107,15 @@ def rouge_l(prediction: str, references: Sequence[str]) -> float:
     """ROUGE-L F-measure ×100 of one prediction, the best over its references.
 
     As :func:`deltatune.metrics.text.rouge` scores each example (rouge-score, Porter stemming,
-    ``score_multi``; Lin 2004), so the mean over rows is the run's ``rougeL``.
+    ``score_multi``; Lin 2004), so the mean over rows is the run's ``rougeL``. Plain ROUGE-L
+    reads the text as one token sequence (line breaks are whitespace), so no sentence split is
+    needed; only ``rougeLsum`` splits sentences (:func:`deltatune.metrics.text.sentence_lines`).
     """
     from rouge_score import rouge_scorer
 
     refs = [str(r) for r in references] or [""]
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return 100.0 * scorer.score_multi(refs, prediction.replace(". ", ".\n"))["rougeL"].fmeasure
+    return 100.0 * scorer.score_multi(refs, str(prediction))["rougeL"].fmeasure
 
 
 def sentence_chrf(prediction: str, references: Sequence[str]) -> float:

@@ -56,6 +56,8 @@ from deltatune.tasks.examples import ROW_SCORERS, example_row, joined_references
 
 # model-config attribute that records whether a run answers SQuAD v2.0 style (may abstain)
 V2_ATTRIBUTE = "deltatune_version_2_with_negative"
+# model-config attribute: how many training questions had no answer (absent in runs saved before it existed)
+TRAIN_UNANSWERABLE_ATTRIBUTE = "deltatune_train_unanswerable"
 
 Offsets = list  # per token: (char start, char end) in the context, or None for non-context tokens
 
@@ -277,6 +279,41 @@ def postprocess_predictions(
     return predictions
 
 
+def abstention_warning(
+    source: str, n_unanswerable: int, n_questions: int, version_2_with_negative: bool, train_unanswerable: int | None
+) -> str | None:
+    """The one-line warning for evaluation data with unanswerable questions on a run that never abstains.
+
+    A run answers "no answer" only when it was trained SQuAD v2.0 style
+    (``version_2_with_negative``) on data that had unanswerable questions
+    (``train_unanswerable`` > 0; ``None`` for runs saved before the count was recorded: the
+    v2.0 flag alone decides). Otherwise every unanswerable question scores 0 (NoAns).
+
+    Args:
+        source: how the evaluation data is named in messages (its file).
+        n_unanswerable, n_questions: the evaluation data's unanswerable and total questions.
+        version_2_with_negative: the run's v1.1/v2.0 choice (its model config).
+        train_unanswerable: the run's unanswerable training questions, or ``None`` if unknown.
+
+    Returns:
+        The warning text (no "warning:" prefix), or ``None`` when there is nothing to warn about.
+    """
+    if n_unanswerable == 0:
+        return None
+    if version_2_with_negative and (train_unanswerable is None or train_unanswerable > 0):
+        return None
+    why = (
+        "with data.version_2_with_negative true but no unanswerable training question"
+        if version_2_with_negative
+        else "on SQuAD v1.1-style data (every training question answerable)"
+    )
+    return (
+        f"{source}: {n_unanswerable} of {n_questions} questions have no answer (SQuAD v2.0), but this run was trained "
+        f"{why} and never abstains, so they score 0 (NoAns); to answer them, train on data with unanswerable "
+        "questions (empty answers) and data.version_2_with_negative: true (or unset: detected)"
+    )
+
+
 # ---- the task --------------------------------------------------------------------------------
 class ExtractiveQATask(Task):
     """Extractive QA with ``AutoModelForQuestionAnswering`` (a start/end linear head).
@@ -297,10 +334,12 @@ class ExtractiveQATask(Task):
     greater_is_better = True
     contiguous_split = True  # questions on one paragraph are neighbours: a random split would leak contexts
 
-    def __init__(self, config: RunConfig, version_2_with_negative: bool | None = None):
+    def __init__(self, config: RunConfig, version_2_with_negative: bool | None = None, train_unanswerable: int | None = None):
         super().__init__(config)
         v2 = config.data.version_2_with_negative if version_2_with_negative is None else version_2_with_negative
         self.version_2_with_negative: bool | None = v2
+        # unanswerable training questions (set by fit, stored in the model config); None: unknown
+        self.train_unanswerable: int | None = train_unanswerable
 
     # ---- rows ---------------------------------------------------------------------------
     def _gold_answers(self, ds: datasets.Dataset, source: str) -> list[list[GoldAnswer]]:
@@ -324,6 +363,7 @@ class ExtractiveQATask(Task):
         self.check(train, source, with_labels=True)
         golds = self._gold_answers(train, source)
         unanswerable = [i for i, g in enumerate(golds, start=1) if not g]
+        self.train_unanswerable = len(unanswerable)
         if self.config.data.version_2_with_negative is None:
             self.version_2_with_negative = bool(unanswerable)
         elif unanswerable and not self.config.data.version_2_with_negative:
@@ -350,6 +390,19 @@ class ExtractiveQATask(Task):
                     )
         if with_labels:
             self._gold_answers(ds, source)
+
+    def evaluation_warning(self, ds: datasets.Dataset, source: str) -> str | None:
+        """A warning when labelled rows ``ds`` have unanswerable questions this run never abstains on.
+
+        See :func:`abstention_warning`; ``ds`` is checked already (:meth:`check` with labels).
+
+        Returns:
+            The one-line warning, or ``None``.
+        """
+        golds = self._gold_answers(ds, source)
+        return abstention_warning(
+            source, sum(1 for g in golds if not g), len(golds), bool(self.version_2_with_negative), self.train_unanswerable
+        )
 
     long_inputs_truncated = False  # long contexts are split into overlapping windows
 
@@ -453,7 +506,9 @@ class ExtractiveQATask(Task):
     def build_model(self, model_path: str, config_overrides: dict[str, Any]) -> torch.nn.Module:
         """``AutoModelForQuestionAnswering``; its ``qa_outputs`` head is new unless the checkpoint has one.
 
-        The v1.1/v2.0 choice is stored in the model config (``deltatune_version_2_with_negative``).
+        The v1.1/v2.0 choice is stored in the model config (``deltatune_version_2_with_negative``),
+        and, once :meth:`fit` has counted them, the unanswerable training questions
+        (``deltatune_train_unanswerable``).
         """
         model, self.new_parameter_names = load_with_new_head(
             AutoModelForQuestionAnswering,
@@ -463,6 +518,8 @@ class ExtractiveQATask(Task):
             **config_overrides,
         )
         setattr(model.config, V2_ATTRIBUTE, bool(self.version_2_with_negative))
+        if self.train_unanswerable is not None:
+            setattr(model.config, TRAIN_UNANSWERABLE_ATTRIBUTE, int(self.train_unanswerable))
         return model
 
     @staticmethod
@@ -549,11 +606,13 @@ class ExtractiveQATask(Task):
 
     @classmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "ExtractiveQATask":
-        """The task of a saved run; the v1.1/v2.0 choice from the model config, else config.yaml."""
+        """The task of a saved run; the v1.1/v2.0 choice from the model config, else config.yaml;
+        the unanswerable training questions from the model config (``None`` for older runs)."""
         v2 = getattr(model_config, V2_ATTRIBUTE, None)
         if v2 is None:
             v2 = config.data.version_2_with_negative
-        return cls(config, bool(v2))
+        n = getattr(model_config, TRAIN_UNANSWERABLE_ATTRIBUTE, None)
+        return cls(config, bool(v2), None if n is None else int(n))
 
     @classmethod
     def demo_rows(cls) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 Rows: ``data.text_column`` holds the document, either a list of sentences (SciTLDR's
 ``source``) or one string, split into sentences with pySBD
-(:func:`deltatune.tasks.sentences.split_sentences`); ``data.target_column`` (default
+(:func:`deltatune.data.sentences.split_sentences`); ``data.target_column`` (default
 ``target``) holds the reference summary, a string or a list of references.
 
 Training labels: the greedy ROUGE oracle (SummaRuNNer, Nallapati et al. 2017; BertSum, Liu &
-Lapata 2019; see :func:`deltatune.tasks.sentences.greedy_oracle`) marks up to
+Lapata 2019; see :func:`deltatune.data.sentences.greedy_oracle`) marks up to
 ``data.summary_sentences`` sentences as summary (1), the rest 0. With several references, a
 selection counts by its best reference.
 
@@ -39,7 +39,7 @@ from deltatune.metrics.text import rouge
 from deltatune.tasks.base import Features
 from deltatune.tasks.classification import ClassificationTask
 from deltatune.tasks.examples import ROW_SCORERS, example_row, joined_references, rouge_l, worst_examples
-from deltatune.tasks.sentences import greedy_oracle, split_sentences
+from deltatune.data.sentences import greedy_oracle, split_sentences
 
 SENTENCE_LABELS = ["other", "summary"]  # class ids 0 and 1
 

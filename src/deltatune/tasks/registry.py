@@ -37,6 +37,7 @@ from deltatune.tasks.options import (
     ExtractiveSummarizationOptions,
     MaskedLMOptions,
     QuestionAnsweringOptions,
+    RegressionOptions,
     TargetOptions,
     TextToTextOptions,
     TokenClassificationOptions,
@@ -44,6 +45,7 @@ from deltatune.tasks.options import (
 from deltatune.tasks.options.classification import classification_columns, text_columns
 from deltatune.tasks.options.extractive_qa import question_answering_columns
 from deltatune.tasks.options.extractive_summarization import extractive_summarization_columns
+from deltatune.tasks.options.regression import regression_columns
 from deltatune.tasks.options.token_classification import token_classification_columns
 
 # columns(data_config, with_labels) -> the columns the task reads from a table, in the order it checks them
@@ -102,6 +104,8 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
     TaskSpec("extractive-summarization", "extractive_summarization:ExtractiveSummarizationTask", "encoder",
              options=(ExtractiveSummarizationOptions, TargetOptions), columns=extractive_summarization_columns),
     TaskSpec("masked-lm", "masked_lm:MaskedLMTask", "encoder", options=(MaskedLMOptions,), columns=text_columns),
+    TaskSpec("text-regression", "regression:TextRegressionTask", "encoder",
+             options=(ClassificationOptions, RegressionOptions), columns=regression_columns),
     TaskSpec("causal-lm", "language_modeling:CausalLMTask", "decoder", columns=text_columns),
     TaskSpec("instruction", "language_modeling:InstructionTask", "decoder", scorer="rouge", options=(ChatOptions,)),
     TaskSpec("summarization", "language_modeling:SummarizationTask", "decoder", "seq2seq:Seq2SeqSummarizationTask", "rouge",

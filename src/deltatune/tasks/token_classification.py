@@ -122,6 +122,7 @@ class TokenClassificationTask(Task):
     greater_is_better = True
     auto_model_class = AutoModelForTokenClassification
     peft_task_type = "TOKEN_CLS"
+    head_config_keys = ("id2label", "label2id")
     # peft's "all-linear" LoRA would also wrap the head and then fail to save it in full; naming
     # the head here keeps it out of the adapter targets (peft's head names for token/sequence heads)
     modules_to_save = ["classifier", "score"]

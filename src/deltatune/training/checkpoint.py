@@ -288,7 +288,8 @@ class CheckpointContents:
         trainable: trainable parameters by name (CPU tensors, saved dtype).
         optimizer, scheduler: ``state_dict``s.
         trainer_state: trainer_state.json (``global_step``, ``epoch``, ``batch_in_epoch``,
-            ``examples_seen``, ``total_steps``, ``early_stopping``, ...).
+            ``examples_seen``, ``total_steps``, ``early_stopping``, ``train_seconds`` (training time up to
+            this step over every launch; absent before 0.x checkpoints), ...).
         rng: a :func:`capture_rng_state` snapshot or ``{"per_process": [snapshot, ...]}``.
     """
 

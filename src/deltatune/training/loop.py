@@ -124,6 +124,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     examples_seen: int = 0
+    train_seconds_before: float = 0.0  # training time of the launches before this one (up to the resumed checkpoint)
     interrupted: bool = False
     early_stopped: bool = False
     last_eval_step: int = -1
@@ -242,6 +243,7 @@ class Trainer:
         self.stopper = EarlyStopping(metric, greater, ec.early_stopping_patience, ec.early_stopping_threshold)
         self.l1_params = regularized_parameters(self.model) if tc.l1_lambda > 0 else []
         self.state = TrainState()
+        self._call_start: Optional[float] = None  # perf_counter() when this launch's training loop began
         # train.report_to (main process); Trainer.train starts it, the API finishes a finished run
         self.trackers = Trackers(config, run_dir, active=self.is_main)
 
@@ -353,10 +355,15 @@ class Trainer:
             "epoch": s.epoch,
             "batch_in_epoch": s.batch_in_epoch,
             "examples_seen": s.examples_seen,
+            "train_seconds": round(s.train_seconds_before + self._seconds_this_call(), 3),
             "total_steps": self.total_steps,
             "processes": self.world,
             "early_stopping": self.stopper.state_dict(),
         }
+
+    def _seconds_this_call(self) -> float:
+        """Seconds since this launch's training loop began (0 before it)."""
+        return time.perf_counter() - self._call_start if self._call_start is not None else 0.0
 
     def _checkpoint(self, rng_state: dict[str, Any]) -> None:
         """Save a checkpoint of the current step (main process), ``rng_state`` being its generators.
@@ -421,6 +428,9 @@ class Trainer:
         self.state.epoch = state["epoch"]
         self.state.batch_in_epoch = state["batch_in_epoch"]
         self.state.examples_seen = state["examples_seen"]
+        seconds = state.get("train_seconds", 0.0)  # absent in checkpoints of older versions
+        finite = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
+        self.state.train_seconds_before = float(seconds) if finite and seconds >= 0 else 0.0
         self.stopper.load_state_dict(state["early_stopping"])
         restore_rng_state(rng["per_process"][self.rank] if "per_process" in rng else rng)
         if self.is_main:
@@ -525,12 +535,17 @@ class Trainer:
     def _log_start(self) -> None:
         """A new run's first metrics.jsonl line (main process), so that readers of a run still training
         (report.html, the web UI) know its length and how its best step is chosen:
-        ``{"step": 0, "event": "start", "total_steps", "metric_for_best_model", "greater_is_better"}``."""
+        ``{"step": 0, "event": "start", "total_steps", "metric_for_best_model", "greater_is_better"}``,
+        with ``"task_settings"`` (:meth:`deltatune.tasks.base.Task.settings`) for tasks that have any."""
         if self.state.global_step == 0 and self.is_main:
-            self.run_dir.log({
+            record = {
                 "step": 0, "event": "start", "total_steps": self.total_steps,
                 "metric_for_best_model": self.stopper.metric, "greater_is_better": self.stopper.greater_is_better,
-            })
+            }
+            settings = self.task.settings()
+            if settings:
+                record["task_settings"] = settings
+            self.run_dir.log(record)
             if self.reference_seconds is not None:  # the reference pass, timed
                 self.run_dir.log({"step": 0, "event": "reference", "seconds": round(self.reference_seconds, 3)})
 
@@ -584,6 +599,7 @@ class Trainer:
     def _start_loop(self) -> _LoopState:
         """The counters of this call of :meth:`train`, started now (after any resume)."""
         tc = self.cfg.train
+        self._call_start = time.perf_counter()
         return _LoopState(
             progress=Progress(self.total_steps, self.state.global_step, self.is_main, tc.progress_bar, tc.log_interval_seconds),
             start=time.perf_counter(),
@@ -750,14 +766,15 @@ class Trainer:
         self._finish()
 
     def _result(self, loop: _LoopState, elapsed: float) -> TrainResult:
-        """The :class:`TrainResult` of this call; rates over ``elapsed`` seconds of this call."""
+        """The :class:`TrainResult` of this call: ``train_seconds`` counts the launches before a resume
+        too (up to the checkpoint resumed from), the rates are over ``elapsed`` seconds of this call."""
         seen = self.state.examples_seen - loop.examples_at_start
         return TrainResult(
             global_step=self.state.global_step,
             best_step=self.stopper.best_step,
             best_metric=self.stopper.best_value,
             metric_name=self.stopper.metric,
-            train_seconds=elapsed,
+            train_seconds=self.state.train_seconds_before + elapsed,
             examples_per_second=seen / elapsed if elapsed > 0 else 0.0,
             final_loss=loop.last_loss,
             peak_rss_mib=peak_rss_mib(),

@@ -4,6 +4,7 @@ completions, the reference model, the loss and its statistics, evaluation, a sho
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import datasets
 import pytest
@@ -252,6 +253,24 @@ def test_a_received_run_imports_its_reward_code_only_with_trust_remote_code(tiny
     assert predictor.config.data.reward_path is None and not marker.exists()
     metrics = deltatune.evaluate(run.path, str(data), trust_remote_code=True)
     assert marker.read_text() == "ran" and "reward_short" in metrics
+
+
+def test_a_user_reward_that_raises_names_it_and_says_how_to_run_again(tiny_llama_dir, tmp_path):
+    from deltatune.tasks.grpo.task import GRPOTask
+
+    rewards = tmp_path / "rewards"
+    rewards.mkdir()
+    (rewards / "bad.py").write_text("def boom(completions, **kw):\n    raise ValueError('no reward today')\n")
+    cfg, _ = demo_config("grpo", GRPOTask, tiny_llama_dir, tmp_path, max_steps=1)
+    cfg["data"].update(rewards=["bad:boom"], reward_path=str(rewards))
+    with pytest.raises(DeltatuneError) as info:
+        deltatune.finetune(cfg, verbose=False)
+    message = str(info.value)
+    assert "reward 'bad:boom' failed: ValueError: no reward today" in message
+    assert f"the run folder {cfg['output_dir']} is kept" in message and "start again with --overwrite" in message
+    assert "\n" not in message
+    start = json.loads((Path(cfg["output_dir"]) / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["task_settings"]["data.beta"] == 0.04 and start["task_settings"]["data.rewards"] == ["bad:boom"]
 
 
 def test_check_shows_the_prompts_and_what_is_sampled_for_them(tiny_llama_dir, tmp_path):

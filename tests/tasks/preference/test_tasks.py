@@ -142,6 +142,12 @@ def test_train_logs_carry_the_preference_statistics(tiny_llama_dir, tmp_path, ca
     train = [r for r in records if "loss" in r and "event" not in r]
     assert train and all({"reward_accuracy", "rewards_margin", "logps_chosen"} <= set(r) for r in train)
     assert {"reward_accuracy", "rewards_margin", "logps_accuracy", "sft_loss"} <= set(run.metrics["validation"])
+    # the task's own hyperparameters, defaults resolved, are logged and shown in report.html
+    start = next(r for r in records if r.get("event") == "start")
+    assert start["task_settings"] == {"data.beta": 0.1, "data.loss_type": "sigmoid", "data.label_smoothing": 0.0,
+                                      "data.precompute_reference": True}
+    html = (Path(run.path) / "report.html").read_text()
+    assert "data.beta" in html and "data.loss_type" in html and "sigmoid" in html
 
 
 def test_check_shows_the_pair_with_trained_spans_and_counts_dropped_pairs(tiny_llama_dir, tmp_path):

@@ -119,6 +119,7 @@ class GRPOTask(LanguageModelTask):
     supports_packing = False
     scores_generations = True
     default_beta = 0.04
+    setting_keys = ("num_generations", "rewards", "reward_weights", "max_completion_length", "temperature", "top_p", "epsilon")
 
     def __init__(self, config: RunConfig):
         super().__init__(config)
@@ -129,6 +130,11 @@ class GRPOTask(LanguageModelTask):
         self._rewards: Optional[RewardSet] = None
         self._means = Means()
         self._reference: Optional[torch.nn.Module] = None
+
+    def settings(self) -> dict[str, Any]:
+        """``data.beta`` as used (the KL weight; the task's default when unset), then the sampling and
+        reward settings (``setting_keys``)."""
+        return {"data.beta": self.beta, **super().settings()}
 
     # ---- rows ------------------------------------------------------------------------------
     @property

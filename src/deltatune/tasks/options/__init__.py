@@ -20,6 +20,7 @@ from deltatune.tasks.options.classification import ClassificationOptions
 from deltatune.tasks.options.extractive_qa import QuestionAnsweringOptions
 from deltatune.tasks.options.extractive_summarization import ExtractiveSummarizationOptions
 from deltatune.tasks.options.masked_lm import MaskedLMOptions
+from deltatune.tasks.options.regression import RegressionOptions
 from deltatune.tasks.options.preference import DPOOptions, GRPOOptions, KTOOptions, PairOptions, PreferenceOptions, SimPOOptions
 from deltatune.tasks.options.text_to_text import ChatOptions, TargetOptions, TemplateOptions, TextToTextOptions
 from deltatune.tasks.options.token_classification import TokenClassificationOptions
@@ -41,6 +42,7 @@ OPTION_MODELS = (
     SimPOOptions,
     KTOOptions,
     GRPOOptions,
+    RegressionOptions,
 )
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "ExtractiveSummarizationOptions",
     "MaskedLMOptions",
     "QuestionAnsweringOptions",
+    "RegressionOptions",
     "TargetOptions",
     "TextToTextOptions",
     "TokenClassificationOptions",

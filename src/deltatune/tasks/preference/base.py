@@ -127,6 +127,10 @@ class PreferenceTask(GenerationMetrics, LanguageModelTask):
         self._reference_copy: Optional[torch.nn.Module] = None
         self._initial_model: Optional[torch.nn.Module] = None
 
+    def settings(self) -> dict[str, Any]:
+        """``data.beta`` as used (the task's default when unset), then the task's ``setting_keys``."""
+        return {"data.beta": self.beta, **super().settings()}
+
     # ---- rows ------------------------------------------------------------------------------
     def columns(self) -> dict[str, str]:
         """The column names of a pair (``data.prompt_column`` ...)."""

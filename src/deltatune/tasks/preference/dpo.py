@@ -21,6 +21,7 @@ class DPOTask(PreferenceTask):
     name = "dpo"
     uses_reference = True
     default_beta = 0.1
+    setting_keys = ("loss_type", "label_smoothing", "precompute_reference")
 
     def pair_loss(self, model, batch, logps):
         ref_c, ref_r = self.reference_logps(model, batch)

@@ -54,6 +54,7 @@ class KTOTask(PreferenceTask):
     uses_reference = True
     default_beta = 0.1
     reference_keys = ("ref_logps", "ref_kl_logps")
+    setting_keys = ("desirable_weight", "undesirable_weight", "precompute_reference")
 
     def __init__(self, config):
         super().__init__(config)

@@ -18,6 +18,7 @@ class SimPOTask(PreferenceTask):
 
     name = "simpo"
     default_beta = 2.0
+    setting_keys = ("simpo_gamma",)
 
     def pair_loss(self, model, batch, logps):
         return simpo_loss(logps["chosen_avg"], logps["rejected_avg"], self.beta, self.config.data.simpo_gamma)
