@@ -304,3 +304,8 @@ def test_a_grpo_completion_must_leave_room_for_a_prompt_and_other_tasks_ignore_i
         build_config({"task": "grpo", "data": {"max_seq_length": 64}})
     assert build_config({"task": "grpo", "data": {"max_seq_length": 65}}).data.max_completion_length == 64
     assert build_config({"task": "text-classification", "data": {"max_seq_length": 32}}).data.max_seq_length == 32
+
+
+def test_max_steps_zero_points_at_evaluate_pretrained():
+    with pytest.raises(DeltatuneError, match=r"'train.max_steps': 0 trains nothing.*deltatune evaluate --pretrained"):
+        build_config({}, ["train.max_steps=0"])

@@ -335,6 +335,16 @@ class TrainConfig(_Section):
     tracking_uri: Optional[str] = None  # MLflow store; unset: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir's parent>/mlflow.db
     tracking_project: str = "deltatune"  # MLflow experiment / W&B project name
 
+    @field_validator("max_steps", mode="before")
+    @classmethod
+    def _steps_to_train(cls, v: Any) -> Any:
+        if v == 0 and not isinstance(v, bool):
+            raise ValueError(
+                "0 trains nothing; for the pretrained model's numbers (no training) use "
+                "deltatune evaluate --pretrained CONFIG --data FILE"
+            )
+        return v
+
     @field_validator("per_device_train_batch_size", mode="before")
     @classmethod
     def _batch_size_or_auto(cls, v: Any) -> Any:

@@ -144,3 +144,11 @@ def test_cannot_infer_names_the_columns_and_the_flags():
 def test_continuous_labels_are_refused():
     with pytest.raises(DeltatuneError, match="regression"):
         infer(text=["a", "b", "c"], label=[0.25, 1.5, 3.75])
+
+
+def test_few_shot_is_chosen_only_when_every_class_is_small():
+    from deltatune.auto.infer import FEW_SHOT_MAX_PER_CLASS, few_shot_reason
+
+    assert "contrastive" in few_shot_reason(["a"] * 8 + ["b"] * 8)
+    assert few_shot_reason(["a"] * 8 + ["b"] * (FEW_SHOT_MAX_PER_CLASS + 1)) is None  # one big class: standard
+    assert few_shot_reason(["a"] * 5) is None and few_shot_reason(None) is None  # one class; multi-label

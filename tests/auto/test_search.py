@@ -190,3 +190,14 @@ def test_a_default_trial_failing_on_the_config_stops_the_search_and_user_columns
     assert code == 2 and captured.err.strip().count("\n") == 0
     assert "the default trial failed, so every trial would" in captured.err and "nonexistent" in captured.err
     assert len(list((out / "trials").iterdir())) == 1  # trials 1 and 2 were not started
+
+
+def test_few_labelled_rows_per_class_make_auto_train_few_shot(tiny_model_dir, tmp_path):
+    rows = [{"review": r["text"], "stars": r["label"]} for r in make_easy_rows(20, 2)]  # 10 rows per class
+    data = write_csv(tmp_path / "few.csv", rows)
+    out = tmp_path / "auto"
+    overrides = {"data.train_file": str(data), "data.max_seq_length": 16, "output_dir": str(out), "seed": 3}
+    res = deltatune.auto(None, overrides, models=[tiny_model_dir], n_trials=1, evals_per_epoch=1, verbose=False)
+    best = build_config(str(res.best_path / "config.yaml"))
+    assert best.train.method == "contrastive"
+    assert "label" in deltatune.load(res.best_path).predict(["good film"])[0]

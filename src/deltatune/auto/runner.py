@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from deltatune.auto.budget import format_seconds, parse_duration, parse_memory
 from deltatune.auto.candidates import DEFAULT_MODELS, choose_candidates, model_family
-from deltatune.auto.infer import SAMPLE_ROWS, infer_task, task_family
+from deltatune.auto.infer import SAMPLE_ROWS, few_shot_reason, infer_task, task_family
 from deltatune.auto.report import (
     format_importances,
     format_leaderboard,
@@ -419,8 +419,17 @@ def _plan_search(
     cfg = build_config(None, base)  # a bad key or value fails here, before any training
     task = create_task(cfg)
     task.fit(ds, str(train_file))
+    few_shot = few_shot_reason(task.stratify_keys(ds)) if cfg.task == "text-classification" and "train.method" not in user else None
+    if few_shot:  # few labelled rows per class: SetFit's recipe
+        say(f"  - {few_shot}")
+        base["train.method"] = "contrastive"
+        cfg = build_config(None, base)
+        task = create_task(cfg)
+        task.fit(ds, str(train_file))
     metric, maximize = _metric(cfg, task)
     n_train = len(ds) if cfg.data.validation_file else len(ds) - min(max(1, round(len(ds) * cfg.data.validation_split)), len(ds) - 1)
+    if cfg.train.method == "contrastive":  # an epoch is over the generated pairs (2 per row and iteration)
+        n_train *= 2 * cfg.train.contrastive_iterations
     space = SearchSpace(
         kept, [m for m in methods if any(m in c.methods for c in kept)], pinned, n_train, evals_per_epoch,
         cfg.train.gradient_accumulation_steps,
