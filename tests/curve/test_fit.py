@@ -31,3 +31,12 @@ def test_fewer_than_three_sizes_is_no_fit_and_says_so():
     assert not fit.ok and "2 distinct training size(s)" in fit.reason and fit.measured_at_largest == 0.6
     three = fit_curve([10, 20, 40], [0.5, 0.6, 0.65], maximize=True)
     assert three.ok and three.predicted_at_largest is None and "use 4 or more fractions" in three.check_reason
+
+
+def test_the_asymptote_stays_within_the_metric_range():
+    # accuracies still climbing almost linearly: unbounded, the fit put the asymptote near 110
+    sizes, values = [64, 128, 192, 320], [0.52, 0.58, 0.63, 0.70]
+    fit = fit_curve(sizes, values, maximize=True)
+    assert fit.ok and fit.law.a <= 1.0 and fit.predicted_at_double <= 1.0
+    losses = fit_curve([64, 128, 256, 512], [0.9, 0.5, 0.3, 0.2], maximize=False)
+    assert losses.ok and losses.law.a >= 0.0

@@ -22,3 +22,12 @@ def test_table_and_page_show_points_fit_check_and_doubling():
     page = render_html(data)
     assert page.count("<svg") == 1 and "m&lt;x&gt;" in page and "training rows (log scale)" in page
     assert "<script" not in page
+    assert "caution" not in text  # the law fits: its check is closer than the gain it predicts
+
+
+def test_a_check_that_misses_by_more_than_the_predicted_gain_is_flagged():
+    data = _data()
+    fit = fit_curve([100, 200, 300, 1000], [0.50, 0.60, 0.62, 0.58], True)  # the largest size falls back
+    data["fit"] = fit.as_dict()
+    text = format_table(data)
+    assert "caution: the check misses by" in text

@@ -64,3 +64,17 @@ def test_multi_label_macro_f1_leaves_out_absent_label():
     assert m["f1_macro"] == pytest.approx(f1_score(y_true, y_pred, labels=[0, 1, 3], average="macro"))
     assert m["f1_macro"] == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
     assert m["absent_classes"] == ["y"]
+
+
+def test_bad_inputs_are_one_line_errors():
+    import numpy as np
+
+    from deltatune.errors import DeltatuneError
+    from deltatune.metrics.classification import multi_label_metrics, single_label_metrics
+
+    with pytest.raises(DeltatuneError, match="no examples to score"):
+        single_label_metrics(np.array([], dtype=int), np.array([], dtype=int), ["a", "b"])
+    with pytest.raises(DeltatuneError, match="gold class id 5 is outside 0..2"):
+        single_label_metrics(np.array([0, 5]), np.array([0, 1]), ["a", "b", "c"])
+    with pytest.raises(DeltatuneError, match="rows of 3/3 labels for 2 label names"):
+        multi_label_metrics(np.zeros((2, 3), dtype=int), np.zeros((2, 3), dtype=int), ["a", "b"])

@@ -96,3 +96,15 @@ def test_bleu_chrf_variable_reference_counts_match_sacrebleu():
     streams = [[rs[i] if i < len(rs) else None for rs in refs] for i in range(3)]
     assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, streams).score)
     assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(preds, streams).score)
+
+
+def test_a_bare_string_where_lists_are_expected_is_refused():
+    from deltatune.errors import DeltatuneError
+    from deltatune.metrics.text import bleu_chrf, rouge
+
+    with pytest.raises(DeltatuneError, match="not a bare string"):
+        rouge(["the cat sat"], ["the cat sat"])  # references of one prediction must be a list
+    with pytest.raises(DeltatuneError, match="not a bare string"):
+        bleu_chrf(["the cat sat"], ["the cat sat"])
+    with pytest.raises(DeltatuneError, match="not a bare string"):
+        rouge("the cat", "the cat")

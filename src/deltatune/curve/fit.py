@@ -93,7 +93,9 @@ class CurveFit:
 
 
 def fit_power_law(sizes: Sequence[float], values: Sequence[float], maximize: bool) -> PowerLaw:
-    """Least-squares fit of ``a -/+ b * n**(-c)`` to ``(sizes[i], values[i])``.
+    """Least-squares fit of ``a -/+ b * n**(-c)`` to ``(sizes[i], values[i])``; the asymptote ``a`` is
+    bounded by the metric's range (at most 1 for values in [0, 1], 100 for values in [0, 100] when
+    greater is better; at least 0 for non-negative losses).
 
     Raises:
         ValueError: fewer than :data:`MIN_SIZES` distinct sizes, a size below 1 or a non-finite value.
@@ -117,11 +119,18 @@ def fit_power_law(sizes: Sequence[float], values: Sequence[float], maximize: boo
 
     spread = float(y.max() - y.min()) or 1e-3
     plateau = float(y.max() if maximize else y.min())
-    start = (plateau, spread, 0.5)
+    # the asymptote stays within the metric's range: a share (accuracy, f1 in [0, 1]) or a percentage
+    # (ROUGE, BLEU in [0, 100]) cannot exceed its maximum, a loss or error cannot go below 0
+    low_a, high_a = -np.inf, np.inf
+    if maximize and y.min() >= 0 and y.max() <= 100:
+        high_a = 1.0 if y.max() <= 1 else 100.0
+    if not maximize and y.min() >= 0:
+        low_a = 0.0
+    start = (min(max(plateau, low_a), high_a), spread, 0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OptimizeWarning)
         params, _ = curve_fit(
-            model, x, y, p0=start, bounds=([-np.inf, 0.0, C_BOUNDS[0]], [np.inf, np.inf, C_BOUNDS[1]]), maxfev=20000,
+            model, x, y, p0=start, bounds=([low_a, 0.0, C_BOUNDS[0]], [high_a, np.inf, C_BOUNDS[1]]), maxfev=20000,
         )
     a, b_scaled, c = (float(p) for p in params)
     return PowerLaw(a=a, b=b_scaled * scale**c, c=c, maximize=maximize)

@@ -59,6 +59,13 @@ def fit_lines(data: dict[str, Any]) -> list[str]:
         f"2x data ({2 * fit['largest']:,} rows): predicted {metric} {fit['predicted_at_double']:.4f} "
         f"({fit['change_from_doubling']:+.4f})"
     )
+    if fit["predicted_at_largest"] is not None:
+        miss = abs(fit["predicted_at_largest"] - fit["measured_at_largest"])
+        if miss > abs(fit["change_from_doubling"]):
+            lines.append(
+                f"caution: the check misses by {miss:.4f}, more than the predicted change from doubling: treat that "
+                "prediction as a rough guess (more fractions or seeds make the fit firmer)"
+            )
     return lines
 
 

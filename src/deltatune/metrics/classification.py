@@ -17,6 +17,25 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from deltatune.errors import DeltatuneError
+
+
+
+def _check_inputs(metric: str, y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> None:
+    """Raise a one-line :class:`DeltatuneError` for nothing to score, mismatched lengths, or class ids
+    / label columns that ``labels`` does not have."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        raise DeltatuneError(f"no examples to score: {metric} got 0 rows; give the evaluation split at least one row")
+    if len(y_true) != len(y_pred):
+        raise DeltatuneError(f"{metric}: {len(y_true)} gold rows for {len(y_pred)} predictions; give one prediction per row")
+    if y_true.ndim == 2 or y_pred.ndim == 2:
+        if y_true.shape[-1] != len(labels) or y_pred.shape[-1] != len(labels):
+            raise DeltatuneError(f"{metric}: rows of {y_true.shape[-1]}/{y_pred.shape[-1]} labels for {len(labels)} label names")
+        return
+    for name, ids in (("gold", y_true), ("predicted", y_pred)):
+        if ids.min() < 0 or ids.max() >= len(labels):
+            raise DeltatuneError(f"{metric}: {name} class id {int(ids.max() if ids.max() >= len(labels) else ids.min())} is outside 0..{len(labels) - 1} ({len(labels)} labels)")
 
 def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Metrics for single-label classification.
@@ -33,6 +52,7 @@ def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequenc
         precision, recall, f1, support} for every class (an absent one: all 0) and
         ``confusion_matrix`` (rows = true class, columns = predicted, in label order).
     """
+    _check_inputs("single_label_metrics", y_true, y_pred, labels)
     ids = list(range(len(labels)))
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     seen = set(y_true.tolist()) | set(y_pred.tolist())
@@ -65,6 +85,7 @@ def multi_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence
         ``labels``), ``absent_classes`` (names of the labels set in no row of either; left out
         of ``f1_macro``), ``per_class`` {name: precision, recall, f1, support} for every label.
     """
+    _check_inputs("multi_label_metrics", y_true, y_pred, labels)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     used = (y_true != 0).any(axis=0) | (y_pred != 0).any(axis=0)
     present = [i for i in range(len(labels)) if used[i]]

@@ -35,6 +35,11 @@ def _check_examples(metric: str, predictions: Sequence[str], references: Sequenc
             f"no examples to score: {metric} got 0 predictions; give the evaluation split at least one row "
             "(check the validation/test file and its filters)"
         )
+    if isinstance(predictions, str) or isinstance(references, str) or any(isinstance(r, str) for r in references):
+        raise DeltatuneError(
+            f"{metric}: give a list of predictions and, per prediction, a list of reference strings "
+            "(e.g. [[\"the reference\"]]), not a bare string"
+        )
     if len(predictions) != len(references):
         raise DeltatuneError(
             f"{metric}: {len(predictions)} predictions for {len(references)} references; "
