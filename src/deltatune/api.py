@@ -1016,6 +1016,12 @@ def predict(
         records = predictor.predict(list(zip(texts, text_pairs)))
         inputs = [{"text": t, "text_pair": u} for t, u in zip(texts, text_pairs)]
     else:
+        pair_column = predictor.config.data.text_pair_column
+        if pair_column:
+            raise DeltatuneError(
+                f"--text: {run} reads text pairs (data.text_column '{predictor.config.data.text_column}' and "
+                f"data.text_pair_column '{pair_column}'); give each --text its --text-pair"
+            )
         records = predictor.predict(texts)
         inputs = [{"text": t} for t in texts]
     if output is not None:

@@ -149,6 +149,8 @@ def test_sentence_pairs_with_several_targets(tiny_model_dir, tmp_path):
     (record,) = predictor.predict([("a cat sat", "a cat")])
     assert set(record) == {"score"} and set(record["score"]) == {"sim", "len"}
     TASK_IO["text-regression"].prediction.model_validate(record)  # the served schema holds it
+    with pytest.raises(DeltatuneError, match="reads text pairs .*give each --text its --text-pair"):
+        deltatune.api.predict(run.path, texts=["a cat sat"])  # a pair run given single texts
 
 
 def test_stsb_pairs_and_scores_parse_through_the_loader(tiny_model_dir, tmp_path):
