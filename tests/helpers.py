@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 WORDS_POS = "great good lovely wonderful excellent fun charming superb delightful moving".split()
@@ -65,3 +67,16 @@ def tiny_config(model_dir: str, train: Path, validation: Path | None, out: Path,
 def make_easy_rows(n: int, seed: int = 0) -> list[dict]:
     """Rows a tiny random model learns in a few dozen steps: every token carries the label."""
     return _rows(n, seed, lambda rng, word: " ".join([word] * rng.randint(1, 6)))
+
+
+_CLI_IN_A_FRESH_PROCESS = (
+    "import sys\nfrom deltatune.cli import main\n"
+    "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+    "print('torch loaded' if 'torch' in sys.modules else 'no torch', rc)\n"
+)
+
+
+def run_cli_fresh(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``deltatune <argv>`` in a fresh Python process in ``cwd``; its stdout is ``"no torch <rc>"``
+    (or ``"torch loaded <rc>"``): whether the command imported torch before it ended, and its exit code."""
+    return subprocess.run([sys.executable, "-c", _CLI_IN_A_FRESH_PROCESS, *argv], capture_output=True, text=True, cwd=cwd, timeout=120)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deltatune.cli import main
-from tests.helpers import make_sentiment_rows, write_csv
+from tests.helpers import make_sentiment_rows, run_cli_fresh, write_csv
 
 
 @pytest.fixture
@@ -379,12 +379,7 @@ def test_usage_and_config_errors_come_before_torch_is_imported(argv, tmp_path):
     (tmp_path / "copied" / "config.yaml").write_text("task: text-classification\n")
     (tmp_path / "d.csv").write_text("text,label\na,b\n")
     (tmp_path / "bad.csv").write_text("review,label\na,b\n")
-    code = (
-        "import sys\nfrom deltatune.cli import main\n"
-        "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
-        "print('torch loaded' if 'torch' in sys.modules else 'no torch', rc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = run_cli_fresh(argv, tmp_path)
     assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
     assert "error" in out.stderr and "Traceback" not in out.stderr
 
@@ -592,11 +587,6 @@ def test_evaluate_pretrained_usage_errors_come_before_torch(argv, needle, tmp_pa
     (tmp_path / "d.jsonl").write_text('{"source": "a", "target": "b"}\n')
     (tmp_path / "taken.json").write_text("{}")
     (tmp_path / "c.yaml").write_text("task: translation\nmodel: {name_or_path: smollm2}\ndata: {train_file: d.jsonl}\n")
-    code = (
-        "import sys\nfrom deltatune.cli import main\n"
-        "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
-        "print('torch loaded' if 'torch' in sys.modules else 'no torch', rc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = run_cli_fresh(argv, tmp_path)
     assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
     assert out.stderr.startswith("error: ") and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -1,8 +1,6 @@
 """deltatune curve end to end on the tiny model: run folders, curve.json/html, resuming, refusals, CLI errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -10,7 +8,7 @@ import yaml
 import deltatune
 from deltatune.curve.runner import parse_fractions, plan_curve
 from deltatune.errors import DeltatuneError
-from tests.helpers import make_sentiment_rows, tiny_config, write_csv
+from tests.helpers import make_sentiment_rows, run_cli_fresh, tiny_config, write_csv
 
 
 def test_curve_end_to_end_writes_runs_and_resumes_without_retraining(tiny_model_dir, tmp_path, capsys):
@@ -90,12 +88,7 @@ def test_a_fraction_in_the_config_and_a_foreign_folder_are_refused(tmp_path):
 ])
 def test_cli_usage_and_config_errors_come_before_torch(argv, needle, tmp_path):
     (tmp_path / "d.csv").write_text("text,label\na,b\n")
-    code = (
-        "import sys\nfrom deltatune.cli import main\n"
-        "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
-        "print('torch loaded' if 'torch' in sys.modules else 'no torch', rc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = run_cli_fresh(argv, tmp_path)
     assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], out.stderr
