@@ -309,3 +309,17 @@ def test_a_grpo_completion_must_leave_room_for_a_prompt_and_other_tasks_ignore_i
 def test_max_steps_zero_points_at_evaluate_pretrained():
     with pytest.raises(DeltatuneError, match=r"'train.max_steps': 0 trains nothing.*deltatune evaluate --pretrained"):
         build_config({}, ["train.max_steps=0"])
+
+
+def test_a_config_saved_before_new_data_keys_existed_loads_with_list_defaults(tmp_path):
+    """A run folder's config.yaml written by an older version lacks the data keys added since, so it
+    is not exempt as a resolved config; its other tasks' keys at their defaults, list defaults
+    built by a factory (data.rewards) included, must still load."""
+    import yaml
+
+    cfg = build_config({}, ["data.text_column=review"])
+    saved = cfg.to_dict()
+    saved["data"].pop("max_seq_length")  # stands for a key this version added
+    assert saved["data"]["rewards"] == ["numeric_match"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert build_config(tmp_path / "config.yaml").data.rewards == ["numeric_match"]
