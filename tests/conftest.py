@@ -121,3 +121,44 @@ def tiny_t5_dir(tmp_path_factory) -> str:
     T5ForConditionalGeneration(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random ViT on 32x32 images (8-pixel patches) with its image processor, saved to disk."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    out = tmp_path_factory.mktemp("tiny_vit")
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, initializer_range=0.2)
+    torch.manual_seed(0)
+    ViTModel(cfg, add_pooling_layer=False).save_pretrained(out)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random Whisper (encoder and decoder, 16 mel bins) with its feature extractor, saved to disk."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("tiny_whisper")
+    cfg = WhisperConfig(vocab_size=128, num_mel_bins=16, d_model=32, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_source_positions=1500, max_target_positions=32, pad_token_id=0, bos_token_id=1,
+                        eos_token_id=2, decoder_start_token_id=1, init_std=0.2)
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(cfg).save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=16).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide random Idefics3 (SmolVLM's architecture) with its processor, saved to disk
+    (built by tests/tasks/test_vision_language.py)."""
+    from tests.tasks.test_vision_language import tiny_idefics3
+
+    return tiny_idefics3(tmp_path_factory.mktemp("tiny_vlm"))

@@ -590,3 +590,32 @@ def test_evaluate_pretrained_usage_errors_come_before_torch(argv, needle, tmp_pa
     out = run_cli_fresh(argv, tmp_path)
     assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
     assert out.stderr.startswith("error: ") and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_distill_checks_its_usage_before_torch_and_trains_a_student_next_to_the_teacher(tmp_path, tiny_model_dir, sentiment_csv, capsys):
+    import json
+
+    import yaml
+
+    # usage and a missing teacher come back before torch is imported
+    out = run_cli_fresh(["distill", "--student", "minilm"], tmp_path)
+    assert out.stdout.split() == ["no", "torch", "2"] and "--teacher" in out.stderr
+    out = run_cli_fresh(["distill", "--teacher", "nowhere", "--student", "minilm"], tmp_path)
+    assert out.stdout.split() == ["no", "torch", "2"] and "not a finished deltatune run folder" in out.stderr
+    # a teacher run, then its student with the teacher's config and the default run folder
+    train, dev = sentiment_csv
+    teacher = tmp_path / "teacher"
+    args = ["train", "--model", tiny_model_dir, "--train", str(train), "--validation", str(dev), "--output-dir", str(teacher),
+            "--max-steps", "2", "--quiet", "data.max_seq_length=32"]
+    assert main(args) == 0
+    student = tmp_path / f"teacher-distill-{Path(tiny_model_dir).name}"  # the default: next to the teacher
+    existing = tmp_path / "taken"
+    (existing / "x").mkdir(parents=True)
+    out = run_cli_fresh(["distill", "--teacher", str(teacher), "--student", tiny_model_dir, "--output-dir", str(existing)], tmp_path)
+    assert out.stdout.split() == ["no", "torch", "2"] and "taken" in out.stderr  # an existing folder is refused as train does
+    assert main(["distill", "--teacher", str(teacher), "--student", tiny_model_dir, "--quiet", "distill.temperature=3",
+                 "--set", "train.max_steps=1"]) == 0
+    saved = yaml.safe_load((student / "config.yaml").read_text())
+    assert saved["distill"]["teacher"] == str(teacher) and saved["distill"]["temperature"] == 3.0
+    assert saved["model"]["name_or_path"] == tiny_model_dir and saved["data"]["train_file"] == str(train)
+    assert (student / "teacher_logits.safetensors").is_file() and json.loads((student / "eval.json").read_text())["train"]["global_step"] == 1

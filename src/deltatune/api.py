@@ -22,7 +22,7 @@ from deltatune.delta import apply_delta, parameter_summary, save_trained
 from deltatune.errors import DeltatuneError
 from deltatune.metrics import format_table
 from deltatune.models import resolve_model
-from deltatune.models.loading import dropout_overrides, load_tokenizer
+from deltatune.models.loading import dropout_overrides, load_processor
 from deltatune.output_files import check_output, write_atomically
 from deltatune.rundir import RunDir, write_failure
 from deltatune.serving.export import export_run as export  # the API's name for it
@@ -34,6 +34,7 @@ from deltatune.tasks.examples import compared_generations, worst_examples
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
 from deltatune.training.checkpoint import list_checkpoints, replace_dir_atomically
 from deltatune.training.loop import check_launch, process_state
+from deltatune.training import distributed
 from deltatune.training.memory import estimate_run_memory
 from deltatune.training.progress import format_rate
 from deltatune.training.packing import pack_training_features, packing_report
@@ -156,12 +157,51 @@ def finetune(
     tokenizer, encoded = _encode(cfg, task, splits, model_path, strict)
     model = _build_model(cfg, task, model_path)
     _prepare_run_dir(cfg, run_dir, overwrite, resume)
+    _write_augmented(cfg, run_dir, splits, resume)
     with run_dir.training(main=process_state().is_main_process):  # .training: other processes see it is in use
         try:
             return _train_and_conclude(cfg, run_dir, task, model, tokenizer, splits, encoded, model_path, callbacks, verbose, resume, trust_checkpoint)
         except DeltatuneError as e:  # e.g. a user reward that raises: say how to run again, the folder being kept
             e.args = (_with_rerun_advice(str(e), run_dir),)
             raise
+
+
+def distill(
+    teacher: str | Path,
+    student: str,
+    config: str | Path | dict[str, Any] | RunConfig | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    output_dir: str | None = None,
+    **kwargs: Any,
+) -> Run:
+    """Knowledge distillation: fine-tune ``student`` on the soft targets of the finished run ``teacher``.
+
+    The teacher's outputs over the training rows (and ``distill.unlabeled_file``'s) are computed
+    once and kept in the student's run folder (``teacher_logits.safetensors``); the loss per target
+    is ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * hard loss`` (Hinton et al. 2015;
+    docs/distillation.md). Resume an interrupted student with ``finetune(run_folder, resume=True)``.
+
+    Args:
+        teacher: the teacher's run folder (text-classification, token-classification or a decoder task).
+        student: the student model (``model.name_or_path``).
+        config: the student's config; ``None``: the teacher's config.yaml, with the run folder
+            ``<teacher>-distill-<student name>`` (:func:`deltatune.tasks.distill.setup.distill_config`).
+            A :class:`RunConfig` is used as it is (the CLI builds it first).
+        overrides: dotted overrides (``{"distill.temperature": 4}``).
+        output_dir: the student's run folder.
+        kwargs: passed to :func:`finetune` (``overwrite``, ``verbose``, ``strict``, ``callbacks``, ...).
+
+    Raises:
+        DeltatuneError: as :func:`finetune`; a teacher that is not a finished run, of another task,
+            with other labels or (decoder) another vocabulary; a task distillation does not support.
+    """
+    from deltatune.tasks.distill.setup import distill_config
+
+    if not isinstance(config, RunConfig):
+        config = distill_config(teacher, student, config, overrides, output_dir)
+        overrides = None
+    return finetune(config, overrides, **kwargs)
 
 
 def _with_rerun_advice(message: str, run_dir: RunDir) -> str:
@@ -210,6 +250,7 @@ class _Splits:
     train: datasets.Dataset
     validation: datasets.Dataset
     test: Optional[datasets.Dataset]
+    augmented: Any = None  # data.augmentation: the deltatune.data.augment.Augmented rows (train holds them)
 
 
 @dataclass
@@ -285,6 +326,10 @@ def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
     d = cfg.data
     train, in_file = _training_rows(cfg)
     task = create_task(cfg)
+    if cfg.distill.teacher:  # knowledge distillation: the teacher's soft targets in the loss (docs/distillation.md)
+        from deltatune.tasks.distill.task import distilled_task
+
+        task = distilled_task(task, load)
     task.fit(train, split_source(d.train_file, d.split_column, "train"))
     if d.validation_file:
         validation = _read_split(d.validation_file, task, cfg)
@@ -301,7 +346,57 @@ def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
     test = _read_split(d.test_file, task, cfg) if d.test_file else None
     if test is None and "test" in in_file:
         test = _checked_rows(in_file["test"], task, cfg, "test")
-    return task, _Splits(_train_subset(cfg, task, train), validation, test)
+    return task, _augment(cfg, _Splits(_train_subset(cfg, task, train), validation, test))
+
+
+def _augment(cfg: RunConfig, splits: _Splits) -> _Splits:
+    """Part of step 3: with ``data.augmentation`` (text-classification, text-regression), the training
+    rows with their augmented copies (:mod:`deltatune.data.augment`, EDA), made after the validation
+    split is fixed so that no copy of a validation row is trained on; the counts go to stderr.
+
+    Raises:
+        DeltatuneError: an operation needs the WordNet corpus and nltk cannot find it.
+    """
+    d = cfg.data
+    if d.augmentation == "none":
+        return splits
+    from deltatune.data.augment import NEEDS_THESAURUS, augment_rows, wordnet_synonyms
+    from deltatune.tasks.registry import REGISTRY
+
+    columns = REGISTRY[cfg.task].columns(d, False)  # the text (and pair) columns, without the label
+    extra = {"synonyms": wordnet_synonyms()} if NEEDS_THESAURUS & set(d.augmentation_operations) else {}
+    seed = cfg.seed if d.augmentation_seed is None else d.augmentation_seed
+    aug = augment_rows(splits.train, columns, d.augmentation_copies, d.augmentation_alpha, d.augmentation_operations, seed, **extra)
+    print(
+        f"augmentation {d.augmentation}: {aug.original_rows:,} training rows + {aug.added_rows:,} augmented copies "
+        f"({d.augmentation_copies} per row, alpha {d.augmentation_alpha:g})", file=sys.stderr, flush=True,
+    )
+    return _Splits(aug.train, splits.validation, splits.test, aug)
+
+
+def _write_augmented(cfg: RunConfig, run_dir: RunDir, splits: _Splits, resume: bool) -> None:
+    """Step 6b of :func:`finetune`: with ``data.augmentation``, the rows trained on (originals and
+    copies, each naming its original row) to ``<run>/augmented_train.jsonl``, atomically, and the
+    counts as metrics.jsonl's ``{"step": 0, "event": "augmentation", ...}`` record (main process; a
+    resumed run keeps its own).
+
+    Raises:
+        DeltatuneError: the file cannot be written.
+    """
+    aug = splits.augmented
+    if aug is None or resume or not process_state().is_main_process:
+        return
+    from deltatune.data.augment import AUGMENTED_FILE, write_jsonl
+
+    path = run_dir.root / AUGMENTED_FILE
+    try:
+        write_jsonl(path, aug.written)
+    except OSError as e:
+        raise write_failure(path, e, "then start the run again") from None
+    run_dir.log({
+        "step": 0, "event": "augmentation", "method": cfg.data.augmentation, "file": AUGMENTED_FILE,
+        "original_rows": aug.original_rows, "added_rows": aug.added_rows,
+    })
 
 
 def _train_subset(cfg: RunConfig, task: Task, train: datasets.Dataset) -> datasets.Dataset:
@@ -365,11 +460,12 @@ def _encode(cfg: RunConfig, task: Task, splits: _Splits, model_path: str | Path,
         DeltatuneError: a tokenizer that cannot be loaded; data that cannot be encoded; with
             ``strict``, a data warning.
     """
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    tokenizer = load_processor(model_path, task.input_kind, cfg.model.trust_remote_code)  # image/audio: the processor
     task.set_tokenizer(tokenizer)
-    check_coverage(
-        task, splits.train, tokenizer, cfg.data.train_file, strict=strict, warn=lambda line: print(line, file=sys.stderr, flush=True)
-    )
+    if task.input_kind == "text":  # the vocabulary check reads texts
+        check_coverage(
+            task, splits.train, tokenizer, cfg.data.train_file, strict=strict, warn=lambda line: print(line, file=sys.stderr, flush=True)
+        )
     train_f, val_f, test_f, data_report = _encode_splits(task, tokenizer, splits.train, splits.validation, splits.test, cfg)
     train_f = task.training_features(train_f)  # few-shot classification: pairs of training texts
     if cfg.train.packing:  # decoder tasks: several examples per sequence, no attention between them
@@ -388,7 +484,7 @@ def _build_model(cfg: RunConfig, task: Task, model_path: str | Path):
     extra = dropout_overrides(model_path, cfg.model.dropout, cfg.model.trust_remote_code)
     set_seed(cfg.seed)
     model = apply_delta(
-        task.build_model(model_path, extra), cfg.delta, task.peft_task_type, task.modules_to_save
+        task.build_model(model_path, extra), task.delta_config(cfg.delta), task.peft_task_type, task.modules_to_save
     )
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions and cfg.data.max_seq_length > positions:
@@ -405,9 +501,10 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: RunDir, overwrite: bool, resume: b
     every process has checked it (several processes: DDP).
 
     Raises:
-        DeltatuneError: an unsupported launch (FSDP, DeepSpeed); config.yaml cannot be written.
+        DeltatuneError: a launch that would not run as ``distributed.strategy`` asks (``check_launch``);
+            config.yaml cannot be written.
     """
-    check_launch()
+    check_launch(cfg)
     processes = process_state()
     processes.wait_for_everyone()
     if processes.is_main_process:
@@ -663,6 +760,9 @@ def _data_files(cfg: RunConfig, splits: _Splits) -> dict[str, dict[str, Any]]:
         if ds is None:
             continue
         entry: dict[str, Any] = {"file": ref, "rows": len(ds)}
+        if name == "train" and splits.augmented is not None:  # data.augmentation: rows includes the copies
+            entry["augmentation"] = {"method": d.augmentation, "original_rows": splits.augmented.original_rows,
+                                     "added_rows": splits.augmented.added_rows}
         if ref and Path(ref).expanduser().is_file():
             path = Path(ref).expanduser().resolve()
             entry.update(path=str(path), bytes=path.stat().st_size)
@@ -718,8 +818,8 @@ def _summary(cfg: RunConfig, model, n_train: int, n_val: int, trainer: Trainer) 
         f"{trainer.total_steps} steps "
         f"(batch {trainer.global_batch} x accumulation {cfg.train.gradient_accumulation_steps}"
         f"{'' if plan.micro_batch_size == plan.batch_size else f'; micro-batch {plan.micro_batch_size}'}) | "
-        f"device {trainer.accelerator.device}, precision {trainer.mixed_precision} | run {cfg.output_dir}\n"
-        f"deltatune: {estimate_run_memory(model, trainer.task, cfg, trainer.mixed_precision, plan.micro_batch_size, plan.seq_len).format()} "
+        f"device {trainer.accelerator.device}, precision {trainer.mixed_precision}, {trainer.strategy} | run {cfg.output_dir}\n"
+        f"deltatune: {estimate_run_memory(model, trainer.task, cfg, trainer.mixed_precision, plan.micro_batch_size, plan.seq_len, trainer.shards).format()} "
         f"(batch {plan.micro_batch_size} x {plan.seq_len} tokens per forward pass)"
         + (f"\ndeltatune: {plan.message()}" if plan.message() else "")
     )
@@ -881,7 +981,7 @@ def evaluate_pretrained(
     if cfg.data.max_eval_samples:
         ds = ds.select(range(min(cfg.data.max_eval_samples, len(ds))))
     model_path = resolve_model(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    tokenizer = load_processor(model_path, task.input_kind, cfg.model.trust_remote_code)  # image/vision-language: the processor
     task.set_tokenizer(tokenizer)
     features = task.encode(ds, tokenizer, source=source)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -932,9 +1032,9 @@ def check(
         (name, _source(cfg, name), _checked_rows(in_file[name], task, cfg, name))
         for name, ref in splits if not ref and name in in_file
     ]
-    tokenizer = load_tokenizer(resolve_model(cfg.model.name_or_path), cfg.model.trust_remote_code)
+    tokenizer = load_processor(resolve_model(cfg.model.name_or_path), task.input_kind, cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
-    _, warnings = check_coverage(task, train, tokenizer, d.train_file, strict=strict)
+    warnings = check_coverage(task, train, tokenizer, d.train_file, strict=strict)[1] if task.input_kind == "text" else []
 
     def encode(ds, ref):
         feats = task.encode(ds, tokenizer, source=ref)
@@ -954,6 +1054,7 @@ def check(
         lines.append(f"=== {name}: {len(split_feats)} encoded examples from {ref} ({len(ds)} rows)")
         if split_stats is not None:
             lines.append(split_stats)
+    lines.append(distributed.describe_launch(cfg.distributed, distributed.world_size()))
     return "\n".join(lines)
 
 
@@ -963,6 +1064,7 @@ def predict(
     input: str | None = None,
     texts: list[str] | None = None,
     text_pairs: list[str] | None = None,
+    files: list[str] | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
     batch_size: int | None = None,
@@ -979,6 +1081,8 @@ def predict(
         run: the run directory.
         input: a data file with the run's text column(s) (exclusive with ``texts``).
         texts: texts to predict on; with ``text_pairs`` (sentence-pair runs) one pair per text.
+        files: image or audio file paths to predict on (image-/audio-classification runs; relative to
+            the current folder), exclusive with ``input`` and ``texts``.
         output: a CSV/TSV/JSONL/JSON file to write the rows to (atomically); checked before the
             model is loaded.
         overwrite: replace an existing ``output`` (never ``input`` itself).
@@ -1004,9 +1108,10 @@ def predict(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, num_beams=num_beams,
     )
     texts = list(texts or [])
-    if input is not None:
-        ds = load_table(input)
-        records = predictor.predict_rows(ds, input, batch_size=batch_size)
+    file_rows = _file_rows(predictor, run, files) if files else None
+    if input is not None or file_rows is not None:
+        ds = load_table(input) if file_rows is None else file_rows
+        records = predictor.predict_rows(ds, input or "--file", batch_size=batch_size)
         inputs = ds.to_list()
     elif text_pairs:
         if not predictor.config.data.text_pair_column:
@@ -1027,6 +1132,17 @@ def predict(
     if output is not None:
         write_predictions(records, inputs, output, overwrite=overwrite, inputs_path=input)
     return [merge_record(inp, rec) for inp, rec in zip(inputs, records)]
+
+
+def _file_rows(predictor: Predictor, run: str | Path, files: list[str]) -> datasets.Dataset:
+    """The rows of ``predict --file`` paths: the run's image or audio column (relative paths from the current folder).
+
+    Raises:
+        DeltatuneError: the run reads texts.
+    """
+    if predictor.task.input_kind == "text":
+        raise DeltatuneError(f"--file: {run} is a {predictor.config.task} run, which reads texts; give them with --text or --input")
+    return predictor.task.rows_from_texts(files)
 
 
 def auto(*args: Any, **kwargs: Any):

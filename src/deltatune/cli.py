@@ -1,4 +1,4 @@
-"""Command line: ``deltatune train | auto | curve | evaluate | predict | export | serve | check``. Thin: parse, call :mod:`deltatune.api`, print.
+"""Command line: ``deltatune train | distill | auto | curve | evaluate | predict | export | serve | check``. Thin: parse, call :mod:`deltatune.api`, print.
 
 Every :class:`DeltatuneError` is printed as one line ``error: ...`` with exit status 2.
 """
@@ -153,6 +153,25 @@ def _curve_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _distill_parser(sub) -> None:
+    p = sub.add_parser(
+        "distill", help="knowledge distillation: train a student model on a finished teacher run's soft targets",
+        description="Train --student on the rows of the teacher run (its config.yaml, or CONFIG) with the loss "
+        "alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * hard loss (distill.alpha, distill.temperature; "
+        "docs/distillation.md). The teacher's outputs are computed once and kept in the student's run folder; "
+        "resume an interrupted student with deltatune train --resume RUN.",
+    )
+    p.add_argument("--teacher", required=True, metavar="RUN", help="the teacher: a finished run folder (classification, NER or decoder)")
+    p.add_argument("--student", required=True, metavar="MODEL", help="the student model: packaged name (minilm), folder or hub id")
+    p.add_argument("config", nargs="?", help="YAML config of the student's run (default: the teacher's config.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as distill.temperature=4 (anywhere on the line)")
+    p.add_argument("--output-dir", dest="output_dir", default=None, help="the student's run folder (default: <teacher>-distill-<student>)")
+    p.add_argument("--set", dest="set_", action="append", default=[], metavar="KEY=VALUE", help="any config key")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar: a progress line every 5 minutes, the summary and results")
+    p.add_argument("--strict", action="store_true", help=STRICT_HELP)
+
+
 def _number(kind: type, low: float, high: float | None = None, low_open: bool = False, what: str = ""):
     """An argparse ``type``: a finite ``kind`` in [low, high] ((low, high] with ``low_open``); else a usage error."""
 
@@ -230,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _auto_parser(sub)
     _curve_parser(sub)
+    _distill_parser(sub)
     e = sub.add_parser(
         "evaluate", help="evaluate a trained run (or, with --pretrained, the untrained model of a config) on labelled data",
         description="Evaluate a trained run on labelled data; with --pretrained CONFIG, the config's pretrained model "
@@ -254,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="data file with the run's text column")
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    src.add_argument("--file", action="append", help="image-/audio-classification runs: an image or audio file to classify (repeatable)")
     pr.add_argument("--text-pair", action="append", help="sentence-pair tasks: the second text of each --text, in order")
     pr.add_argument(
         "--output", help="CSV/TSV/JSONL file to write (default: print JSONL); an existing file is refused without --overwrite"
@@ -477,6 +498,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if run.result and run.result.interrupted else 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    """``deltatune distill``: the student's config (the teacher's config.yaml, or CONFIG), its run folder
+    and data files are checked before torch is imported; then :func:`deltatune.api.distill`."""
+    from deltatune.tasks.distill.setup import distill_config
+
+    source = _config_source(args)
+    overrides = list(args.set_) + list(args.overrides) + (["train.progress_bar=false"] if args.quiet else [])
+    cfg = distill_config(args.teacher, args.student, source, overrides, args.output_dir)
+    RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
+    d = cfg.data
+    columns = REGISTRY[cfg.task].columns
+    for ref in (d.train_file, d.validation_file, d.test_file):
+        if ref:
+            check_data_file(ref)
+            if columns is not None:
+                check_columns(ref, columns(d, True))
+    if cfg.distill.unlabeled_file:
+        check_data_file(cfg.distill.unlabeled_file)
+        if columns is not None:
+            check_columns(cfg.distill.unlabeled_file, columns(d, False))
+    from deltatune.api import distill
+
+    run = distill(args.teacher, args.student, cfg, overwrite=args.overwrite, strict=args.strict)
+    return 130 if run.result and run.result.interrupted else 0
+
+
 def cmd_auto(args: argparse.Namespace) -> int:
     from deltatune.auto.budget import parse_duration, parse_memory
 
@@ -605,7 +652,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from deltatune.api import predict
 
     rows = predict(
-        args.run, input=args.input, texts=args.text, text_pairs=args.text_pair, output=args.output, overwrite=args.overwrite,
+        args.run, input=args.input, texts=args.text, text_pairs=args.text_pair, files=args.file, output=args.output, overwrite=args.overwrite,
         batch_size=args.batch_size, trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights,
         **_generation_kwargs(args),
     )
@@ -714,8 +761,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     handlers = {"auto": cmd_auto, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "check": cmd_check, "curve": cmd_curve,
-                "serve": cmd_serve, "report": cmd_report, "ui": cmd_ui}
-    if args.command in ("train", "auto", "curve"):
+                "serve": cmd_serve, "report": cmd_report, "ui": cmd_ui, "distill": cmd_distill}
+    if args.command in ("train", "auto", "curve", "distill"):
         interruptible()
     try:
         return handlers[args.command](args)

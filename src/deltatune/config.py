@@ -47,6 +47,9 @@ from deltatune.tasks.options import (
     TextToTextOptions,
     TokenClassificationOptions,
 )
+from deltatune.tasks.options import AudioOptions, ImageOptions, MediaOptions
+from deltatune.tasks.options import VisionLanguageOptions
+from deltatune.tasks.options.augmentation import AugmentationOptions
 from deltatune.tasks.options.preference import completion_room_problem
 from deltatune.tasks.registry import REGISTRY, option_fields, task_names, tasks_reading
 
@@ -226,6 +229,11 @@ class DataFiles(BaseModel):
 
 class DataConfig(
     _Section,
+    AugmentationOptions,
+    VisionLanguageOptions,
+    MediaOptions,
+    AudioOptions,
+    ImageOptions,
     RegressionOptions,
     GRPOOptions,
     KTOOptions,
@@ -438,6 +446,51 @@ class DeltaConfig(_Section):
         return self
 
 
+class DistributedConfig(_Section):
+    """How several processes share the training (docs/distributed.md; ``training/distributed.py``).
+
+    ``strategy``: ``ddp`` (every process holds the whole model, gradients averaged; one process
+    is plain training), ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded over
+    the processes, one unit per transformer block; needs at least 2 processes, else refused),
+    ``deepspeed`` (GPU-only, not wired yet: refused). ``fsdp_cpu_offload`` keeps shards,
+    gradients and the optimizer step on the CPU (GPU launches). ``fsdp_reshard_after_forward``
+    frees each block's gathered parameters after its forward (less memory, one more
+    all-gather in the backward; ZeRO-3) or keeps them until the backward (ZeRO-2-like).
+    ``fsdp_blocks``: class names of the modules made one FSDP unit each (unset: the model's
+    ``_no_split_modules``, as Accelerate does).
+    """
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(default="ddp", description="ddp, fsdp (FSDP2) or deepspeed")
+    fsdp_cpu_offload: bool = Field(default=False, description="FSDP: shards, gradients and optimizer step on the CPU")
+    fsdp_reshard_after_forward: bool = Field(default=True, description="FSDP: free gathered block parameters after each forward")
+    fsdp_blocks: Optional[list[str]] = Field(default=None, description="FSDP: class names wrapped as units (unset: _no_split_modules)")
+
+
+class DistillConfig(_Section):
+    """Knowledge distillation from a finished teacher run (docs/distillation.md; ``deltatune distill``).
+
+    With ``teacher`` set, the teacher labels the training rows (and ``unlabeled_file``'s rows)
+    with soft targets once, before training (cached in the run folder, teacher_logits.safetensors),
+    and the loss per target is ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * hard loss``
+    with ``T = temperature`` (Hinton et al. 2015, arXiv:1503.02531); rows without labels get the
+    KL term only. Teachers: text-classification, token-classification, and decoder runs
+    (causal-lm, instruction, summarization, translation, generative-qa) with the student's vocabulary.
+    """
+
+    teacher: Optional[str] = Field(default=None, description="the teacher: a finished deltatune run folder (unset: no distillation)")
+    temperature: float = Field(default=2.0, gt=0, le=100, description="softmax temperature T of teacher and student in the KL term")
+    alpha: float = Field(default=0.5, ge=0, le=1, description="weight of the KL term (1 - alpha: the hard-label loss)")
+    unlabeled_file: Optional[str] = Field(
+        default=None, description="extra training rows without labels (same text column(s)): KL term only; encoder tasks"
+    )
+
+    @model_validator(mode="after")
+    def _settings_need_a_teacher(self) -> "DistillConfig":
+        if self.teacher is None and self.unlabeled_file is not None:
+            raise ValueError("distill.unlabeled_file needs distill.teacher (the run that labels its rows)")
+        return self
+
+
 # task-specific data key -> the option model declaring it (deltatune.tasks.options)
 _OPTION_OF: dict[str, type[BaseModel]] = {key: model for model in OPTION_MODELS for key in model.model_fields}
 
@@ -464,6 +517,8 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     delta: DeltaConfig = Field(default_factory=DeltaConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @field_validator("task")
     @classmethod
@@ -499,7 +554,7 @@ class RunConfig(_Section):
             model = _OPTION_OF.get(key)
             if model is None or key in own or key not in data.model_fields_set:
                 continue
-            if getattr(data, key) != DataConfig.model_fields[key].default:
+            if getattr(data, key) != DataConfig.model_fields[key].get_default(call_default_factory=True):
                 readers = tasks_reading(model)
                 where = ", ".join(readers) if readers else "no registered task"
                 raise ValueError(
@@ -562,6 +617,17 @@ class RunConfig(_Section):
             )
         if t.learning_rate is None and self.delta.method == "full":
             object.__setattr__(t, "learning_rate", CONTRASTIVE_FULL_LEARNING_RATE)
+        return self
+
+    @model_validator(mode="after")
+    def _distill_fits(self) -> "RunConfig":
+        """``distill.teacher`` trains on the task's own rows one by one: not with few-shot pairs or packed blocks."""
+        if self.distill.teacher is None:
+            return self
+        if self.train.method != "standard":
+            raise ValueError("distill.teacher trains with the task's own loss; remove train.method contrastive (--few-shot)")
+        if self.train.packing:
+            raise ValueError("distill.teacher keeps the teacher's outputs per example; remove train.packing")
         return self
 
     @model_validator(mode="after")

@@ -27,7 +27,10 @@ from tests.helpers import make_sentiment_rows
 from tests.tasks.demo_runs import demo_config, merge, write_jsonl
 
 CASES = [(s.name, s.family) for s in TASK_SPECS] + [(s.name, "encoder-decoder") for s in TASK_SPECS if s.encoder_decoder]
-MODEL_FIXTURES = {"encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir"}
+MODEL_FIXTURES = {
+    "encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir",
+    "vision": "tiny_vit_dir", "audio": "tiny_whisper_dir", "vision-language": "tiny_vlm_dir",
+}
 NO_ROW_SCORE = {"masked-lm", "causal-lm"}  # packed blocks of text, not rows: no worst_examples
 OWN_ROW_SCORE = {"dpo", "orpo", "simpo", "kto"}  # generative, but the worst rows are by reward margin over all rows
 ROW_KEYS = {"row", "input", "reference", "prediction", "score"}
@@ -66,6 +69,11 @@ def _shows_row(name: str, row: dict, record: dict) -> bool:
                                           else record["reference"] == (row["completion"] if row["label"] else ""))
     if name == "grpo":
         return shown == row["prompt"] and record["reference"] == row["answer"]
+    if name == "vision-language":  # the user turn's text (images by file name), the assistant's as reference
+        user, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
+        return all(p["text"] in shown for p in user if p["type"] == "text") and record["reference"] == answer[0]["text"]
+    if name in {"image-classification", "audio-classification"}:  # the file's path and its label
+        return shown == row["image" if name == "image-classification" else "audio"] and record["reference"] == row["label"]
     return row["source"] in shown and record["reference"] == row["target"]  # summarization, translation
 
 

@@ -24,7 +24,7 @@ import deltatune
 import deltatune.tasks as tasks_pkg
 from deltatune.config import build_config
 from deltatune.errors import DeltatuneError
-from deltatune.models.loading import load_tokenizer
+from deltatune.models.loading import load_processor
 from deltatune.tasks import create_task, get_task_class
 from deltatune.tasks.base import Features, GenerativeTask, Task
 from deltatune.tasks.options import ClassificationOptions, RegressionOptions
@@ -45,7 +45,10 @@ TOY = TaskSpec("text-score", "tests.tasks.test_contract:ScoreTask", "encoder",
                options=(ClassificationOptions, RegressionOptions), columns=regression_columns)
 # (task name, model family) for every registered implementation
 CASES = [(s.name, s.family) for s in TASK_SPECS] + [(s.name, "encoder-decoder") for s in TASK_SPECS if s.encoder_decoder]
-MODEL_FIXTURES = {"encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir"}
+MODEL_FIXTURES = {
+    "encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir",
+    "vision": "tiny_vit_dir", "audio": "tiny_whisper_dir", "vision-language": "tiny_vlm_dir",
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,16 +74,18 @@ def check_contract(name: str, cls: type[Task], model_dir: str, tmp_path: Path) -
     assert type(task) is cls
     ds = Dataset.from_list(rows)
     task.fit(ds, train)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_processor(model_dir, task.input_kind)  # image/audio tasks: the image processor / feature extractor
     task.set_tokenizer(tokenizer)
     features = task.encode(ds, tokenizer, source=train)
     assert isinstance(features, Features) and len(features) >= 1 and len(features.lengths) == len(features)
-    assert all(isinstance(f["input_ids"], list) and f["input_ids"] and isinstance(f["input_ids"][0], int) for f in features.rows)
+    if task.input_kind == "text":
+        assert all(isinstance(f["input_ids"], list) and f["input_ids"] and isinstance(f["input_ids"][0], int) for f in features.rows)
     assert features.num_examples == len(features) and features.examples_in([0]) == 1
     if isinstance(task, GenerativeTask):  # text tasks return what encoding cut or dropped with the features
         assert features.stats is not None and features.stats.as_dict()["examples"] >= 1
     batch = task.collate(features.rows[:2])
-    assert batch["input_ids"].dtype == torch.long and task.num_targets(batch) >= 1
+    inputs = {"text": "input_ids", "image-text": "input_ids", "image": "pixel_values", "audio": "input_features"}[task.input_kind]
+    assert batch[inputs].dtype == (torch.long if inputs == "input_ids" else torch.float32) and task.num_targets(batch) >= 1
 
     # train two steps and save; the metrics hold the task's default metric
     run = deltatune.finetune(cfg, verbose=False)
@@ -147,7 +152,7 @@ def test_every_registered_task_declares_its_capabilities():
                 continue
             cls = get_task_class(spec.name, encoder_decoder)
             # decoder and encoder-decoder tasks generate; encoder tasks decode their outputs
-            assert issubclass(cls, GenerativeTask) == (spec.family == "decoder"), ref
+            assert issubclass(cls, GenerativeTask) == (spec.family in ("decoder", "vision-language")), ref
             assert cls.auto_model_class is not None, ref
             demo = cls.demo_rows()
             assert len(demo["rows"]) >= 2 and isinstance(demo["config"], dict), ref

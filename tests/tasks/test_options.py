@@ -28,7 +28,8 @@ def test_text_to_text_and_instruction_tasks_check_their_columns_on_loading():
     # their columns come from a prompt template or a detected format (preference pairs: prompt/chosen/
     # rejected, HH dialogues or KTO's unpaired rows): no header check before torch
     assert {s.name for s in TASK_SPECS if s.columns is None} == {
-        "instruction", "summarization", "translation", "generative-qa", "dpo", "orpo", "simpo", "kto", "grpo"}
+        "instruction", "summarization", "translation", "generative-qa", "dpo", "orpo", "simpo", "kto", "grpo",
+        "vision-language"}  # messages or conversations, image paths inside them
 
 
 @pytest.mark.parametrize("spec", WITH_COLUMNS, ids=lambda s: s.name)

@@ -34,7 +34,8 @@ FULL_BYTES_PER_PARAMETER = 16
 LORA_BYTES_PER_PARAMETER = 4
 CHARS_PER_TOKEN = 4
 ENCODER_DECODER_TASKS = tasks_of_family("encoder-decoder")  # from the task registry
-DEFAULT_MODELS = {"encoder": "minilm", "decoder": "smollm2"}
+DEFAULT_MODELS = {"encoder": "minilm", "decoder": "smollm2", "vision": "dinov2-small", "audio": "whisper-tiny-en",
+                  "vision-language": "HuggingFaceTB/SmolVLM-256M-Instruct"}  # a hub model: no VLM is packaged
 
 
 @dataclass

@@ -40,7 +40,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from deltatune.errors import DeltatuneError
-from deltatune.tasks.registry import tasks_of_family
+from deltatune.tasks.registry import REGISTRY, tasks_of_family
 
 SAMPLE_ROWS = 200
 SUMMARY_LENGTH_RATIO = 2.0
@@ -434,5 +434,8 @@ def _for_task(t: _Table, task: str, family: Optional[str], n: int, source: str) 
 
 
 def task_family(task: str) -> str:
-    """``"encoder"`` for tasks the packaged encoder does, else ``"decoder"`` (generative tasks)."""
-    return "encoder" if task in ENCODER_TASKS else "decoder"
+    """``"encoder"`` for tasks the packaged encoder does, ``"vision"``/``"audio"``/``"vision-language"`` for
+    image/audio/image-text tasks (their registry family), else ``"decoder"`` (generative tasks)."""
+    if task in ENCODER_TASKS:
+        return "encoder"
+    return REGISTRY[task].family if task in REGISTRY and REGISTRY[task].family in ("vision", "audio", "vision-language") else "decoder"

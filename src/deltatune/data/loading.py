@@ -8,6 +8,8 @@ nested JSON gives one row per question (:mod:`deltatune.data.squad`); CoNLL toke
 (``.conll``/``.iob``/``.bio``, or any other extension whose lines look like ``word ... TAG``,
 e.g. CoNLL-2003's ``eng.train``) give one row per sentence with ``tokens`` and ``tags``
 (:mod:`deltatune.data.conll`).
+A folder of class folders (``<class>/<file>``, images or audio files) gives one row per file
+with columns ``image`` or ``audio`` (its absolute path) and ``label`` (:mod:`deltatune.data.folders`).
 Anything that is not an existing path is treated as a hub dataset name (needs network).
 Each format may be gzip-compressed (``train.jsonl.gz``): the suffix before ``.gz`` names the
 format and every check below applies to the decompressed content.
@@ -54,7 +56,7 @@ def load_table(ref: str, split: str = "train", config_name: str | None = None) -
 
     Args:
         ref: path to a CSV/TSV/JSON/JSONL/Parquet/text file (optionally gzip-compressed,
-            ``x.jsonl.gz``), or a hub dataset id.
+            ``x.jsonl.gz``), a folder of class folders of images or audio files, or a hub dataset id.
         split: the split to take from a hub dataset (ignored for files).
         config_name: the hub dataset's configuration name, if it has several.
 
@@ -95,6 +97,10 @@ def _load_gzip(path: Path) -> datasets.Dataset:
 
 
 def _load_file(path: Path) -> datasets.Dataset:
+    if path.is_dir():  # <class>/<file> images or audio files (check_data_file accepted it)
+        from deltatune.data.folders import read_class_folders
+
+        return read_class_folders(path)
     if data_suffix(path)[1]:
         return _load_gzip(path)
     ext = path.suffix.lower()

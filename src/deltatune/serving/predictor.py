@@ -16,7 +16,7 @@ from deltatune.config import RunConfig, build_config
 from deltatune.delta import is_delta_folder, load_trained
 from deltatune.delta.storage import read_meta
 from deltatune.errors import DeltatuneError
-from deltatune.models.loading import load_config, load_tokenizer
+from deltatune.models.loading import load_config, load_processor
 from deltatune.output_files import PREDICTION_SUFFIXES, check_output, write_atomically
 from deltatune.rundir import RunDir
 from deltatune.tasks import Features, GenerativeTask, Task, get_task_class, is_encoder_decoder
@@ -87,7 +87,7 @@ class Predictor:
         if isinstance(self.task, GenerativeTask):  # decoder tasks answer by generating
             texts, ended = self.task.generate_rows(self.model, self.tokenizer, ds, self.device, source)
             return [{"generated": t, "ended_with_eos": e} for t, e in zip(texts, ended)]
-        return self.task.decode(*self.outputs(ds, with_labels=False, batch_size=batch_size))
+        return self.task.decode(*self.outputs(ds, with_labels=False, batch_size=batch_size, source=source))
 
     def with_generation(
         self, max_new_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None
@@ -234,7 +234,7 @@ def load(
             )
         cfg = build_config(cfg, generation)
     task, model = load_task_model(cfg, rd.model)
-    tokenizer = load_tokenizer(str(rd.model), cfg.model.trust_remote_code)
+    tokenizer = load_processor(str(rd.model), task.input_kind, cfg.model.trust_remote_code)
     task.set_tokenizer(tokenizer)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return Predictor(cfg, task, model.to(dev).eval(), tokenizer, dev, model_dir=rd.model)
@@ -275,7 +275,7 @@ def load_onto(run: str | Path, shared: Predictor, adapter_name: str, *, allow_pi
     model_cfg = PretrainedConfig.from_dict(read_meta(rd.model)["model_config"])
     task = get_task_class(cfg.task, is_encoder_decoder(cfg.model, model_cfg), cfg.train.method).from_pretrained_config(cfg, model_cfg)
     add_adapter(shared.model, rd.model, adapter_name, allow_pickle_weights)
-    tokenizer = load_tokenizer(str(rd.model), False)
+    tokenizer = load_processor(str(rd.model), task.input_kind, False)
     task.set_tokenizer(tokenizer)
     shared.model.eval()
     return Predictor(cfg, task, shared.model, tokenizer, shared.device, model_dir=rd.model)

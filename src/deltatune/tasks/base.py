@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 import torch
 
-from deltatune.config import RunConfig
+from deltatune.config import DeltaConfig, RunConfig
 from deltatune.errors import DeltatuneError
 from deltatune.tasks.chat_format import EncodeStats
 
@@ -112,6 +112,11 @@ class Task(ABC):
     sequences_per_example: int = 1
     # ``data.*`` keys of the task's own hyperparameters, shown in report.html (see settings())
     setting_keys: tuple[str, ...] = ()
+    # what the model reads: "text" (a tokenizer), "image" (an image processor) or "audio" (a feature
+    # extractor); deltatune.models.loading.load_processor loads the matching one for set_tokenizer and
+    # encode, and the vocabulary check (deltatune.data.coverage) runs on text only (deltatune.api);
+    # "image-text": a vision-language model's AutoProcessor (tokenizer, image processor, chat template)
+    input_kind: str = "text"
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -124,7 +129,9 @@ class Task(ABC):
         return {f"data.{k}": getattr(self.config.data, k) for k in self.setting_keys}
 
     def set_tokenizer(self, tokenizer) -> None:
-        """Remember what the collator needs from the tokenizer (its pad id)."""
+        """Remember what the collator needs from the tokenizer (its pad id). ``tokenizer`` is what
+        ``load_processor(model, self.input_kind)`` gives: an image processor or feature extractor for
+        image/audio tasks, which override this."""
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is not None:
             self.pad_token_id = tokenizer.pad_token_id
@@ -268,6 +275,12 @@ class Task(ABC):
     # training (on the model as initialised, before a resume loads a checkpoint) and hands the
     # outputs to attach_reference (dpo, kto: data.precompute_reference)
     needs_reference_pass: bool = False
+
+    def delta_config(self, delta: DeltaConfig) -> DeltaConfig:
+        """The Δθ settings the model built by :meth:`build_model` is set up with (``deltatune.api``
+        hands the result to ``apply_delta``). Default: ``delta`` unchanged; vision-language narrows
+        LoRA's ``all-linear`` targets to the language model (not the image encoder)."""
+        return delta
 
     def prepare_model(self, model: torch.nn.Module) -> None:
         """Called by the Trainer once, with the model on its device and before anything is trained

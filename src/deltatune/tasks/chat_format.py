@@ -253,12 +253,7 @@ class ChatEncoder:
         Raises:
             DeltatuneError: the template is not valid Jinja or fails on these messages.
         """
-        try:
-            return self.tok.apply_chat_template(
-                messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        except jinja2.TemplateError as e:
-            raise DeltatuneError(f"the chat template failed: {type(e).__name__}: {e}; check data.chat_template") from None
+        return render_chat(self.tok, messages, self.template, add_generation_prompt)
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
@@ -334,3 +329,16 @@ def mark_trained(tokenizer, ids: list[int], labels: Any) -> str:
         text = tokenizer.decode(span)
         out.append(f"[[{text}]]" if trained else text)
     return "".join(out)
+
+
+def render_chat(renderer, messages: list[dict[str, Any]], template: str | None, add_generation_prompt: bool) -> str:
+    """``renderer.apply_chat_template(messages, tokenize=False)``: the chat as text. ``renderer`` is a
+    tokenizer or a multimodal processor (both have the method); ``template`` overrides its own.
+
+    Raises:
+        DeltatuneError: the template is not valid Jinja or fails on these messages.
+    """
+    try:
+        return renderer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateError as e:
+        raise DeltatuneError(f"the chat template failed: {type(e).__name__}: {e}; check data.chat_template") from None

@@ -130,6 +130,16 @@ class ClassificationTask(Task):
         """
         d = self.config.data
         require_columns(train, [d.text_column, d.text_pair_column, d.label_column], source)
+        self._fit_labels(train, source)
+        self.check(train, source, with_labels=True)
+
+    def _fit_labels(self, train: datasets.Dataset, source: str) -> None:
+        """Set ``multi_label`` and the sorted label names from the training rows' label column.
+
+        Raises:
+            DeltatuneError: a missing label, fewer than 2 classes (single-label), no label at all.
+        """
+        d = self.config.data
         values = train[d.label_column]
         self.multi_label = self._detect_multi_label(values)
         names: set[str] = set()
@@ -143,7 +153,6 @@ class ClassificationTask(Task):
         if not names:
             raise DeltatuneError(f"{source}: column '{d.label_column}' holds no labels")
         self.labels = sorted(names, key=_sort_key)
-        self.check(train, source, with_labels=True)
 
     def check(self, ds: datasets.Dataset, source: str, with_labels: bool = True) -> None:
         """Check columns, texts and (optionally) that every label was seen in training.

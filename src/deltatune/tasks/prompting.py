@@ -251,7 +251,7 @@ class GenerationMetrics:
         if n == 0:
             return ScoredGenerations({})
         ds = ds.select(range(n))
-        preds, ended = self.generate_rows(model, tokenizer, ds, device)
+        preds, ended = self.generate_rows(model, tokenizer, ds, device, source)
         refs = [self.references(row) for row in ds]
         metrics = self.score(preds, refs)
         metrics["generation_eos_share"] = float(np.mean(ended))

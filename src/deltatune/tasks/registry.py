@@ -47,11 +47,18 @@ from deltatune.tasks.options.extractive_qa import question_answering_columns
 from deltatune.tasks.options.extractive_summarization import extractive_summarization_columns
 from deltatune.tasks.options.regression import regression_columns
 from deltatune.tasks.options.token_classification import token_classification_columns
+from deltatune.tasks.options.audio import AudioOptions, audio_columns
+from deltatune.tasks.options.image import ImageOptions, image_columns
+from deltatune.tasks.options.media import MediaOptions
+from deltatune.tasks.options.vision_language import VisionLanguageOptions
+from deltatune.tasks.options.augmentation import AugmentationOptions
 
 # columns(data_config, with_labels) -> the columns the task reads from a table, in the order it checks them
 ColumnsFn = Callable[[Any, bool], list]
 
-FAMILIES = ("encoder", "decoder", "encoder-decoder")
+# "vision" and "audio": image and audio encoders (AutoModelForImageClassification / ...AudioClassification);
+# "vision-language": image-text-to-text models (AutoModelForImageTextToText: SmolVLM, Qwen2-VL, LLaVA, ...)
+FAMILIES = ("encoder", "decoder", "encoder-decoder", "vision", "audio", "vision-language")
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ class TaskSpec:
     Attributes:
         name: the task name (``task:`` in the config, ``--task``); the class's ``name``.
         implementation: ``"module:Class"`` of its implementation on the default family.
-        family: the model family it runs on by default, ``"encoder"`` or ``"decoder"``; the
+        family: the model family it runs on by default, ``"encoder"`` or ``"decoder"`` (packaged
+            image and audio tasks: ``"vision"``, ``"audio"``); the
             default model kind of ``deltatune auto`` (:data:`deltatune.auto.candidates.DEFAULT_MODELS`).
         encoder_decoder: ``"module:Class"`` of its implementation on an encoder-decoder model
             (T5, BART, two checkpoints), or ``None`` when it has none.
@@ -96,7 +104,7 @@ _TEXT_TO_TEXT = (ChatOptions, TextToTextOptions, TargetOptions)
 
 TASK_SPECS: tuple[TaskSpec, ...] = (
     TaskSpec("text-classification", "classification:ClassificationTask", "encoder",
-             options=(ClassificationOptions,), columns=classification_columns),
+             options=(ClassificationOptions, AugmentationOptions), columns=classification_columns),
     TaskSpec("token-classification", "token_classification:TokenClassificationTask", "encoder",
              options=(TokenClassificationOptions,), columns=token_classification_columns),
     TaskSpec("question-answering", "extractive_qa:ExtractiveQATask", "encoder",
@@ -105,7 +113,7 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
              options=(ExtractiveSummarizationOptions, TargetOptions), columns=extractive_summarization_columns),
     TaskSpec("masked-lm", "masked_lm:MaskedLMTask", "encoder", options=(MaskedLMOptions,), columns=text_columns),
     TaskSpec("text-regression", "regression:TextRegressionTask", "encoder",
-             options=(ClassificationOptions, RegressionOptions), columns=regression_columns),
+             options=(ClassificationOptions, RegressionOptions, AugmentationOptions), columns=regression_columns),
     TaskSpec("causal-lm", "language_modeling:CausalLMTask", "decoder", columns=text_columns),
     TaskSpec("instruction", "language_modeling:InstructionTask", "decoder", scorer="rouge", options=(ChatOptions,)),
     TaskSpec("summarization", "language_modeling:SummarizationTask", "decoder", "seq2seq:Seq2SeqSummarizationTask", "rouge",
@@ -125,6 +133,14 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
              options=(TemplateOptions, PreferenceOptions, KTOOptions)),
     TaskSpec("grpo", "deltatune.tasks.grpo.task:GRPOTask", "decoder",
              options=(TemplateOptions, PreferenceOptions, GRPOOptions)),
+    # rows name image / audio files (docs/vision_audio.md); labels as text-classification's
+    TaskSpec("image-classification", "image_classification:ImageClassificationTask", "vision",
+             options=(ClassificationOptions, ImageOptions, MediaOptions), columns=image_columns),
+    TaskSpec("audio-classification", "audio_classification:AudioClassificationTask", "audio",
+             options=(ClassificationOptions, AudioOptions, MediaOptions), columns=audio_columns),
+    # chat rows whose user turns hold images, on an image-text-to-text model (docs/vision_language.md)
+    TaskSpec("vision-language", "deltatune.tasks.vision_language.task:VisionLanguageTask", "vision-language", scorer="rouge",
+             options=(TemplateOptions, VisionLanguageOptions)),
 )
 
 # name -> spec, in registration order; register() adds to it (test-only tasks)

@@ -7,6 +7,15 @@ A checkpoint is a folder ``checkpoints/step-<N>/`` holding
   values (see :func:`capture_rng_state`);
 - ``trainer_state.json``: step, epoch, position in the epoch, best metric, early-stopping state,
   and ``checkpoint_format`` (:data:`CHECKPOINT_FORMAT`).
+A checkpoint of a sharded (FSDP) run holds ``sharded/`` instead of ``trainable.safetensors``
+and ``optimizer.pt``: the trainable parameters and the optimizer state as
+``torch.distributed.checkpoint`` (DCP) wrote them, one file per process plus ``.metadata``
+(tensors only, read back without pickle of any object but DCP's own metadata). Every process
+writes its shards into ``checkpoints/.shard-step-<N>/`` (:func:`save_sharded`); the main process
+then moves that folder into the temporary checkpoint folder with the other files and renames the
+whole into place, so a sharded checkpoint too is complete or absent. DCP reshards on load, so such
+a checkpoint can be read by a launch of any number of processes (the loop itself resumes with the
+same number, as the global batch depends on it).
 The ``.pt`` files are read with ``torch.load(weights_only=True)``: a file that needs any other
 Python object (a crafted pickle) is refused before it can run code. Checkpoints of format 1
 (older deltatune, no ``checkpoint_format``) kept python/numpy RNG states as pickled tuples
@@ -51,11 +60,13 @@ CHECKPOINT_FORMAT = 2
 """Version of the checkpoint layout written by :func:`save_checkpoint` (1: pickled RNG states)."""
 
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
+SHARDED_FILES = ("sharded/.metadata", "scheduler.pt", "rng.pt", "trainer_state.json")
 TRAINER_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch", "examples_seen", "total_steps")
 PAUSE_ENV = "DELTATUNE_TEST_CHECKPOINT_PAUSE"
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
 _LEFTOVER_RE = re.compile(r"^\.(tmp|old|del)-step-(\d+)$")
+_STAGING_RE = re.compile(r"^\.shard-step-(\d+)$")
 
 
 class CheckpointError(DeltatuneError):
@@ -224,6 +235,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     rng_state: dict[str, Any],
     keep: int,
+    sharded: Path | None = None,
 ) -> Path:
     """Write checkpoint ``folder/step-<step>`` atomically and prune to the newest ``keep``.
 
@@ -232,6 +244,9 @@ def save_checkpoint(
         rng_state: a :func:`capture_rng_state` snapshot, or ``{"per_process": [snapshot, ...]}``.
         keep: how many complete checkpoints to keep (>= 1); older ones are removed only after
             the new one is in place.
+        sharded: the folder :func:`save_sharded` wrote (parameters and optimizer state of a sharded
+            model): moved in as ``sharded/`` instead of writing ``trainable.safetensors`` and
+            ``optimizer.pt`` (``model`` and ``optimizer`` are then not read).
 
     Returns:
         The checkpoint's path.
@@ -243,9 +258,13 @@ def save_checkpoint(
     final = folder / f"step-{step:08d}"
 
     def write(tmp: Path) -> None:
-        write_tensors(trainable_state(model), tmp / "trainable.safetensors")
-        _pause_for_tests(step)
-        write_state(optimizer.state_dict(), tmp / "optimizer.pt")
+        if sharded is not None:
+            sharded.rename(tmp / "sharded")
+            _pause_for_tests(step)
+        else:
+            write_tensors(trainable_state(model), tmp / "trainable.safetensors")
+            _pause_for_tests(step)
+            write_state(optimizer.state_dict(), tmp / "optimizer.pt")
         write_state(scheduler.state_dict(), tmp / "scheduler.pt")
         write_state(rng_state, tmp / "rng.pt")
         state = {**trainer_state, "checkpoint_format": CHECKPOINT_FORMAT}
@@ -299,6 +318,7 @@ class CheckpointContents:
     scheduler: dict[str, Any]
     trainer_state: dict[str, Any]
     rng: dict[str, Any]
+    sharded: Path | None = None  # the DCP folder of a sharded checkpoint (``trainable``/``optimizer`` then empty)
 
 
 def _format1_numpy_globals() -> list[Any]:
@@ -358,7 +378,8 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
             and plain values (a crafted pickle is refused without being run).
         UntrustedCheckpointError: a format-1 checkpoint and ``trust`` is false.
     """
-    missing = [n for n in CHECKPOINT_FILES if not (path / n).is_file()]
+    is_sharded = (path / "sharded").is_dir()
+    missing = [n for n in (SHARDED_FILES if is_sharded else CHECKPOINT_FILES) if not (path / n).is_file()]
     if missing:
         raise CheckpointError(f"{path} is incomplete: {', '.join(missing)} missing")
     state_file = path / "trainer_state.json"
@@ -398,11 +419,7 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
             f"to accept them (numpy arrays only, nothing else is unpickled), resume {path.parent.parent} with --trust-checkpoint "
             "(Python: trust_checkpoint=True), else start a new run"
         )
-    try:
-        trainable = load_file(str(path / "trainable.safetensors"))
-    except Exception as e:  # SafetensorError, OSError
-        raise CheckpointError(f"{path / 'trainable.safetensors'} is truncated or corrupt ({_first_line(e)})") from e
-    optimizer = _load_tensors_file(path / "optimizer.pt", allow_pickle=legacy)
+    trainable, optimizer = _read_model_files(path, legacy, is_sharded)
     scheduler = _load_tensors_file(path / "scheduler.pt", allow_pickle=legacy)
     rng = _load_tensors_file(path / "rng.pt", allow_pickle=legacy)
     try:
@@ -415,7 +432,23 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
     for name, value in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
         if not isinstance(value, dict):
             raise CheckpointError(f"{path / name} is not a state_dict")
-    return CheckpointContents(path, trainable, optimizer, scheduler, state, rng)
+    return CheckpointContents(path, trainable, optimizer, scheduler, state, rng, path / "sharded" if is_sharded else None)
+
+
+def _read_model_files(path: Path, legacy: bool, is_sharded: bool) -> tuple[dict[str, torch.Tensor], Any]:
+    """``trainable.safetensors`` and ``optimizer.pt`` of checkpoint ``path`` (``({}, {})`` for a sharded
+    one: its DCP folder is read when applied, by every process).
+
+    Raises:
+        CheckpointError: a file is truncated, corrupt, or not tensors-only.
+    """
+    if is_sharded:
+        return {}, {}
+    try:
+        trainable = load_file(str(path / "trainable.safetensors"))
+    except Exception as e:  # SafetensorError, OSError
+        raise CheckpointError(f"{path / 'trainable.safetensors'} is truncated or corrupt ({_first_line(e)})") from e
+    return trainable, _load_tensors_file(path / "optimizer.pt", allow_pickle=legacy)
 
 
 def apply_checkpoint(contents: CheckpointContents, model: torch.nn.Module, optimizer, scheduler) -> None:
@@ -428,8 +461,11 @@ def apply_checkpoint(contents: CheckpointContents, model: torch.nn.Module, optim
         CheckpointError: the saved tensors or states do not fit this model/optimizer.
     """
     try:
-        load_trainable_state(model, contents.trainable)
-        optimizer.load_state_dict(contents.optimizer)
+        if contents.sharded is not None:
+            load_sharded(contents.sharded, model, optimizer)
+        else:
+            load_trainable_state(model, contents.trainable)
+            optimizer.load_state_dict(contents.optimizer)
         scheduler.load_state_dict(contents.scheduler)
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{contents.path} does not fit this model ({_first_line(e)})") from e
@@ -480,6 +516,15 @@ def load_best_state(folder: Path, model: torch.nn.Module) -> None:
     Raises:
         CheckpointError: ``folder/best/trainable.safetensors`` is missing or corrupt.
     """
+    load_trainable_state(model, read_best_state(folder))
+
+
+def read_best_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The trainable parameters :func:`save_best_state` kept (whole CPU tensors, by name).
+
+    Raises:
+        CheckpointError: ``folder/best/trainable.safetensors`` is missing or corrupt.
+    """
     path = folder / "best" / "trainable.safetensors"
     try:
         tensors = load_file(str(path))
@@ -488,4 +533,65 @@ def load_best_state(folder: Path, model: torch.nn.Module) -> None:
             f"{path} (the best evaluation's weights) is missing or corrupt ({_first_line(e)}); "
             "the last checkpoints are intact: resume from them or train again"
         ) from e
-    load_trainable_state(model, tensors)
+    return tensors
+
+
+def staging_folder(folder: Path, step: int) -> Path:
+    """Where the processes write the shards of checkpoint ``step`` before it is put in place."""
+    return folder / f".shard-step-{step:08d}"
+
+
+def clear_staging(folder: Path) -> None:
+    """Remove shard folders left by saves that never completed (main process, before a sharded save)."""
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _STAGING_RE.match(p.name):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The trainable parameters and optimizer state as this process's shards (DTensors), by name."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(ignore_frozen_params=True)
+    return {
+        "model": get_model_state_dict(model, options=options),
+        "optimizer": get_optimizer_state_dict(model, optimizer, options=options),
+    }
+
+
+def save_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every process writes its shards of the trainable parameters and the optimizer state to
+    ``folder`` with ``torch.distributed.checkpoint`` (collective; the main process writes
+    ``.metadata`` last, so a folder without it is incomplete).
+
+    Raises:
+        OSError: a process could not write (DCP's error, reported on every process).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(folder))
+    except CheckpointException as e:
+        raise OSError(f"sharded checkpoint not written: {_first_line(e)}") from e
+
+
+def load_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Read a :func:`save_sharded` folder into ``model`` and ``optimizer`` (collective; DCP reads each
+    process's shards, resharding when the number of processes differs).
+
+    Raises:
+        RuntimeError: the folder does not fit this model or optimizer, or cannot be read.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    state = _sharded_state(model, optimizer)
+    try:
+        dcp.load(state, checkpoint_id=str(folder))
+    except Exception as e:  # CheckpointException, a missing or truncated shard file
+        raise RuntimeError(f"{folder} cannot be read ({_first_line(e)})") from e
+    options = StateDictOptions(ignore_frozen_params=True, strict=False)
+    set_model_state_dict(model, state["model"], options=options)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)

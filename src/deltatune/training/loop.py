@@ -34,18 +34,25 @@ from deltatune.errors import DeltatuneError
 from deltatune.rundir import RunDir
 from deltatune.tasks.base import Features, Task
 from deltatune.training import batch_plan as planning
+from deltatune.training import distributed
 from deltatune.training.batch_plan import BatchPlan, activation_factor, is_out_of_memory, needed_bytes, plan_by_trial, plan_batch
 from deltatune.training.batching import epoch_batches, shard_batch, split_batch, steps_per_epoch
 from deltatune.training.checkpoint import (
     CheckpointError,
     apply_checkpoint,
     capture_rng_state,
+    clear_staging,
     list_checkpoints,
     load_best_state,
+    read_best_state,
     read_checkpoint,
+    replace_dir_atomically,
     restore_rng_state,
     save_best_state,
     save_checkpoint,
+    save_sharded,
+    staging_folder,
+    write_tensors,
 )
 from deltatune.training.compute import apply_compute_options
 from deltatune.training.early_stopping import EarlyStopping
@@ -87,23 +94,19 @@ def cpu_processes() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def check_launch() -> None:
-    """Refuse launch modes the loop does not support yet (before anything is written).
-
-    FSDP and DeepSpeed shard parameters or optimizer states across processes; the loop's
-    checkpoints, best-model copies and saved model read whole tensors on the main process, and
-    evaluation gives processes different numbers of forward passes, so these launches would
-    hang or save shards. See docs/auto_and_distributed.md.
+def check_launch(config: Optional[RunConfig] = None) -> bool:
+    """Refuse launch modes that would not run as asked (before anything is written); whether the
+    run shards the model (``distributed.strategy: fsdp``, :mod:`deltatune.training.distributed`).
 
     Raises:
-        DeltatuneError: an ``accelerate launch`` with an FSDP or DeepSpeed config.
+        DeltatuneError: an ``accelerate launch`` with an FSDP or DeepSpeed config (set
+            ``distributed.strategy`` instead); ``fsdp`` in a single process or with settings it does
+            not compose with; ``deepspeed`` (see :func:`deltatune.training.distributed.check_strategy`).
     """
-    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if parse_flag_from_env(flag):
-            raise DeltatuneError(
-                f"{name} launches are not supported yet (checkpoints and the saved model would need the sharded "
-                "state gathered); launch data-parallel instead: accelerate launch --config_file examples/accelerate/ddp.yaml"
-            )
+    config = config or RunConfig()
+    device = "cuda" if torch.cuda.is_available() and not cpu_processes() else "cpu"
+    precision = resolve_mixed_precision(config.train.mixed_precision)
+    return distributed.check_strategy(config.distributed, distributed.world_size(), device, precision, config.train.torch_compile)
 
 
 def process_state() -> PartialState:
@@ -217,7 +220,7 @@ class Trainer:
         self.mixed_precision = resolve_mixed_precision(config.train.mixed_precision)
         # fp16 needs accelerate's gradient scaler; bf16 needs none, so it is a plain autocast and
         # several runs with different precisions can share one process (accelerate's state is global)
-        check_launch()
+        self.fsdp = check_launch(config)  # distributed.strategy fsdp: the model is sharded (_prepare)
         self.accelerator = Accelerator(mixed_precision="fp16" if self.mixed_precision == "fp16" else None, cpu=cpu_processes())
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -232,8 +235,7 @@ class Trainer:
         self.reference_seconds: Optional[float] = None
         self._reference_pass(model, (train_features, eval_features, *reference_features))
         self.plan: BatchPlan = self._plan_batch(model)
-        optimizer = build_optimizer(model, tc)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.model, self.optimizer = self._prepare(model)
         self.scheduler = build_scheduler(self.optimizer, tc, self.total_steps)
         ec = config.eval
         metric = ec.metric_for_best_model or task.default_metric
@@ -257,6 +259,89 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    def _prepare(self, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """The model for training and its optimizer: Accelerate's DDP (or nothing, one process), or
+        FSDP2 (:func:`deltatune.training.distributed.shard_model`, the optimizer made over the shards;
+        the main process keeps a CPU copy of the unsharded model to save the gathered weights into)."""
+        if not self.fsdp:
+            return self.accelerator.prepare(model, build_optimizer(model, self.cfg.train))
+        self._plain = distributed.plain_copy(model) if self.is_main else None
+        model = distributed.shard_model(model, self.cfg.distributed, self.mixed_precision, self.accelerator.device)
+        return model, build_optimizer(model, self.cfg.train)
+
+    @property
+    def shards(self) -> int:
+        """Processes the parameters, gradients and optimizer state are split over (1 unless FSDP)."""
+        return self.world if self.fsdp else 1
+
+    @property
+    def strategy(self) -> str:
+        """What runs: ``single process``, ``ddp over N processes`` or ``fsdp over N processes``."""
+        return "single process" if self.world == 1 else f"{'fsdp' if self.fsdp else 'ddp'} over {self.world} processes"
+
+    def _no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Backward passes without gradient synchronization (micro-batches before a step's last)."""
+        return distributed.no_gradient_sync(model) if self.fsdp else self.accelerator.no_sync(model)
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Clip the gradients to ``train.max_grad_norm`` (over every process's shards under FSDP); the norm before."""
+        if self.fsdp:
+            return distributed.clip_grad_norm(list(self.model.parameters()), self.cfg.train.max_grad_norm)
+        return self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+
+    def _save_best(self) -> None:
+        """Keep the trainable weights of the best evaluation (main process writes; gathered first under FSDP)."""
+        if self.fsdp:
+            tensors = distributed.gather_full_state(self.model, trainable_only=True)
+            if self.is_main:
+                replace_dir_atomically(lambda d: write_tensors(tensors, d / "trainable.safetensors"), self.run_dir.checkpoints / "best")
+        elif self.is_main:
+            save_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
+
+    def _load_best(self) -> None:
+        """Put the best evaluation's trainable weights back (every process reads them)."""
+        if not self.fsdp:
+            load_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
+            return
+        distributed.load_full_state(self.model, read_best_state(self.run_dir.checkpoints))
+
+    def _save_final_model(self) -> None:
+        """``save_model`` into model/ (main process); under FSDP the weights are gathered into the
+        unsharded CPU copy first, which stands in for ``self.model`` while it is saved."""
+        if not self.fsdp:
+            if self.is_main:
+                self.save_model(self.run_dir.model)
+            return
+        tensors = distributed.gather_full_state(self.model)
+        if not self.is_main:
+            return
+        sharded, self.model = self.model, distributed.load_into_copy(self._plain, tensors)
+        try:
+            self.save_model(self.run_dir.model)
+        finally:
+            self.model = sharded
+
+    def _stage_shards(self) -> Optional[Path]:
+        """Under FSDP, every process writes its shards of the current step (the main process puts them
+        in the checkpoint); ``None`` otherwise. A failed write is reported on every process.
+
+        Raises:
+            DeltatuneError: the shards could not be written.
+        """
+        if not self.fsdp:
+            return None
+        folder = staging_folder(self.run_dir.checkpoints, self.state.global_step)
+        if self.is_main:
+            self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+            clear_staging(self.run_dir.checkpoints)
+        self.accelerator.wait_for_everyone()
+        distributed.reshard(self.model)
+        try:
+            save_sharded(folder, self.model, self.optimizer)
+        except OSError as e:
+            raise DeltatuneError(f"checkpoint of step {self.state.global_step} not written to {folder}: {e}") from e
+        return folder
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.accelerator.device, non_blocking=True) for k, v in batch.items()}
@@ -311,7 +396,7 @@ class Trainer:
             factor = activation_factor(self.cfg.delta.method)
 
             def need_of(m: int) -> int:
-                return needed_bytes(estimate_run_memory(model, self.task, self.cfg, self.mixed_precision, m, seq_len), factor)
+                return needed_bytes(estimate_run_memory(model, self.task, self.cfg, self.mixed_precision, m, seq_len, self.shards), factor)
 
             available = planning.available_memory_bytes(device)
             if self.world > 1:  # every process runs the same micro-batches: plan for the tightest
@@ -374,6 +459,7 @@ class Trainer:
         """
         if self.world > 1:  # each process's generators (dropout draws differ between processes)
             rng_state = {"per_process": gather_object([rng_state])}
+        shards = self._stage_shards()
         failure = None
         if self.is_main:
             try:
@@ -386,6 +472,7 @@ class Trainer:
                     self._trainer_state(),
                     rng_state,
                     self.cfg.train.save_total_limit,
+                    sharded=shards,
                 )
             except DeltatuneError as e:
                 failure = str(e)
@@ -473,7 +560,8 @@ class Trainer:
         self.model.eval()
         # the bare module: a DDP forward may broadcast buffers (a collective), which would hang when
         # the processes run different numbers of evaluation batches (one may get none)
-        parts = batched_outputs(
+        run = distributed.sharded_outputs if self.fsdp else batched_outputs
+        parts = run(
             self.accelerator.unwrap_model(self.model),
             self.task,
             features,
@@ -681,7 +769,7 @@ class Trainer:
         for j, mb in enumerate(micro):
             mb = self._to_device(mb)
             sync = j == len(micro) - 1
-            ctx = contextlib.nullcontext() if sync or self.world == 1 else self.accelerator.no_sync(model)
+            ctx = contextlib.nullcontext() if sync or self.world == 1 else self._no_sync(model)
             with ctx:
                 with self.autocast():
                     loss_sum, _ = self.task.loss(model, mb)
@@ -703,7 +791,7 @@ class Trainer:
         if self.l1_params:
             add_l1_gradient(self.l1_params, tc.l1_lambda)
         if tc.max_grad_norm:
-            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), tc.max_grad_norm)
+            norm = self._clip_gradients()
             if self.mixed_precision != "fp16":  # fp16: the gradient scaler skips such steps itself
                 self._check_finite("gradient norm", torch.as_tensor(norm, dtype=torch.float32))
         self.optimizer.step()
@@ -872,8 +960,8 @@ class Trainer:
         scalars = {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
         self.state.last_eval_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         self._log({"step": step, "epoch": self._epoch_progress(), **scalars})
-        if self.is_main and improved:
-            save_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
+        if improved:
+            self._save_best()
         self.accelerator.wait_for_everyone()
         if self.stopper.should_stop:
             self.state.early_stopped = True
@@ -883,7 +971,6 @@ class Trainer:
     def _finish(self) -> None:
         """Put the best evaluated weights back (if any) and write the deployable model once."""
         if self.stopper.best_step is not None and self.stopper.best_step != self.state.global_step:
-            load_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
-        if self.is_main:
-            self.save_model(self.run_dir.model)
+            self._load_best()
+        self._save_final_model()
         self.accelerator.wait_for_everyone()

@@ -24,6 +24,14 @@ Parts (bytes, per process):
   models, or one chunk's (``8 * chunk * V``) with the chunked loss. Other heads' outputs are
   negligible and not counted.
 
+Sharded training (``distributed.strategy: fsdp`` over ``P`` processes, FSDP2/ZeRO-3, Rajbhandari
+et al. 2020, "ZeRO", arXiv:1910.02054): parameters, gradients and optimizer state are split
+over the processes, each part ``ceil(dim0 / P) x rest`` of every tensor (FSDP2 shards dim 0,
+padding the last shard), and the parameters of the blocks being computed are gathered whole:
+two blocks' worth (the one running and the one prefetched), counted as ``gathered``.
+Activations and logits are per process as without sharding. Under DDP every process holds
+everything: the figures are per process either way.
+
 The activation figure is an upper bound for dynamic padding (every batch at the full
 ``data.max_seq_length``) and an estimate: allocator caching, temporary buffers and the
 framework itself come on top.
@@ -49,36 +57,54 @@ class MemoryEstimate:
     optimizer: int
     activations: Optional[int]
     logits: int
+    gathered: int = 0  # sharded training: the whole parameters of the blocks in flight
+    shards: int = 1  # processes the parameters, gradients and optimizer state are split over
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + (self.activations or 0) + self.logits
+        return self.parameters + self.gradients + self.optimizer + (self.activations or 0) + self.logits + self.gathered
 
     def format(self) -> str:
         """One line: each part and the total in GiB."""
         def g(x: Optional[int]) -> str:
             return "?" if x is None else f"{x / GiB:.2f}"
 
+        if self.shards > 1:
+            return (
+                f"memory estimate per process {g(self.total)} GiB (fsdp over {self.shards} processes) = parameter shards "
+                f"{g(self.parameters)} + gathered blocks {g(self.gathered)} + gradient shards {g(self.gradients)} + optimizer shards "
+                f"{g(self.optimizer)} + activations {g(self.activations)} + logits {g(self.logits)}"
+            )
         return (
             f"memory estimate {g(self.total)} GiB = parameters {g(self.parameters)} + gradients {g(self.gradients)} "
             f"+ optimizer {g(self.optimizer)} + activations {g(self.activations)} + logits {g(self.logits)}"
         )
 
 
-def optimizer_state_bytes(params: list[torch.nn.Parameter], optimizer: str, momentum: float = 0.9) -> int:
-    """Bytes of optimizer state for the trainable ``params`` (see module doc)."""
+def shard_numel(p: torch.Tensor, shards: int = 1) -> int:
+    """Elements of one process's shard of ``p`` split on dimension 0 over ``shards`` processes
+    (``ceil(dim0 / shards) x rest``, FSDP2's padded shard); ``p.numel()`` for 1."""
+    if shards <= 1 or p.ndim == 0:
+        return p.numel()
+    return math.ceil(p.shape[0] / shards) * math.prod(p.shape[1:])
+
+
+def optimizer_state_bytes(params: list[torch.nn.Parameter], optimizer: str, momentum: float = 0.9, shards: int = 1) -> int:
+    """Bytes of optimizer state for the trainable ``params`` (see module doc), per process when
+    the state is sharded over ``shards`` processes (FSDP)."""
     total = 0
     for p in params:
+        n = shard_numel(p, shards)
         if optimizer == "adamw":
-            total += 2 * p.numel() * p.element_size() + 4
+            total += 2 * n * p.element_size() + 4
         elif optimizer == "sgd":
-            total += p.numel() * p.element_size() if momentum > 0 else 0
+            total += n * p.element_size() if momentum > 0 else 0
         elif optimizer == "adafactor":
-            shape = p.shape
+            shape = (math.ceil(p.shape[0] / shards), *p.shape[1:]) if shards > 1 and p.ndim else p.shape
             if p.ndim >= 2:
                 total += 4 * (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]) + 4
             else:
-                total += 4 * p.numel() + 4
+                total += 4 * n + 4
         else:
             raise ValueError(f"unknown optimizer {optimizer!r}")
     return total
@@ -151,6 +177,7 @@ def estimate_memory(
     checkpointing: bool = False,
     vocab_logits: bool = False,
     loss_chunk_size: int = 0,
+    shards: int = 1,
 ) -> MemoryEstimate:
     """Estimate the training memory of ``model`` (see module doc for every part).
 
@@ -164,18 +191,32 @@ def estimate_memory(
         checkpointing: activation checkpointing on.
         vocab_logits: a language-model head (count the B x T x V logits).
         loss_chunk_size: tokens per chunk of the chunked loss (0: full logits).
+        shards: processes the parameters, gradients and optimizer state are sharded over (FSDP);
+            1: whole on every process (one process, DDP).
     """
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     config = getattr(model, "config", None)
     vocab = _config_value(config, "vocab_size") or 0
     return MemoryEstimate(
-        parameters=sum(p.numel() * p.element_size() for p in params),
-        gradients=sum(p.numel() * p.element_size() for p in trainable),
-        optimizer=optimizer_state_bytes(trainable, optimizer, momentum),
+        parameters=sum(shard_numel(p, shards) * p.element_size() for p in params),
+        gradients=sum(shard_numel(p, shards) * p.element_size() for p in trainable),
+        optimizer=optimizer_state_bytes(trainable, optimizer, momentum, shards),
         activations=activation_bytes(config, batch_size, seq_len, bits16, checkpointing) if config is not None else None,
         logits=logits_bytes(batch_size, seq_len, vocab, loss_chunk_size) if vocab_logits and vocab else 0,
+        gathered=2 * _largest_block_bytes(model) if shards > 1 else 0,
+        shards=shards,
     )
+
+
+def _largest_block_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the largest transformer block's whole parameters (0 without a block stack)."""
+    from deltatune.training.compute import transformer_blocks
+
+    blocks = transformer_blocks(model)
+    if blocks is None:
+        return 0
+    return max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks)
 
 
 def estimate_run_memory(
@@ -185,6 +226,7 @@ def estimate_run_memory(
     mixed_precision: str,
     batch_size: Optional[int] = None,
     seq_len: Optional[int] = None,
+    shards: int = 1,
 ) -> MemoryEstimate:
     """:func:`estimate_memory` for a run: batch and length from ``cfg`` (a :class:`RunConfig`),
     logits counted for causal and masked language models, chunked as the loss will be.
@@ -193,6 +235,7 @@ def estimate_run_memory(
     ``train.per_device_train_batch_size`` and ``data.max_seq_length`` (the micro-batch planner
     asks for several sizes); ``per_device_train_batch_size: auto`` counts as the default 32.
     Each example counts as ``task.sequences_per_example`` sequences (a preference pair: 2).
+    ``shards``: the number of processes of an FSDP run (1 otherwise; per-process figures).
     """
     from deltatune.tasks.token_loss import output_head, resolve_chunk_size
 
@@ -213,4 +256,5 @@ def estimate_run_memory(
         checkpointing=tc.gradient_checkpointing,
         vocab_logits=vocab_logits,
         loss_chunk_size=chunk,
+        shards=shards,
     )

@@ -24,6 +24,11 @@ from deltatune.tasks.options.regression import RegressionOptions
 from deltatune.tasks.options.preference import DPOOptions, GRPOOptions, KTOOptions, PairOptions, PreferenceOptions, SimPOOptions
 from deltatune.tasks.options.text_to_text import ChatOptions, TargetOptions, TemplateOptions, TextToTextOptions
 from deltatune.tasks.options.token_classification import TokenClassificationOptions
+from deltatune.tasks.options.audio import AudioOptions
+from deltatune.tasks.options.image import ImageOptions
+from deltatune.tasks.options.media import MediaOptions
+from deltatune.tasks.options.vision_language import VisionLanguageOptions
+from deltatune.tasks.options.augmentation import AugmentationOptions
 
 # every option model, in the order of DataConfig's YAML
 OPTION_MODELS = (
@@ -43,10 +48,20 @@ OPTION_MODELS = (
     KTOOptions,
     GRPOOptions,
     RegressionOptions,
+    ImageOptions,
+    AudioOptions,
+    MediaOptions,
+    VisionLanguageOptions,
+    AugmentationOptions,
 )
 
 __all__ = [
     "OPTION_MODELS",
+    "AugmentationOptions",
+    "AudioOptions",
+    "ImageOptions",
+    "MediaOptions",
+    "VisionLanguageOptions",
     "ChatOptions",
     "DPOOptions",
     "GRPOOptions",
