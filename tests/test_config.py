@@ -323,3 +323,10 @@ def test_a_config_saved_before_new_data_keys_existed_loads_with_list_defaults(tm
     assert saved["data"]["rewards"] == ["numeric_match"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert build_config(tmp_path / "config.yaml").data.rewards == ["numeric_match"]
+
+
+@pytest.mark.parametrize("output_dir", ["runs/teacher", "runs/teacher/student", "runs"])
+def test_a_student_run_folder_overlapping_its_teacher_is_refused(output_dir):
+    with pytest.raises(DeltatuneError, match="overlap: the student would overwrite its teacher"):
+        build_config({"distill": {"teacher": "runs/teacher"}, "output_dir": output_dir})
+    assert build_config({"distill": {"teacher": "runs/teacher"}, "output_dir": "runs/student"}).output_dir == "runs/student"

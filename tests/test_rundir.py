@@ -193,3 +193,13 @@ def test_the_training_file_is_removed_when_training_fails(tmp_path):
         with rd.training():
             raise RuntimeError("boom")
     assert not (rd.root / ".training").exists()
+
+
+def test_files_written_into_a_run_by_distillation_and_augmentation_count_as_run_files():
+    """--overwrite refuses folders holding files no run writes: the distillation cache and the augmented
+    rows are written by deltatune itself, so a student or augmented run must stay replaceable."""
+    from deltatune.data.augment import AUGMENTED_FILE
+    from deltatune.rundir import RUN_ENTRIES
+    from deltatune.tasks.distill.teacher import CACHE_NAME
+
+    assert {CACHE_NAME, AUGMENTED_FILE} <= RUN_ENTRIES

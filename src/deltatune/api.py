@@ -31,6 +31,7 @@ from deltatune.serving.server import serve  # deltatune serve: the HTTP API
 from deltatune.tasks import GenerativeTask, Task, create_task
 from deltatune.tasks.base import Features
 from deltatune.tasks.examples import compared_generations, worst_examples
+from deltatune.tasks.media_classification import MediaClassificationTask
 from deltatune.training import Trainer, TrainResult, resolve_mixed_precision
 from deltatune.training.checkpoint import list_checkpoints, replace_dir_atomically
 from deltatune.training.loop import check_launch, process_state
@@ -876,7 +877,7 @@ def evaluate(
         top_p=top_p,
         num_beams=num_beams,
     )
-    ds = load_table(data, split="test", config_name=predictor.config.data.dataset_config_name)
+    ds = _class_folder_rows(load_table(data, split="test", config_name=predictor.config.data.dataset_config_name), data, predictor.task)
     ds, source = _held_out_rows(ds, data, predictor.config.data.split_column)
     predictor.task.check(ds, source, with_labels=True)
     warning = predictor.task.evaluation_warning(ds, source)  # e.g. v2.0 data on a QA run that never abstains
@@ -1110,7 +1111,7 @@ def predict(
     texts = list(texts or [])
     file_rows = _file_rows(predictor, run, files) if files else None
     if input is not None or file_rows is not None:
-        ds = load_table(input) if file_rows is None else file_rows
+        ds = _class_folder_rows(load_table(input), input, predictor.task) if file_rows is None else file_rows
         records = predictor.predict_rows(ds, input or "--file", batch_size=batch_size)
         inputs = ds.to_list()
     elif text_pairs:
@@ -1134,14 +1135,28 @@ def predict(
     return [merge_record(inp, rec) for inp, rec in zip(inputs, records)]
 
 
+def _class_folder_rows(ds: datasets.Dataset, ref: Any, task: Task) -> datasets.Dataset:
+    """``ds`` with the file column of a class-folder directory ``ref`` (``image`` / ``audio``,
+    :func:`deltatune.data.folders.read_class_folders`) named as the run's (``data.audio_column: path``)."""
+    if isinstance(task, MediaClassificationTask) and isinstance(ref, (str, Path)) and Path(ref).expanduser().is_dir():
+        if task.input_kind in ds.column_names and task.file_column not in ds.column_names:
+            ds = ds.rename_column(task.input_kind, task.file_column)
+    return ds
+
+
 def _file_rows(predictor: Predictor, run: str | Path, files: list[str]) -> datasets.Dataset:
     """The rows of ``predict --file`` paths: the run's image or audio column (relative paths from the current folder).
 
     Raises:
-        DeltatuneError: the run reads texts.
+        DeltatuneError: the run reads texts, or chat rows with images (vision-language).
     """
     if predictor.task.input_kind == "text":
         raise DeltatuneError(f"--file: {run} is a {predictor.config.task} run, which reads texts; give them with --text or --input")
+    if predictor.task.input_kind not in ("image", "audio"):
+        raise DeltatuneError(
+            f"--file: {run} is a {predictor.config.task} run, which reads conversations, not bare files; "
+            "give rows with a 'messages' column (images named in the user turns) in a JSONL file via --input"
+        )
     return predictor.task.rows_from_texts(files)
 
 

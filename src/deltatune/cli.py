@@ -17,7 +17,7 @@ from typing import Any
 
 from deltatune.config import TASKS, TrainConfig
 from deltatune.delta.registry import METHOD_NAMES, METHODS, searched_methods
-from deltatune.data.paths import check_columns, check_data_file
+from deltatune.data.paths import COLUMN_REMEDIES, check_columns, check_data_file
 from deltatune.errors import DeltatuneError
 from deltatune.rundir import RunDir
 from deltatune.tasks.registry import REGISTRY
@@ -478,11 +478,13 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
         check_tracking(cfg.train)  # a missing tracker package, an MLflow store URI MLflow cannot open
     d = cfg.data
     columns = REGISTRY[cfg.task].columns
+    # image / audio tasks (model families "vision" / "audio"): the hint names their file column
+    remedy = COLUMN_REMEDIES.get({"vision": "image", "audio": "audio"}.get(REGISTRY[cfg.task].family, "text"))
     for ref in (d.train_file, d.validation_file, d.test_file):  # in finetune's order (all with labels)
         if ref:
             check_data_file(ref)
             if columns is not None:
-                check_columns(ref, columns(d, True))
+                check_columns(ref, columns(d, True), remedy)
     return source, overrides
 
 

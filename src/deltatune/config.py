@@ -171,6 +171,10 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YAML12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+# the packaged model of a task family whose tasks cannot start from minilm (also deltatune auto's default)
+FAMILY_DEFAULT_MODELS = {"vision": "dinov2-small", "audio": "whisper-tiny-en"}
+
+
 class ModelConfig(_Section):
     """Which pretrained model to start from and how to load it.
 
@@ -631,6 +635,15 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _default_model_of_the_task(self) -> "RunConfig":
+        """Without ``model.name_or_path``, image/audio tasks start from their family's packaged model
+        (:data:`FAMILY_DEFAULT_MODELS`) instead of the text encoder ``minilm``."""
+        spec = REGISTRY.get(self.task)
+        if spec is not None and spec.family in FAMILY_DEFAULT_MODELS and "name_or_path" not in self.model.model_fields_set:
+            object.__setattr__(self.model, "name_or_path", FAMILY_DEFAULT_MODELS[spec.family])
+        return self
+
+    @model_validator(mode="after")
     def _fill_names(self) -> "RunConfig":
         if self.name is None:
             object.__setattr__(self, "name", self.task)
@@ -638,6 +651,20 @@ class RunConfig(_Section):
             object.__setattr__(self, "output_dir", str(Path("runs") / str(self.name)))
         if self.train.learning_rate is None:
             object.__setattr__(self.train, "learning_rate", DEFAULT_LEARNING_RATES[self.delta.method])
+        return self
+
+    @model_validator(mode="after")
+    def _student_is_not_its_teacher(self) -> "RunConfig":
+        """The student's run folder must not be, contain or lie inside ``distill.teacher``: with
+        ``--overwrite`` the student would replace the run it learns from."""
+        if self.distill.teacher is None or self.output_dir is None:
+            return self
+        student, teacher = Path(self.output_dir).resolve(), Path(self.distill.teacher).resolve()
+        if student == teacher or teacher in student.parents or student in teacher.parents:
+            raise ValueError(
+                f"output_dir {self.output_dir} and distill.teacher {self.distill.teacher} overlap: the student would "
+                "overwrite its teacher; choose another --output-dir"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

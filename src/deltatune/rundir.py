@@ -35,7 +35,9 @@ MARKER = ".deltatune-run"
 TRAINING = ".training"  # present while a process trains the run (RunDir.training)
 # everything a run of any deltatune version writes at its top level
 RUN_ENTRIES = frozenset(
-    {MARKER, TRAINING, "config.yaml", "metrics.jsonl", "checkpoints", "model", "eval.json", "analysis.json", "report.html", "tensorboard", "tracking.json"}
+    {MARKER, TRAINING, "config.yaml", "metrics.jsonl", "checkpoints", "model", "eval.json", "analysis.json", "report.html", "tensorboard", "tracking.json",
+     "teacher_logits.safetensors",  # distillation: the teacher's outputs (deltatune.tasks.distill)
+     "augmented_train.jsonl"}  # data.augmentation: the training rows with their copies (deltatune.data.augment)
 )
 
 
@@ -172,7 +174,7 @@ class RunDir:
             return
         if not overwrite:
             raise DeltatuneError(
-                f"run directory {self.root} already exists; use --overwrite to replace it, --resume to continue it, "
+                f"run directory {self.root} already exists; use --overwrite to replace it, deltatune train --resume {self.root} to continue it, "
                 "or choose another --output-dir"
             )
         if self.root.is_symlink():

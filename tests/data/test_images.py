@@ -55,6 +55,18 @@ def test_a_truncated_image_is_refused(tmp_path):
         load_image(cut, "x")
 
 
+def test_a_truncated_jpeg_that_verify_lets_through_is_refused(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=95)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(buf.getvalue()[:3000])
+    with Image.open(cut) as img:
+        img.verify()  # the header and structure pass: only decoding the pixels finds the cut
+    assert "damaged image" in image_problem(cut)
+
+
 def test_random_resized_crop_stays_inside_the_image_and_is_seeded():
     img = Image.new("RGB", (400, 533))
     crops = [random_resized_crop(img, random.Random(3)).size for _ in range(2)]

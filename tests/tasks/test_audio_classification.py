@@ -87,6 +87,22 @@ def test_clips_are_resampled_cut_and_padded_to_max_audio_seconds(tiny_whisper_di
     assert batch["labels"].tolist() == [0, 1]
 
 
+def test_max_audio_seconds_beyond_the_models_clips_is_refused_before_the_run_folder(tiny_whisper_dir, tmp_path):
+    rows = _clips(tmp_path, 4)
+    train = _csv(tmp_path / "train.csv", rows)
+    cfg = _config(tiny_whisper_dir, train, train, tmp_path / "run", max_audio_seconds=45)
+    with pytest.raises(DeltatuneError, match=r"data.max_audio_seconds 45 exceeds the 30 s clips .*set data.max_audio_seconds to at most 30$"):
+        deltatune.finetune(cfg, verbose=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_audio_column_names_data_audio_column(tiny_whisper_dir, tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in _clips(tmp_path, 4)))
+    with pytest.raises(DeltatuneError, match=r"no column 'audio'; .*\(set the column names in data.audio_column .*--task\)$"):
+        deltatune.finetune(_config(tiny_whisper_dir, train, train, tmp_path / "run"), verbose=False)
+
+
 def test_a_bad_audio_file_is_refused_or_skipped(tiny_whisper_dir, tmp_path, capsys):
     rows = _clips(tmp_path, 10)
     (tmp_path / "wav" / "empty.wav").write_bytes(b"")
@@ -109,3 +125,19 @@ def test_a_class_folder_of_wavs_is_training_data(tiny_whisper_dir, tmp_path):
     cfg["train"]["max_steps"] = 1
     run = deltatune.finetune(cfg, verbose=False)
     assert deltatune.load(run.path).task.labels == ["high", "low"]
+
+
+def test_a_class_folder_is_read_with_the_runs_own_path_column(tiny_whisper_dir, tmp_path):
+    rows = _clips(tmp_path, 8)
+    train = tmp_path / "train.csv"
+    train.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+    cfg = _config(tiny_whisper_dir, train, train, tmp_path / "run", audio_column="path")
+    cfg["train"]["max_steps"] = 1
+    run = deltatune.finetune(cfg, verbose=False)
+    root = tmp_path / "new"
+    for rel, label in rows[:4]:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).rename(root / label / Path(rel).name)
+    predictions = predict(run.path, input=str(root))  # class folders give an 'audio' column: read as the run's 'path'
+    assert len(predictions) == 4 and all(p["label"] in ("low", "high") and Path(p["path"]).is_file() for p in predictions)
+    assert set(deltatune.evaluate(run.path, str(root))) >= {"accuracy"}

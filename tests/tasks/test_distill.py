@@ -56,7 +56,7 @@ def test_token_distillation_masks_the_prompt_tokens(tiny_llama_dir, tmp_path):
     from deltatune.tasks import create_task
     from deltatune.tasks.distill.task import distilled_task
 
-    cfg = build_config({"task": "instruction", "model": {"name_or_path": tiny_llama_dir}, "distill": {"teacher": str(tmp_path)},
+    cfg = build_config({"task": "instruction", "model": {"name_or_path": tiny_llama_dir}, "distill": {"teacher": str(tmp_path / "t")},
                         "output_dir": str(tmp_path / "s")})
     task = distilled_task(create_task(cfg), lambda root: None)
     vocab = 11
@@ -95,7 +95,7 @@ def test_sequence_distillation_mixes_the_terms_and_gives_unlabelled_rows_the_kl_
     from deltatune.tasks.distill.task import distilled_task
 
     cfg = build_config({"model": {"name_or_path": tiny_model_dir}, "output_dir": str(tmp_path / "s"),
-                        "distill": {"teacher": str(tmp_path), "temperature": 3.0, "alpha": 0.25}})
+                        "distill": {"teacher": str(tmp_path / "t"), "temperature": 3.0, "alpha": 0.25}})
     task = distilled_task(create_task(cfg), lambda root: None)
     task.labels, task.multi_label = ["a", "b", "c"], multi_label
     student, teacher = torch.randn(2, 3), torch.randn(2, 3)

@@ -110,6 +110,55 @@ def test_skip_bad_rows_skips_and_counts_them(tiny_vit_dir, tmp_path, capsys):
         predict(run.path, input=str(dev))
 
 
+def test_a_truncated_jpeg_is_refused_in_encode_or_skipped(tiny_vit_dir, tmp_path):
+    import io
+
+    from datasets import Dataset
+
+    from deltatune.config import build_config
+    from deltatune.tasks import create_task
+
+    rows = _images(tmp_path, 4)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).effect_spread(8).save(buf, "JPEG", quality=95)
+    (tmp_path / "imgs" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    table = rows[:2] + [("imgs/cut.jpg", "red")] + rows[2:]
+    source = str(_csv(tmp_path / "train.csv", table))
+    ds = Dataset.from_list([{"image": p, "label": label} for p, label in table])
+    for skip in (False, True):
+        task = create_task(build_config({"task": "image-classification", "data": {"skip_bad_rows": skip}}))
+        task.fit(ds, source)
+        if not skip:
+            with pytest.raises(DeltatuneError, match=r"train.csv: row 3, column 'image': .*cut.jpg is a damaged image"):
+                task.encode(ds, None, source=source)
+        else:
+            features = task.encode(ds, None, source=source)
+            assert len(features.rows) == 4 and features.stats.skipped_bad_files == 1 and features.stats.dropped_rows == [3]
+
+
+def test_a_missing_image_column_names_data_image_column_and_task(tiny_vit_dir, tmp_path, capsys):
+    train = _csv(tmp_path / "train.csv", _images(tmp_path, 4), header=("path", "label"))
+    argv = ["train", "--task", "image-classification", "--model", tiny_vit_dir, "--train", str(train), "--output-dir", str(tmp_path / "run")]
+    assert cli_main(argv) != 0  # the header check before torch
+    err = capsys.readouterr().err
+    assert "no column 'image'" in err and "data.image_column" in err and "--task" in err and "--text-column" not in err
+    with pytest.raises(DeltatuneError, match=r"no column 'image'; .*\(set the column names in data.image_column .*--task\)$"):
+        deltatune.finetune(_config(tiny_vit_dir, train, train, tmp_path / "run"), verbose=False)  # the task's check
+
+
+def test_a_bad_file_at_prediction_does_not_suggest_skip_bad_rows(tmp_path):
+    from datasets import Dataset
+
+    from deltatune.config import build_config
+    from deltatune.tasks import create_task
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    source = str(_csv(tmp_path / "new.csv", [("empty.png", "red")]))
+    task = create_task(build_config({"task": "image-classification"}))
+    with pytest.raises(DeltatuneError, match=r"new.csv: row 1, column 'image': .*empty.png is empty \(0 bytes\); fix or remove the file; prediction needs every file$"):
+        task.encode(Dataset.from_list([{"image": "empty.png"}]), None, with_labels=False, source=source)
+
+
 def test_multi_label_images(tiny_vit_dir, tmp_path):
     rows = []
     for i in range(16):

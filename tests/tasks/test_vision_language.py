@@ -277,6 +277,25 @@ def test_train_save_reload_and_generate_on_a_held_out_image(vlm_dir, tmp_path):
     Image.new("RGB", (50, 20), (20, 200, 20)).save(held_out)
     out = predictor.predict_rows(predictor.task.rows_from_texts([("What colour?", str(held_out)), "Say hi."]), "held-out")
     assert len(out) == 2 and all(isinstance(p["generated"], str) for p in out)
+    with pytest.raises(DeltatuneError, match=r"^--file: .* is a vision-language run, .*'messages' column.* via --input$"):
+        deltatune.api.predict(run.path, files=[str(held_out)])  # predict --file: not sent as the text of a turn
+
+
+def test_rows_without_messages_name_the_messages_column_and_task(tmp_path):
+    cfg = build_config({"task": "vision-language"})
+    with pytest.raises(DeltatuneError, match=r"rows.jsonl: no column 'messages'; .*\(give each row a 'messages' .*--task\)$"):
+        create_task(cfg).fit_columns(Dataset.from_list([{"text": "hi"}]), "rows.jsonl")
+
+
+def test_predict_file_is_refused_for_a_vision_language_run(tmp_path):
+    from types import SimpleNamespace
+
+    from deltatune.api import _file_rows
+
+    cfg = build_config({"task": "vision-language"})
+    predictor = SimpleNamespace(task=create_task(cfg), config=cfg)
+    with pytest.raises(DeltatuneError, match=r"^--file: runs/x is a vision-language run, .*via --input$"):
+        _file_rows(predictor, "runs/x", ["a.png"])
 
 
 def test_the_chunked_loss_equals_the_plain_one(vlm_dir, tmp_path):

@@ -105,3 +105,17 @@ def test_a_run_estimate_counts_every_sequence_an_example_puts_through_the_model(
     single = estimate_memory(model, "adamw", batch_size=2, seq_len=16, bits16=False, vocab_logits=True)
     assert est.activations == sequences * single.activations > 0
     assert est.logits == sequences * single.logits > 0  # tiny vocabulary: one chunk holds every token's logits
+
+
+def test_image_text_models_are_read_from_their_text_config():
+    """LLaVA-style configs keep vocab_size/hidden_size in the text config: the estimate must find them."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    from deltatune.training.memory import _config_value
+
+    cfg = LlavaConfig(
+        text_config=LlamaConfig(vocab_size=321, hidden_size=64, num_attention_heads=4),
+        vision_config=CLIPVisionConfig(hidden_size=32, num_attention_heads=4, intermediate_size=64),
+    )
+    assert _config_value(cfg, "vocab_size") == 321 and _config_value(cfg, "hidden_size") == 64
+    assert _config_value(LlamaConfig(vocab_size=99), "vocab_size") == 99 and _config_value(None, "vocab_size") is None

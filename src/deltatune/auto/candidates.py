@@ -25,7 +25,8 @@ from typing import Optional
 import torch
 
 from deltatune.auto.budget import format_bytes, format_seconds
-from deltatune.auto.infer import ENCODER_TASKS
+from deltatune.auto.infer import ENCODER_TASKS, task_family
+from deltatune.config import FAMILY_DEFAULT_MODELS
 from deltatune.delta.registry import METHODS
 from deltatune.errors import DeltatuneError
 from deltatune.tasks.registry import tasks_of_family
@@ -34,8 +35,17 @@ FULL_BYTES_PER_PARAMETER = 16
 LORA_BYTES_PER_PARAMETER = 4
 CHARS_PER_TOKEN = 4
 ENCODER_DECODER_TASKS = tasks_of_family("encoder-decoder")  # from the task registry
-DEFAULT_MODELS = {"encoder": "minilm", "decoder": "smollm2", "vision": "dinov2-small", "audio": "whisper-tiny-en",
+DEFAULT_MODELS = {"encoder": "minilm", "decoder": "smollm2", **FAMILY_DEFAULT_MODELS,
                   "vision-language": "HuggingFaceTB/SmolVLM-256M-Instruct"}  # a hub model: no VLM is packaged
+# image / audio classifiers are encoders (Whisper's classifier is its encoder alone): the Δθ methods'
+# families (deltatune.delta.registry) and the methods searched by default are those of an encoder
+MEDIA_FAMILIES = ("vision", "audio")
+
+
+def method_family(family: str) -> str:
+    """The family a Δθ method's ``families`` / ``searched_for`` are checked against: ``"encoder"`` for
+    ``"vision"`` and ``"audio"`` (models or tasks), else ``family``."""
+    return "encoder" if family in MEDIA_FAMILIES else family
 
 
 @dataclass
@@ -44,7 +54,7 @@ class Candidate:
 
     Attributes:
         ref: what the user wrote (``minilm``, a folder, a hub id).
-        family: ``"encoder"``, ``"decoder"`` or ``"encoder-decoder"``.
+        family: ``"encoder"``, ``"decoder"``, ``"encoder-decoder"``, ``"vision"`` or ``"audio"``.
         parameters: total parameter count; ``non_embedding``: without embedding tables.
         methods: the Δθ methods that apply to its family and fit the memory budget (subset of
             the searched ones).
@@ -66,16 +76,28 @@ class Candidate:
 
 
 def model_family(model_config) -> str:
-    """``"encoder-decoder"``, ``"encoder"`` (a masked-LM family such as BERT) or ``"decoder"``."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    """``"audio"`` (an ``AutoModelForAudioClassification`` architecture: Whisper, wav2vec 2.0, AST; Whisper
+    is an encoder-decoder whose encoder classifies), ``"encoder-decoder"``, ``"encoder"`` (a masked-LM family
+    such as BERT), ``"vision"`` (an ``AutoModelForImageClassification`` architecture: ViT, DINOv2) or ``"decoder"``."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
+    kind = model_config.model_type
+    if kind in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES:
+        return "audio"
     if getattr(model_config, "is_encoder_decoder", False):
         return "encoder-decoder"
-    return "encoder" if model_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
+    if kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "encoder"
+    return "vision" if kind in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES else "decoder"
 
 
-def count_parameters(model_config) -> tuple[int, int]:
-    """(total, non-embedding) parameters of the bare model, built on the meta device (no memory).
+def count_parameters(model_config, encoder_only: bool = False) -> tuple[int, int]:
+    """(total, non-embedding) parameters of the bare model, built on the meta device (no memory);
+    ``encoder_only``: of an encoder-decoder's encoder (Whisper's audio classifier).
 
     Raises:
         DeltatuneError: the architecture cannot be built from its config.
@@ -87,6 +109,8 @@ def count_parameters(model_config) -> tuple[int, int]:
             model = AutoModel.from_config(model_config)
     except Exception as e:  # an architecture transformers does not know
         raise DeltatuneError(f"cannot size model {model_config.model_type}: {str(e).splitlines()[0]}") from None
+    if encoder_only and getattr(model_config, "is_encoder_decoder", False):
+        model = model.get_encoder()
     total = sum(p.numel() for p in model.parameters())
     emb = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False))
     return total, total - emb
@@ -115,8 +139,17 @@ def epoch_seconds_estimate(non_embedding: int, train_chars: int, flops: float) -
     return 6.0 * non_embedding * (train_chars / CHARS_PER_TOKEN) / flops
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def fits_task(family: str, task: str) -> Optional[str]:
     """Why a model ``family`` cannot do ``task``, or ``None`` when it can."""
+    needed = task_family(task)
+    if needed in MEDIA_FAMILIES:
+        return None if family == needed else f"{task} needs {_a(needed)} model (this is {_a(family)} model)"
+    if family in MEDIA_FAMILIES:
+        return f"{task} reads text and needs a text model (this is a {family} model)"
     if task in ENCODER_TASKS:
         return None if family == "encoder" else f"{task} needs an encoder model (this is a {family})"
     if family == "encoder":
@@ -161,9 +194,10 @@ def choose_candidates(
     for ref in refs:
         cfg = load_config(resolve_model(ref), trust_remote_code)
         family = model_family(cfg)
-        total, non_emb = count_parameters(cfg)
+        total, non_emb = count_parameters(cfg, encoder_only=family == "audio")
         c = Candidate(ref, family, total, non_emb)
-        c.notes.append(f"{ref}: {family}, {total / 1e6:.1f}M parameters ({non_emb / 1e6:.1f}M outside embeddings)")
+        label = {"vision": "vision encoder", "audio": "audio encoder"}.get(family, family)
+        c.notes.append(f"{ref}: {label}, {total / 1e6:.1f}M parameters ({non_emb / 1e6:.1f}M outside embeddings)")
         why = fits_task(family, task)
         if why:
             c.notes.append(f"{ref}: skipped, {why}")
@@ -171,7 +205,7 @@ def choose_candidates(
             continue
         for m in methods:
             spec = METHODS[m]
-            if family not in spec.families:
+            if method_family(family) not in spec.families:
                 c.notes.append(f"{ref}: no {m}, it applies only to {' and '.join(spec.families)} models (this is a {family})")
                 continue
             per = FULL_BYTES_PER_PARAMETER if spec.trains_all_weights else LORA_BYTES_PER_PARAMETER

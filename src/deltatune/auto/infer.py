@@ -3,6 +3,11 @@
 :func:`infer_task` looks at the column names and at the values of the first rows and applies
 these rules, first match wins (each decision is returned as one line of reasoning):
 
+0. **image-classification** / **audio-classification**: a column of file paths to images
+   (``.jpg``, ``.png``, ... :data:`IMAGE_SUFFIXES`) or audio (``.wav``, ``.flac``, ``.mp3``, ``.ogg``:
+   :data:`AUDIO_SUFFIXES`), judged by the values' suffixes, next to a label column (a class-folder
+   directory loads as ``image``/``audio`` + ``label``). The path column is ``data.image_column`` /
+   ``data.audio_column``; labels as text-classification's (multi-label included).
 1. **token-classification**: a column of word lists (``tokens``/``words``) next to a column of
    tag lists of the same lengths (``tags``/``ner_tags``/...); CoNLL files load this way.
 2. **question-answering**: question + context + answers, where the answers are SQuAD-style
@@ -67,6 +72,13 @@ LANGUAGES = {
     "nl": "Dutch", "ru": "Russian", "zh": "Chinese", "ja": "Japanese", "cs": "Czech", "ro": "Romanian",
 }
 SEPARATORS = (";", "|", ",")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+# file kind -> (task, its path-column key, usual names of that column)
+MEDIA = {
+    "image": ("image-classification", "data.image_column", ("image", "img", "image_path", "path", "file", "filename", "filepath")),
+    "audio": ("audio-classification", "data.audio_column", ("audio", "audio_path", "path", "file", "filename", "filepath")),
+}
 
 # tasks done by an encoder (the others by a decoder): from the task registry
 ENCODER_TASKS = tasks_of_family("encoder")
@@ -312,6 +324,72 @@ def _separator(values: Sequence[Any]) -> Optional[str]:
     return None
 
 
+def _file_kind(v: Any) -> Optional[str]:
+    """``"image"`` or ``"audio"`` when ``v`` is a path (string) ending in a known suffix, else ``None``."""
+    if not isinstance(v, str):
+        return None
+    name = v.strip().lower()
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    return "audio" if name.endswith(AUDIO_SUFFIXES) else None
+
+
+def _media_column(t: _Table, kind: str) -> Optional[str]:
+    """The column whose values are (at least 90%) paths of ``kind`` files: a usual name first."""
+    cols = [c for c in t.names if _frac(t.values[c], lambda v: _file_kind(v) == kind) >= 0.9]
+    return next((t.lower[n] for n in MEDIA[kind][2] if n in t.lower and t.lower[n] in cols), cols[0] if cols else None)
+
+
+def _media_classification(t: _Table, n_rows: int, source: str, force: Optional[str] = None) -> Optional[Inference]:
+    """image-/audio-classification: a column of image or audio file paths and a label column.
+
+    Raises:
+        DeltatuneError: (not with ``force``) file paths but no label column.
+    """
+    for kind, (task, key, _) in MEDIA.items():
+        if force is not None and force != task:
+            continue
+        col = _media_column(t, kind)
+        if col is None:
+            continue
+        label, why = _label_column(t, [col], n_rows)
+        if label is None:
+            if force is not None:
+                return Inference(task, {key: col}, [])
+            raise DeltatuneError(
+                f"{source}: column '{col}' holds {kind} files but no label column was found; pass --task {task} and --label-column"
+            )
+        settings: dict[str, Any] = {key: col, "data.label_column": label}
+        reasons = [f"{task}: '{col}' holds paths of {kind} files (by their suffixes) and a label column",
+                   f"{kind} column '{col}'", f"label column {why}"]
+        _label_kind(t, label, settings, reasons)
+        return Inference(task, settings, reasons)
+    return None
+
+
+def _label_kind(t: _Table, label: str, settings: dict[str, Any], reasons: list[str]) -> None:
+    """Multi-label settings of the label column ``label`` (lists, or labels joined by a separator), added
+    to ``settings`` and ``reasons``.
+
+    Raises:
+        DeltatuneError: the labels are continuous numbers (regression).
+    """
+    values = t.values[label]
+    if _frac(values, _is_list) >= 0.5:
+        settings["data.multi_label"] = True
+        reasons.append(f"multi-label: '{label}' holds lists of labels")
+    elif (sep := _separator(values)) is not None:
+        settings.update({"data.multi_label": True, "data.label_separator": sep})
+        reasons.append(f"multi-label: labels in '{label}' are joined by '{sep}'")
+    else:
+        nums = [v for v in values if isinstance(v, float) and not float(v).is_integer()]
+        if len(nums) > 0.5 * len([v for v in values if v is not None]):
+            raise DeltatuneError(
+                f"column '{label}' holds continuous numbers (regression), which deltatune does not train; "
+                "give class labels or pass --task and --label-column"
+            )
+
+
 def _classification(t: _Table, n_rows: int) -> Optional[Inference]:
     reasons = []
     settings: dict[str, Any] = {}
@@ -338,20 +416,7 @@ def _classification(t: _Table, n_rows: int) -> Optional[Inference]:
     settings["data.text_column"] = text
     settings["data.label_column"] = label
     reasons.append(f"label column {why}")
-    values = t.values[label]
-    if _frac(values, _is_list) >= 0.5:
-        settings["data.multi_label"] = True
-        reasons.append(f"multi-label: '{label}' holds lists of labels")
-    elif (sep := _separator(values)) is not None:
-        settings.update({"data.multi_label": True, "data.label_separator": sep})
-        reasons.append(f"multi-label: labels in '{label}' are joined by '{sep}'")
-    else:
-        nums = [v for v in values if isinstance(v, float) and not float(v).is_integer()]
-        if len(nums) > 0.5 * len([v for v in values if v is not None]):
-            raise DeltatuneError(
-                f"column '{label}' holds continuous numbers (regression), which deltatune does not train; "
-                "give class labels or pass --task and --label-column"
-            )
+    _label_kind(t, label, settings, reasons)
     return Inference("text-classification", settings, ["text-classification: a text column and a label column", *reasons])
 
 
@@ -364,7 +429,7 @@ def _raw_text(t: _Table, family: Optional[str]) -> Optional[Inference]:
     elif family is None:
         task, why = "causal-lm", "no model named: the packaged decoder (pass --models minilm for masked-LM on an encoder)"
     else:
-        task, why = "causal-lm", f"the model is a {family}"
+        task, why = "causal-lm", f"the model is a {family} model"
     return Inference(task, {"data.text_column": text}, [f"{task}: only raw text in '{text}' ({why})"])
 
 
@@ -375,12 +440,13 @@ def infer_task(
     task: Optional[str] = None,
     source: str = "the data",
 ) -> Inference:
-    """Infer the task and the column mapping of a table (rules in the module docstring).
+    """Infer the task and the column mapping of a table (rules in the module docstring; image and audio
+    file paths first).
 
     Args:
         rows: the first rows of the table (a sample; :data:`SAMPLE_ROWS` is plenty).
         column_names: all columns of the table.
-        family: ``"encoder"``, ``"decoder"`` or ``"encoder-decoder"`` of the first candidate
+        family: ``"encoder"``, ``"decoder"``, ``"encoder-decoder"``, ``"vision"`` or ``"audio"`` of the first candidate
             model, or ``None`` when no model was named (tie-breaks raw text and summarization).
         task: a task the user chose (``--task``): no inference, only the column mapping for it.
         source: the file name, for messages.
@@ -390,12 +456,13 @@ def infer_task(
 
     Raises:
         DeltatuneError: nothing matches (the message lists the columns and the flags to pass);
-            a label column of continuous numbers.
+            a label column of continuous numbers; image/audio file paths without a label column.
     """
     t = _Table(rows, column_names)
     if task is not None:
         return _for_task(t, task, family, len(rows), source)
     rules = (
+        lambda: _media_classification(t, len(rows), source),
         lambda: _token_classification(t),
         lambda: _question_answering(t, family),
         lambda: _instruction(t),
@@ -424,6 +491,8 @@ def _for_task(t: _Table, task: str, family: Optional[str], n: int, source: str) 
         "translation": lambda: _source_target(t, family, task),
         "extractive-summarization": lambda: _source_target(t, family, task),
         "text-classification": lambda: _classification(t, n),
+        "image-classification": lambda: _media_classification(t, n, source, task),
+        "audio-classification": lambda: _media_classification(t, n, source, task),
         "causal-lm": lambda: _raw_text(t, "decoder"),
         "masked-lm": lambda: _raw_text(t, "encoder"),
     }

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from deltatune.auto.budget import format_seconds, parse_duration, parse_memory
-from deltatune.auto.candidates import DEFAULT_MODELS, choose_candidates, model_family
+from deltatune.auto.candidates import DEFAULT_MODELS, choose_candidates, method_family, model_family
 from deltatune.auto.infer import SAMPLE_ROWS, few_shot_reason, infer_task, task_family
 from deltatune.auto.report import (
     format_importances,
@@ -390,7 +390,7 @@ def _choose_models(
         say(f"  - model: {refs[0]}, the packaged default for {task_family(task)} tasks (name others with --models)")
     if user.get("delta.method"):
         methods = [user["delta.method"]]
-    methods = list(methods or searched_methods(task_family(task)))
+    methods = list(methods or searched_methods(method_family(task_family(task))))
     chars = sum(len(str(v)) for row in sample for v in row.values()) * len(ds) / max(len(sample), 1)
     kept, skipped = choose_candidates(refs, task, methods, memory, budget, int(chars), trust)
     for c in kept + skipped:

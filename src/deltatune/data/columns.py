@@ -11,8 +11,11 @@ from deltatune.data.paths import missing_column_message
 from deltatune.errors import DeltatuneError
 
 
-def require_columns(ds: datasets.Dataset, columns: Iterable[str | None], source: str, config_key: str = "data") -> None:
-    """Raise if any of ``columns`` (``None`` entries are skipped) is missing from ``ds``.
+def require_columns(
+    ds: datasets.Dataset, columns: Iterable[str | None], source: str, config_key: str = "data", remedy: str | None = None
+) -> None:
+    """Raise if any of ``columns`` (``None`` entries are skipped) is missing from ``ds`` (``remedy``: what to do,
+    as :func:`deltatune.data.paths.missing_column_message` takes it).
 
     Raises:
         DeltatuneError: naming the missing column, the file, and the columns that exist.
@@ -26,7 +29,7 @@ def require_columns(ds: datasets.Dataset, columns: Iterable[str | None], source:
                 "on every line, blank line between sentences; e.g. named .conll)"
             )
         if col is not None and col not in ds.column_names:
-            raise DeltatuneError(missing_column_message(source, col, ds.column_names, config_key))
+            raise DeltatuneError(missing_column_message(source, col, ds.column_names, config_key, remedy))
 
 
 def is_missing(value: Any) -> bool:

@@ -28,7 +28,8 @@ RGB_MODES = ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr", 
 def image_problem(path: Path) -> str | None:
     """Why ``path`` cannot be used as an RGB image, in words (``"is empty (0 bytes)"``), or ``None``.
 
-    Reads the header and checks the file's structure (``Image.verify``), without decoding the pixels.
+    Checks the file's structure (``Image.verify``) and decodes the pixels (``Image.load`` in a fresh
+    ``Image.open``: ``verify`` alone lets a truncated JPEG through).
     """
     if not path.is_file():
         return "does not exist" if not path.exists() else "is not a file"
@@ -38,6 +39,8 @@ def image_problem(path: Path) -> str | None:
         with Image.open(path) as img:
             mode = img.mode
             img.verify()
+        with Image.open(path) as img:  # verify() leaves the image unusable; decode the pixels in a fresh one
+            img.load()
     except UnidentifiedImageError:
         return "is not an image Pillow can read"
     except Exception as e:  # truncated or damaged data, unreadable file

@@ -112,6 +112,15 @@ def resolve_file(value: str, source: str) -> Path:
     return path if path.is_absolute() else base_folder(source) / path
 
 
+# what to do about a missing column, by what the task reads (``Task.input_kind``); text tasks: the default of
+# missing_column_message
+COLUMN_REMEDIES = {
+    "image": "set the column names in data.image_column / data.label_column, e.g. data.image_column=path; or check --task",
+    "audio": "set the column names in data.audio_column / data.label_column, e.g. data.audio_column=path; or check --task",
+    "image-text": "give each row a 'messages' (or 'conversations') column of chat turns; or check --task",
+}
+
+
 def missing_column_message(
     source: str, column: str, columns: Iterable[str], config_key: str = "data", remedy: Optional[str] = None
 ) -> str:
@@ -211,6 +220,7 @@ __all__ = [
     "GZIP_SUFFIX",
     "SUPPORTED",
     "TEXT_FORMATS",
+    "COLUMN_REMEDIES",
     "check_columns",
     "check_data_file",
     "data_suffix",

@@ -29,6 +29,7 @@ import torch
 from transformers import AutoModelForAudioClassification
 
 from deltatune.data.audio import audio_problem, load_audio
+from deltatune.errors import DeltatuneError
 from deltatune.tasks.media_classification import MediaClassificationTask
 
 # Whisper: 100 log-mel frames per second (hop 160 at 16 kHz), halved by the second convolution
@@ -72,6 +73,24 @@ class AudioClassificationTask(MediaClassificationTask):
 
     def file_problem(self, path: Path) -> str | None:
         return audio_problem(path)
+
+    def set_tokenizer(self, tokenizer) -> None:
+        """Keep the feature extractor (:meth:`MediaClassificationTask.set_tokenizer`), first checking that
+        ``data.max_audio_seconds`` fits the clip length it takes (Whisper: ``n_samples``, 30 s).
+
+        Raises:
+            DeltatuneError: ``data.max_audio_seconds`` longer than the model's clips.
+        """
+        seconds = self.config.data.max_audio_seconds
+        samples = getattr(tokenizer, "n_samples", None) if tokenizer is not None else None
+        rate = getattr(tokenizer, "sampling_rate", None)
+        if seconds is not None and samples and rate and seconds * rate > samples:
+            raise DeltatuneError(
+                f"data.max_audio_seconds {seconds:g} exceeds the {samples / rate:g} s clips that model "
+                f"'{self.config.model.name_or_path}' takes (its feature extractor's n_samples {samples} at {rate} Hz); "
+                f"set data.max_audio_seconds to at most {samples / rate:g}"
+            )
+        super().set_tokenizer(tokenizer)
 
     def clip_seconds(self) -> float | None:
         """The clip length: ``data.max_audio_seconds``, else the feature extractor's own (Whisper: 30 s), else ``None``."""

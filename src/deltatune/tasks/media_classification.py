@@ -6,7 +6,7 @@ from the data file's folder, :func:`deltatune.data.paths.resolve_file`) and ``da
 loss, metrics, predictions and the trained head's config are those of
 :class:`deltatune.tasks.classification.ClassificationTask`.
 
-Encoding checks every file (header and structure, :func:`deltatune.data.images.image_problem` /
+Encoding checks every file (images decoded, audio headers read, :func:`deltatune.data.images.image_problem` /
 :func:`deltatune.data.audio.audio_problem`) and keeps its path; the pixels or samples are decoded in
 :meth:`MediaClassificationTask.collate`, batch by batch, so that a split never sits decoded in
 memory and training augmentations draw anew each epoch. A bad file is refused naming the split
@@ -33,7 +33,7 @@ import torch
 
 from deltatune.config import RunConfig
 from deltatune.data.columns import is_missing, require_columns
-from deltatune.data.paths import resolve_file
+from deltatune.data.paths import COLUMN_REMEDIES, resolve_file
 from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features
@@ -105,7 +105,7 @@ class MediaClassificationTask(ClassificationTask):
         d = self.config.data
         if d.text_pair_column:
             raise DeltatuneError(f"data.text_pair_column applies to text pairs; {self.name} reads one file per row: remove it")
-        require_columns(train, [self.file_column, d.label_column], source)
+        require_columns(train, [self.file_column, d.label_column], source, remedy=COLUMN_REMEDIES[self.input_kind])
         self._fit_labels(train, source)
         self.check(train, source, with_labels=True)
 
@@ -118,7 +118,7 @@ class MediaClassificationTask(ClassificationTask):
         """
         d = self.config.data
         col = self.file_column
-        require_columns(ds, [col] + ([d.label_column] if with_labels else []), source)
+        require_columns(ds, [col] + ([d.label_column] if with_labels else []), source, remedy=COLUMN_REMEDIES[self.input_kind])
         empty = [i for i, v in enumerate(ds[col], start=1) if is_missing(v)]
         if empty:
             raise DeltatuneError(
@@ -169,7 +169,7 @@ class MediaClassificationTask(ClassificationTask):
             problem = self.file_problem(path)
             if problem is not None:
                 if not skip:
-                    hint = "; prediction needs every file" if d.skip_bad_rows else ", or set data.skip_bad_rows: true"
+                    hint = ", or set data.skip_bad_rows: true" if with_labels else "; prediction needs every file"
                     raise DeltatuneError(
                         f"{source}: row {i + 1}, column '{self.file_column}': {path} {problem}; fix or remove the file{hint}"
                     )

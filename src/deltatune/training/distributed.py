@@ -69,8 +69,11 @@ def check_strategy(cfg: DistributedConfig, world: int, device_type: str, mixed_p
                 "accelerate launch --config_file examples/accelerate/ddp.yaml -m deltatune train CONFIG"
             )
     if cfg.strategy == "deepspeed":
-        where = "needs GPUs (Accelerate's DeepSpeed plugin)" if device_type == "cpu" else "is not wired into the loop yet"
-        raise DeltatuneError(f"distributed.strategy deepspeed {where}; use distributed.strategy fsdp (ZeRO-3-like sharding) or ddp")
+        where = "GPU-only (Accelerate's DeepSpeed plugin), and " if device_type == "cpu" else ""
+        raise DeltatuneError(
+            f"distributed.strategy deepspeed is {where}not wired into deltatune's loop yet; use distributed.strategy fsdp "
+            "(ZeRO-3-like sharding) or ddp"
+        )
     if cfg.strategy != "fsdp":
         return False
     if world < 2:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from transformers import PretrainedConfig
 
 GiB = 2**30
 
@@ -111,10 +112,16 @@ def optimizer_state_bytes(params: list[torch.nn.Parameter], optimizer: str, mome
 
 
 def _config_value(config, *names: str) -> Optional[int]:
-    for n in names:
-        v = getattr(config, n, None)
-        if isinstance(v, int) and v > 0:
-            return v
+    """The first positive int of ``names`` on ``config``, else on its text config (image-text models
+    such as Idefics3 or LLaVA keep ``vocab_size``/``hidden_size`` in ``config.get_text_config()``)."""
+    if config is None:
+        return None
+    text_config = config.get_text_config() if isinstance(config, PretrainedConfig) else None
+    for source in (config, text_config):
+        for n in names:
+            v = getattr(source, n, None)
+            if isinstance(v, int) and v > 0:
+                return v
     return None
 
 

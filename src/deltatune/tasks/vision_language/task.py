@@ -31,7 +31,7 @@ from transformers import AutoModelForImageTextToText
 from deltatune.config import DeltaConfig
 from deltatune.data.columns import require_columns
 from deltatune.data.images import image_problem, load_image
-from deltatune.data.paths import base_folder
+from deltatune.data.paths import COLUMN_REMEDIES, base_folder
 from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_pretrained
 from deltatune.tasks.base import Features
@@ -97,7 +97,7 @@ class VisionLanguageTask(GenerationMetrics, LanguageModelTask):
         """
         column = next((c for c in MESSAGE_COLUMNS if c in ds.column_names), None)
         if column is None:
-            require_columns(ds, ["messages"], source)
+            require_columns(ds, ["messages"], source, remedy=COLUMN_REMEDIES[self.input_kind])
         for i, row in enumerate(ds, start=1):
             self.conversation(row, i, source, with_answer=with_labels)
 
