@@ -166,14 +166,23 @@ class ClassificationTask(Task):
         if d.text_pair_column:
             check_text_column(ds[d.text_pair_column], d.text_pair_column, source)
         if with_labels:
-            known = self.label2id
-            for i, v in enumerate(ds[d.label_column], start=1):
-                for name in self._row_labels(v, i, source):
-                    if name not in known:
-                        raise DeltatuneError(
-                            f"{source}: row {i} has label '{name}' in column '{d.label_column}' that the training "
-                            f"data does not have (known: {', '.join(self.labels[:20])}); fix the label or add it to training"
-                        )
+            self._check_known_labels(ds, source)
+
+    def _check_known_labels(self, ds: datasets.Dataset, source: str) -> None:
+        """Every label of ``ds``'s label column was seen in training.
+
+        Raises:
+            DeltatuneError: naming the file, the row (from 1), the label and the column.
+        """
+        d = self.config.data
+        known = self.label2id
+        for i, v in enumerate(ds[d.label_column], start=1):
+            for name in self._row_labels(v, i, source):
+                if name not in known:
+                    raise DeltatuneError(
+                        f"{source}: row {i} has label '{name}' in column '{d.label_column}' that the training "
+                        f"data does not have (known: {', '.join(self.labels[:20])}); fix the label or add it to training"
+                    )
 
     def input_texts(self, ds: datasets.Dataset, source: str = "data") -> list[tuple[str, ...]]:
         """``(text,)`` per row, or ``(text, text_pair)`` for sentence pairs (see :meth:`Task.input_texts`)."""

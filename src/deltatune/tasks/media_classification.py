@@ -125,14 +125,7 @@ class MediaClassificationTask(ClassificationTask):
                 f"{source}: row {empty[0]} has no file path in column '{col}' ({len(empty)} such rows); fill or remove them"
             )
         if with_labels:
-            known = self.label2id
-            for i, v in enumerate(ds[d.label_column], start=1):
-                for name in self._row_labels(v, i, source):
-                    if name not in known:
-                        raise DeltatuneError(
-                            f"{source}: row {i} has label '{name}' in column '{d.label_column}' that the training "
-                            f"data does not have (known: {', '.join(self.labels[:20])}); fix the label or add it to training"
-                        )
+            self._check_known_labels(ds, source)
 
     def rows_from_texts(self, texts: Sequence[Any]) -> datasets.Dataset:
         """Rows from file paths (``predict --image/--audio PATH``, :meth:`Predictor.predict`): each fills the file column."""
