@@ -17,7 +17,7 @@ tokenizer uses one and the template does not already emit it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jinja2
 
@@ -272,13 +272,7 @@ class ChatEncoder:
         labels: list[int] = []
         done = ""
         eos_added = False
-        for i, msg in enumerate(messages):
-            if msg["role"] != "assistant":
-                continue
-            prompt = self.render(messages[:i], add_generation_prompt=True)
-            full = self.render(messages[: i + 1], add_generation_prompt=False)
-            if not prompt.startswith(done) or not full.startswith(prompt):
-                raise DeltatuneError("the chat template does not render conversations incrementally; choose data.chat_template chatml")
+        for prompt, full in assistant_turns(self.render, messages, "choose data.chat_template chatml"):
             masked = self._ids(prompt[len(done) :])
             answer = self._ids(full[len(prompt) :])
             if self.eos_id in answer:
@@ -342,3 +336,24 @@ def render_chat(renderer, messages: list[dict[str, Any]], template: str | None, 
         return renderer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt)
     except jinja2.TemplateError as e:
         raise DeltatuneError(f"the chat template failed: {type(e).__name__}: {e}; check data.chat_template") from None
+
+
+def assistant_turns(render, messages: list[dict[str, Any]], remedy: str) -> Iterator[tuple[str, str]]:
+    """``(prompt, full)`` per assistant turn: the conversation rendered up to the turn with the
+    generation prompt, and through the turn; ``render(messages, add_generation_prompt)`` is the
+    chat template. Each turn's texts must extend the previous turn's ``full``, so the assistant
+    text is ``full[len(prompt):]``.
+
+    Raises:
+        DeltatuneError: the template does not render the conversation incrementally (``remedy`` says what to do).
+    """
+    done = ""
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prompt = render(messages[:i], add_generation_prompt=True)
+        full = render(messages[: i + 1], add_generation_prompt=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise DeltatuneError(f"the chat template does not render conversations incrementally; {remedy}")
+        yield prompt, full
+        done = full

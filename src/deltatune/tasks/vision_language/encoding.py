@@ -31,7 +31,7 @@ from typing import Any
 
 
 from deltatune.errors import DeltatuneError
-from deltatune.tasks.chat_format import IGNORE_INDEX, NAMED_TEMPLATES, EncodeStats, render_chat
+from deltatune.tasks.chat_format import IGNORE_INDEX, NAMED_TEMPLATES, EncodeStats, assistant_turns, render_chat
 
 # processor outputs that are never per-token sequences
 _NOT_PER_TOKEN = ("input_ids", "offset_mapping", "text_replacement_offsets")
@@ -109,20 +109,11 @@ class VisionChatEncoder:
         Raises:
             DeltatuneError: the template does not render a conversation as a prefix of its continuation.
         """
-        done, spans = "", []
-        for i, msg in enumerate(messages):
-            if msg["role"] != "assistant":
-                continue
-            prompt = self.render(messages[:i], add_generation_prompt=True)
-            full = self.render(messages[: i + 1], add_generation_prompt=False)
-            if not prompt.startswith(done) or not full.startswith(prompt):
-                raise DeltatuneError("the chat template does not render conversations incrementally; give data.chat_template")
-            spans.append((len(prompt), len(full)))
-            done = full
+        turns = list(assistant_turns(self.render, messages, "give data.chat_template"))
         text = self.render(messages, add_generation_prompt=False)
-        if not text.startswith(done):
+        if turns and not text.startswith(turns[-1][1]):
             raise DeltatuneError("the chat template does not render conversations incrementally; give data.chat_template")
-        return text, spans
+        return text, [(len(prompt), len(full)) for prompt, full in turns]
 
     def _process(self, text: str, images: list, where: str) -> tuple[dict[str, list], list[bool], list[tuple[int, int]], list[dict]]:
         """Run the processor on one rendered conversation.
