@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from deltatune.files import old_dir_for, recover_dir, replace_dir_atomically, temp_dir_for, write_atomically
+from deltatune.files import interrupts_deferred, old_dir_for, recover_dir, replace_dir_atomically, temp_dir_for, write_atomically
 
 
 class WriterFailed(Exception):
@@ -159,3 +160,56 @@ def test_a_folder_writers_private_files_get_the_users_umask(tmp_path, umask_022)
     (sub,) = [p for p in out.iterdir() if p.is_dir()]
     assert sub.stat().st_mode & 0o777 == 0o755
     assert (sub / "run.sh").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_ctrl_c_during_a_folder_write_is_raised_once_the_folder_is_complete(tmp_path, capsys):
+    target = tmp_path / "ckpt"
+
+    def write(d: Path) -> None:
+        (d / "a.bin").write_bytes(b"a")
+        os.kill(os.getpid(), signal.SIGINT)  # delivered here, between the two files
+        (d / "b.bin").write_bytes(b"b")
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_dir_atomically(write, target)
+    assert sorted(p.name for p in target.iterdir()) == ["a.bin", "b.bin"]  # complete, then the interrupt
+    assert not temp_dir_for(target).exists()
+    assert "finishing writing" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_abandons_the_write_and_keeps_the_old_file(tmp_path):
+    path = write_atomically_text(tmp_path / "f.txt", "old")
+
+    def write(f) -> None:
+        f.write("new, half")
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        f.write(" and the rest")
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, write)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_interrupts_are_not_held_under_another_handler_or_in_a_nested_block():
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda *_: seen.append("mine"))
+    try:
+        with interrupts_deferred("x"):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert seen == ["mine"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred("outer"):
+            with interrupts_deferred("inner"):
+                os.kill(os.getpid(), signal.SIGINT)
+            seen.append("inner done")
+    assert seen == ["mine", "inner done"]
+
+
+def write_atomically_text(path: Path, text: str) -> Path:
+    write_atomically(path, lambda f: f.write(text))
+    return path

@@ -12,6 +12,11 @@ Files and folders they make get the permission bits of a file the user makes (``
 ``0o777`` for folders, minus the umask), also where a writer created them private (``tempfile``,
 and ``safetensors`` >= 0.8, make files ``0600``).
 
+A Ctrl-C (SIGINT) that arrives during one of these writes is held until the write is complete
+(:func:`interrupts_deferred`): an interrupted trainer then saves its checkpoint and stops, instead
+of a half-written ``torch.save`` zip raising its own error over the interrupt. A second Ctrl-C
+abandons the write at once (the target is left as it was).
+
 Both leave the previous target untouched and no temporary file or folder behind when the
 writer (or the write itself) fails; the exception is re-raised unchanged for the caller to
 explain (see :func:`deltatune.rundir.write_failure`).
@@ -23,10 +28,50 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
+import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
+
+
+@contextmanager
+def interrupts_deferred(what: str) -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C, the web UI's Stop) that arrives inside the block until it ends.
+
+    The first SIGINT prints one line to stderr (``interrupt: finishing <what> before stopping``)
+    and is raised as ``KeyboardInterrupt`` when the block has completed; a second one raises
+    ``KeyboardInterrupt`` at once, inside the block (the atomic writers then remove their
+    temporary file or folder). Python's own handler is put back either way.
+
+    Only in the main thread and only while Python's default SIGINT handler is installed
+    (another handler, such as a server's, or a nested block, is left alone: the block runs
+    unchanged).
+
+    Raises:
+        KeyboardInterrupt: after the block, when a SIGINT arrived during it; during it, on a second one.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        print(f"interrupt: finishing {what} before stopping (interrupt again to abandon it)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def write_atomically(path: str | Path, write: Callable[[IO[str]], None]) -> None:
@@ -62,21 +107,24 @@ def write_file_atomically(path: str | Path, write: Callable[[Path], None]) -> No
     Raises:
         OSError: the folder or file cannot be written (the previous file is untouched);
             anything ``write`` raises, unchanged. No temporary file is left either way.
+        KeyboardInterrupt: after the file is in place, for a Ctrl-C during the write (a second
+            one abandons it); see :func:`interrupts_deferred`.
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, out.stat().st_mode & 0o7777 if out.exists() else 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
+    with interrupts_deferred(f"writing {out}"):
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            write(Path(tmp))
+            os.chmod(tmp, out.stat().st_mode & 0o7777 if out.exists() else 0o666 & ~_umask())
+            os.replace(tmp, out)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
 
 def _umask() -> int:
@@ -168,24 +216,27 @@ def replace_dir_atomically(write: Callable[[Path], Any], target: str | Path) -> 
     Raises:
         OSError: the folders cannot be written or renamed; anything ``write`` raises, unchanged.
             Either way ``target`` is as it was and ``.tmp-<name>`` is removed.
+        KeyboardInterrupt: after the folder is in place, for a Ctrl-C during the write (a second
+            one abandons it, ``target`` as it was); see :func:`interrupts_deferred`.
     """
     target = Path(target)
     tmp, old = temp_dir_for(target), old_dir_for(target)
-    recover_dir(target)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        give_umask_modes(tmp)
-        moved_aside = target.exists()
-        if moved_aside:
-            target.rename(old)
+    with interrupts_deferred(f"writing {target}"):
+        recover_dir(target)
+        tmp.mkdir(parents=True)
         try:
-            tmp.rename(target)
-        except BaseException:
+            write(tmp)
+            give_umask_modes(tmp)
+            moved_aside = target.exists()
             if moved_aside:
-                old.rename(target)
+                target.rename(old)
+            try:
+                tmp.rename(target)
+            except BaseException:
+                if moved_aside:
+                    old.rename(target)
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
             raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

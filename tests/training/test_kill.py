@@ -140,3 +140,26 @@ def test_kill_during_a_checkpoint_write_then_resume(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_kill_twice_then_resume(tiny_model_dir, tmp_path, method):
     _killed_and_resumed(tiny_model_dir, tmp_path, method, kill_again=True)
+
+
+def test_ctrl_c_during_a_checkpoint_write_finishes_it_then_stops_resumably(tiny_model_dir, tmp_path):
+    """SIGINT in the middle of writing checkpoint 5 (held there 3 s): the write completes, the
+    trainer stops with 130 ("interrupted", not a torch.save error), and --resume ends as the
+    uninterrupted run does."""
+    reference = finetune(_config(tiny_model_dir, tmp_path, "full", tmp_path / "reference"), verbose=False)
+    run = tmp_path / "stopped"
+    config = tmp_path / "stopped.yaml"
+    config.write_text(yaml.safe_dump(_config(tiny_model_dir, tmp_path, "full", run)))
+    log = tmp_path / "train.log"
+    proc = _start([str(config)], log, pause="5:3")
+    partial = run / "checkpoints" / ".tmp-step-00000005" / "trainable.safetensors"
+    _wait_until(proc, partial.is_file, log, "the checkpoint write of step 5")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+    assert "finishing writing" in log.read_text() and "Traceback" not in log.read_text()
+    checkpoints = [p.name for p in list_checkpoints(run / "checkpoints")]
+    assert checkpoints[-1] == "step-00000005" and (run / "checkpoints" / "step-00000005" / "optimizer.pt").is_file()
+    done = subprocess.run([sys.executable, "-m", "deltatune", "train", str(run), "--resume"], cwd=ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _losses(run)[-1][1] == pytest.approx(_losses(reference.path)[-1][1], abs=1e-6)

@@ -205,7 +205,7 @@ def test_delete_refuses_a_running_run_and_anything_but_runs_inside_the_runs_fold
     assert client.post("/api/runs/long/stop", json={}).status_code == 200
     assert "already stopping" in error(client.post("/api/runs/long/stop", json={}), 409)
     detail = wait_done(client, "long", timeout=60)
-    assert detail["status"] == "interrupted", detail["log"]
+    assert detail["status"] == "interrupted", "\n".join(detail["log"])
     assert (client.runs_dir / "long" / "checkpoints").is_dir()  # SIGINT: the trainer saved a checkpoint
 
     # not runs: a plain folder, a link to a run outside the runs folder, a path out of it

@@ -31,6 +31,7 @@ from accelerate.utils import broadcast_object_list, gather_object, parse_flag_fr
 
 from deltatune.config import RunConfig
 from deltatune.errors import DeltatuneError
+from deltatune.files import interrupts_deferred
 from deltatune.rundir import RunDir
 from deltatune.tasks.base import Features, Task
 from deltatune.training import batch_plan as planning
@@ -246,6 +247,7 @@ class Trainer:
         self.l1_params = regularized_parameters(self.model) if tc.l1_lambda > 0 else []
         self.state = TrainState()
         self._call_start: Optional[float] = None  # perf_counter() when this launch's training loop began
+        self._checkpointed_step: Optional[int] = None  # the step of the last checkpoint this launch saved
         # train.report_to (main process); Trainer.train starts it, the API finishes a finished run
         self.trackers = Trackers(config, run_dir, active=self.is_main)
 
@@ -480,6 +482,7 @@ class Trainer:
             failure = broadcast_object_list([failure])[0]
         if failure:
             raise DeltatuneError(failure)
+        self._checkpointed_step = self.state.global_step
 
     def _resume(self, trust_checkpoint: bool = False) -> None:
         """Continue from the newest usable checkpoint; a damaged one is skipped with a warning.
@@ -669,7 +672,8 @@ class Trainer:
         except KeyboardInterrupt:
             self.optimizer.zero_grad(set_to_none=True)
             self.state.interrupted = True
-            self._checkpoint(loop.rng_for_state)
+            if self._checkpointed_step != self.state.global_step:  # not when it came during this step's save
+                self._checkpoint(loop.rng_for_state if loop.mid_step else capture_rng_state())
         except (MemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise
@@ -719,13 +723,14 @@ class Trainer:
         micro, weights, local_targets, total_targets = self._collect_window(window, loop.micro_size)
         step_loss = self._forward_backward(loop, micro, weights, total_targets)
         loop.window_targets += local_targets
-        self._optimizer_step(step_loss)
-        self.state.global_step += 1
-        self.state.batch_in_epoch += len(window)
-        # packs hold several examples
-        self.state.examples_seen += sum(self.train_features.examples_in(b) for b in window)
-        loop.tokens_seen += sum(self.train_features.lengths[i] for b in window for i in b)
-        loop.mid_step = False
+        with interrupts_deferred("the optimizer step"):  # the weights and the counters change together
+            self._optimizer_step(step_loss)
+            self.state.global_step += 1
+            self.state.batch_in_epoch += len(window)
+            # packs hold several examples
+            self.state.examples_seen += sum(self.train_features.examples_in(b) for b in window)
+            loop.tokens_seen += sum(self.train_features.lengths[i] for b in window for i in b)
+            loop.mid_step = False
         self._after_step(loop, end_of_epoch=self.state.batch_in_epoch >= len(batches))
 
     def _collect_window(
