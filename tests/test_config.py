@@ -330,3 +330,36 @@ def test_a_student_run_folder_overlapping_its_teacher_is_refused(output_dir):
     with pytest.raises(DeltatuneError, match="overlap: the student would overwrite its teacher"):
         build_config({"distill": {"teacher": "runs/teacher"}, "output_dir": output_dir})
     assert build_config({"distill": {"teacher": "runs/teacher"}, "output_dir": "runs/student"}).output_dir == "runs/student"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"data": {"augmentation_alpha": 0.2}},
+         r"^config error in config: data.augmentation_alpha is set but data.augmentation is 'none', so nothing is augmented; "
+         r"set data.augmentation: eda or remove it$"),
+        ({"task": "text-regression", "data": {"augmentation_copies": 2, "augmentation_seed": 1}},
+         r"data.augmentation_copies, data.augmentation_seed are set but data.augmentation is 'none'.*remove them$"),
+        ({"data": {"augmentation": "none", "augmentation_alpha": 0.1}}, "data.augmentation_alpha is set"),  # even at its default
+        ({"distill": {"temperature": 4}},
+         r"^config error in config: distill.temperature is set but distill.teacher is not, so nothing is distilled; "
+         r"set distill.teacher to a finished run folder \(or use deltatune distill --teacher RUN\) or remove it$"),
+        ({"distill": {"temperature": 4, "alpha": 0.9}}, r"distill.temperature, distill.alpha are set but distill.teacher is not"),
+    ],
+)
+def test_settings_without_their_switch_are_refused(config, message):
+    with pytest.raises(DeltatuneError, match=message):
+        build_config(config)
+
+
+def test_settings_with_their_switch_and_saved_configs_are_accepted():
+    on = build_config({"data": {"augmentation": "eda", "augmentation_alpha": 0.2}, "distill": {"teacher": "t", "alpha": 0.9}})
+    assert on.data.augmentation_alpha == 0.2 and on.distill.alpha == 0.9
+    saved = build_config({}).to_dict()  # every key written, as <run>/config.yaml
+    assert build_config(saved).distill.temperature == 2.0
+    saved["data"].pop("augmentation_seed")  # a run saved before a key was added: defaults still load
+    saved["distill"].pop("unlabeled_file")
+    assert build_config(saved).data.augmentation == "none"
+    saved["data"]["augmentation_alpha"] = 0.3  # but not a value that would have been ignored
+    with pytest.raises(DeltatuneError, match="data.augmentation_alpha is set but data.augmentation is 'none'"):
+        build_config(saved)

@@ -15,8 +15,8 @@ import datasets
 from accelerate.utils import set_seed
 
 from deltatune.config import RunConfig, build_config, flatten_dict
-from deltatune.data import load_table, train_validation_split
-from deltatune.data.splits import split_by_column, split_source
+from deltatune.data import load_table
+from deltatune.data.splits import FileRows, split_by_column, split_source, train_validation_indices
 from deltatune.data.coverage import check_coverage
 from deltatune.delta import apply_delta, parameter_summary, save_trained
 from deltatune.errors import DeltatuneError
@@ -37,7 +37,7 @@ from deltatune.training.checkpoint import list_checkpoints, replace_dir_atomical
 from deltatune.training.loop import check_launch, process_state
 from deltatune.training import distributed
 from deltatune.training.memory import estimate_run_memory
-from deltatune.training.progress import format_rate
+from deltatune.training.progress import counts_tokens, format_rate
 from deltatune.training.packing import pack_training_features, packing_report
 from deltatune.training.tracking import check_tracking
 
@@ -252,6 +252,8 @@ class _Splits:
     validation: datasets.Dataset
     test: Optional[datasets.Dataset]
     augmented: Any = None  # data.augmentation: the deltatune.data.augment.Augmented rows (train holds them)
+    # parts carved out of the training file: {"train"/"validation": the file row (from 0) of each row}
+    file_rows: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -326,6 +328,7 @@ def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
     """
     d = cfg.data
     train, in_file = _training_rows(cfg)
+    file_rows: dict[str, list[int]] = {}
     task = create_task(cfg)
     if cfg.distill.teacher:  # knowledge distillation: the teacher's soft targets in the loss (docs/distillation.md)
         from deltatune.tasks.distill.task import distilled_task
@@ -339,15 +342,21 @@ def _load_splits(cfg: RunConfig) -> tuple[Task, _Splits]:
     else:
         if len(train) < 2:
             raise DeltatuneError(f"{d.train_file}: needs at least 2 rows to carve out a validation split")
-        train, validation = train_validation_split(
-            train, d.validation_split, cfg.seed, task.stratify_keys(train), contiguous=task.contiguous_split
+        train_rows, val_rows = train_validation_indices(
+            len(train), d.validation_split, cfg.seed, task.stratify_keys(train), contiguous=task.contiguous_split
         )
         if cfg.data.max_eval_samples:
-            validation = validation.select(range(min(cfg.data.max_eval_samples, len(validation))))
+            val_rows = val_rows[: cfg.data.max_eval_samples]
+        train, validation = train.select(train_rows), train.select(val_rows)
+        if not d.split_column:  # the parts are shuffled: messages name the rows of the file (split column: see split_source)
+            file_rows = {"train": train_rows, "validation": val_rows}
     test = _read_split(d.test_file, task, cfg) if d.test_file else None
     if test is None and "test" in in_file:
         test = _checked_rows(in_file["test"], task, cfg, "test")
-    return task, _augment(cfg, _Splits(_train_subset(cfg, task, train), validation, test))
+    train, kept = _train_subset(cfg, task, train)
+    if kept is not None and "train" in file_rows:
+        file_rows["train"] = [file_rows["train"][k] for k in kept]
+    return task, _augment(cfg, _Splits(train, validation, test, file_rows=file_rows))
 
 
 def _augment(cfg: RunConfig, splits: _Splits) -> _Splits:
@@ -372,7 +381,9 @@ def _augment(cfg: RunConfig, splits: _Splits) -> _Splits:
         f"augmentation {d.augmentation}: {aug.original_rows:,} training rows + {aug.added_rows:,} augmented copies "
         f"({d.augmentation_copies} per row, alpha {d.augmentation_alpha:g})", file=sys.stderr, flush=True,
     )
-    return _Splits(aug.train, splits.validation, splits.test, aug)
+    # the training rows now hold copies: only the validation rows keep their file rows
+    rows = {k: v for k, v in splits.file_rows.items() if k != "train"}
+    return _Splits(aug.train, splits.validation, splits.test, aug, file_rows=rows)
 
 
 def _write_augmented(cfg: RunConfig, run_dir: RunDir, splits: _Splits, resume: bool) -> None:
@@ -400,19 +411,20 @@ def _write_augmented(cfg: RunConfig, run_dir: RunDir, splits: _Splits, resume: b
     })
 
 
-def _train_subset(cfg: RunConfig, task: Task, train: datasets.Dataset) -> datasets.Dataset:
+def _train_subset(cfg: RunConfig, task: Task, train: datasets.Dataset) -> tuple[datasets.Dataset, Optional[list[int]]]:
     """The ``data.train_fraction`` subset of the training rows, taken after the validation split is
     fixed (every fraction is evaluated on the same rows): seeded by ``data.subset_seed``, nested
     across fractions, stratified by the task's keys (:mod:`deltatune.curve.subsets`); the count
-    is printed to stderr. A fraction of 1 returns ``train`` as it is."""
+    is printed to stderr. Returns ``(subset, indices of its rows in train)``; a fraction of 1
+    returns ``(train, None)``."""
     fraction = cfg.data.train_fraction
     if fraction >= 1.0:
-        return train
+        return train, None
     from deltatune.curve.subsets import subset_indices
 
     keep = subset_indices(len(train), fraction, cfg.data.subset_seed, task.stratify_keys(train))
     print(f"train_fraction {fraction:g}: {len(keep):,} of {len(train):,} training rows", file=sys.stderr, flush=True)
-    return train.select(keep)
+    return train.select(keep), [int(k) for k in keep]
 
 
 def _training_rows(cfg: RunConfig) -> tuple[datasets.Dataset, dict[str, datasets.Dataset]]:
@@ -467,7 +479,9 @@ def _encode(cfg: RunConfig, task: Task, splits: _Splits, model_path: str | Path,
         check_coverage(
             task, splits.train, tokenizer, cfg.data.train_file, strict=strict, warn=lambda line: print(line, file=sys.stderr, flush=True)
         )
-    train_f, val_f, test_f, data_report = _encode_splits(task, tokenizer, splits.train, splits.validation, splits.test, cfg)
+    train_f, val_f, test_f, data_report = _encode_splits(
+        task, tokenizer, splits.train, splits.validation, splits.test, cfg, splits.file_rows
+    )
     train_f = task.training_features(train_f)  # few-shot classification: pairs of training texts
     if cfg.train.packing:  # decoder tasks: several examples per sequence, no attention between them
         train_f = pack_training_features(task, train_f, cfg.data.max_seq_length)
@@ -665,7 +679,8 @@ def _train_summary(result: TrainResult, trainer: Trainer, model, saved: dict[str
         "best_step": result.best_step,
         "train_seconds": round(result.train_seconds, 2),
         "examples_per_second": round(result.examples_per_second, 4),
-        "tokens_per_second": round(result.tokens_per_second, 2),
+        # tasks without tokens (images, audio) have no tokens/s (what they count are patches or frames)
+        **({"tokens_per_second": round(result.tokens_per_second, 2)} if counts_tokens(trainer.task.input_kind) else {}),
         **trainer.plan.as_dict(),
         "peak_rss_mib": round(result.peak_rss_mib, 1),
         "early_stopped": result.early_stopped,
@@ -793,12 +808,15 @@ def _write_report(run_dir: RunDir, verbose: bool) -> None:
         print(f"report: {path}")
 
 
-def _encode_splits(task: Task, tokenizer, train, validation, test, cfg: RunConfig):
-    """Encode the splits; for decoder tasks also collect the pre-flight counts per split."""
+def _encode_splits(task: Task, tokenizer, train, validation, test, cfg: RunConfig, file_rows: dict[str, list[int]] | None = None):
+    """Encode the splits; for decoder tasks also collect the pre-flight counts per split. A split in
+    ``file_rows`` (carved out of the training file) is named with its file rows (:class:`FileRows`)."""
     report: dict[str, Any] = {}
     out = []
     for name, ds in (("train", train), ("validation", validation), ("test", test)):
         src = _source(cfg, name)
+        if file_rows and name in file_rows:
+            src = FileRows(src, file_rows[name])
         if ds is None:
             out.append(None)
             continue
@@ -821,7 +839,7 @@ def _summary(cfg: RunConfig, model, n_train: int, n_val: int, trainer: Trainer) 
         f"{'' if plan.micro_batch_size == plan.batch_size else f'; micro-batch {plan.micro_batch_size}'}) | "
         f"device {trainer.accelerator.device}, precision {trainer.mixed_precision}, {trainer.strategy} | run {cfg.output_dir}\n"
         f"deltatune: {estimate_run_memory(model, trainer.task, cfg, trainer.mixed_precision, plan.micro_batch_size, plan.seq_len, trainer.shards).format()} "
-        f"(batch {plan.micro_batch_size} x {plan.seq_len} tokens per forward pass)"
+        f"(batch {plan.micro_batch_size} x {plan.seq_len} {'tokens' if counts_tokens(trainer.task.input_kind) else 'positions'} per forward pass)"
         + (f"\ndeltatune: {plan.message()}" if plan.message() else "")
     )
 
@@ -972,7 +990,7 @@ def evaluate_pretrained(
     if generation:
         cfg = build_config(cfg, generation)
     task = create_task(cfg)
-    if task.peft_task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):
+    if not isinstance(task, GenerativeTask):  # a generating task's head is the pretrained LM head (speech-recognition too)
         raise _fresh_head_error(cfg)
     if top_p is not None and not cfg.eval.do_sample:
         raise DeltatuneError("--top-p (top_p) applies to sampling, and eval.do_sample is false; add --temperature T with T > 0 to sample")
@@ -1152,7 +1170,7 @@ def _file_rows(predictor: Predictor, run: str | Path, files: list[str]) -> datas
     """
     if predictor.task.input_kind == "text":
         raise DeltatuneError(f"--file: {run} is a {predictor.config.task} run, which reads texts; give them with --text or --input")
-    if predictor.task.input_kind not in ("image", "audio"):
+    if predictor.task.input_kind not in ("image", "audio", "audio-text"):
         raise DeltatuneError(
             f"--file: {run} is a {predictor.config.task} run, which reads conversations, not bare files; "
             "give rows with a 'messages' column (images named in the user turns) in a JSONL file via --input"

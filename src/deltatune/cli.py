@@ -108,6 +108,19 @@ def _train_parser(sub) -> None:
         "regression head (sets train.method=contrastive)",
     )
     _add_load_permission_args(p)
+    _add_ray_args(p)
+
+
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    """``train --ray``: the same run on a Ray cluster through Ray Train (docs/distributed.md, "Ray")."""
+    p.add_argument("--ray", action="store_true", help="run on a Ray cluster with Ray Train's TorchTrainer (pip install 'deltatune[ray]')")
+    p.add_argument("--num-workers", type=_COUNT, default=None, metavar="N", help="--ray: training processes (default 2)")
+    p.add_argument("--address", default=None, metavar="ADDR", help="--ray: the cluster to join, e.g. ray://host:10001 (default: $RAY_ADDRESS, else a local one)")
+    p.add_argument("--ray-device", choices=("auto", "cpu", "gpu"), default=None,
+                   help="--ray: cpu (gloo) or gpu (one GPU per worker, NCCL); auto (default): gpu when the cluster has a GPU per worker")
+    p.add_argument("--max-failures", type=_number(int, 0, what="an integer >= 0"), default=None, metavar="N",
+                   help="--ray: worker-group restarts after a failure, each resuming from the last checkpoint (default 3)")
+    p.add_argument("--ray-storage", default=None, metavar="DIR", help="--ray: Ray's own storage (default: <parent of output_dir>/.deltatune-ray)")
 
 
 STRICT_HELP = "make the data warnings (tokens unknown to the model's vocabulary, truncated examples) errors (exit status 2)"
@@ -476,10 +489,11 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
     if run_dir:
         RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
         check_tracking(cfg.train)  # a missing tracker package, an MLflow store URI MLflow cannot open
+        _check_strategy_before_torch(args, cfg)
     d = cfg.data
     columns = REGISTRY[cfg.task].columns
     # image / audio tasks (model families "vision" / "audio"): the hint names their file column
-    remedy = COLUMN_REMEDIES.get({"vision": "image", "audio": "audio"}.get(REGISTRY[cfg.task].family, "text"))
+    remedy = COLUMN_REMEDIES.get({"vision": "image", "audio": "audio", "speech-seq2seq": "audio-text"}.get(REGISTRY[cfg.task].family, "text"))
     for ref in (d.train_file, d.validation_file, d.test_file):  # in finetune's order (all with labels)
         if ref:
             check_data_file(ref)
@@ -488,16 +502,60 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
     return source, overrides
 
 
+def _check_strategy_before_torch(args: argparse.Namespace, cfg) -> None:
+    """Refuse a ``distributed.strategy`` this launch cannot run (``fsdp`` in a single process, ``deepspeed``)
+    before torch is imported (:func:`deltatune.training.strategy.check_requested_strategy`); with ``--ray`` the
+    Ray workers are the launch, checked by :mod:`deltatune.training.ray_launch`."""
+    if getattr(args, "ray", False):
+        return
+    from deltatune.training.strategy import check_requested_strategy, world_size  # torch-free
+
+    check_requested_strategy(cfg.distributed, world_size(), cfg.train.mixed_precision, cfg.train.torch_compile)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.trust_checkpoint and not args.resume:
         raise DeltatuneError("--trust-checkpoint only applies with --resume (it allows loading an older run's checkpoints)")
+    ray = _ray_options(args)  # before the config, and before torch
     source, overrides = _validated_config(args, run_dir=True)
+    if ray is not None:
+        from deltatune.training.ray_launch import check_ray_run, run_on_ray
+
+        check_ray_run(source, overrides, ray, resume=args.resume)  # before Ray starts and torch loads
+        from deltatune.api import finetune
+
+        return run_on_ray(source, overrides, ray, train=finetune, overwrite=args.overwrite, resume=args.resume, strict=args.strict,
+                          trust_checkpoint=args.trust_checkpoint, trust_remote_code=args.trust_remote_code or None,
+                          allow_pickle_weights=args.allow_pickle_weights or None)
     from deltatune.api import finetune
 
     run = finetune(source, overrides, overwrite=args.overwrite, resume=args.resume, strict=args.strict,
                    trust_checkpoint=args.trust_checkpoint, trust_remote_code=args.trust_remote_code or None,
                    allow_pickle_weights=args.allow_pickle_weights or None)
     return 130 if run.result and run.result.interrupted else 0
+
+
+def _ray_options(args: argparse.Namespace):
+    """``train``'s Ray flags as :class:`deltatune.training.ray_launch.RayOptions`, or ``None`` without ``--ray``.
+
+    Raises:
+        DeltatuneError: a Ray flag without ``--ray``; ``--ray`` without Ray installed (nothing imported).
+    """
+    from deltatune.training.ray_launch import RayOptions, check_ray_available
+
+    flags = {"num_workers": "--num-workers", "address": "--address", "ray_device": "--ray-device",
+             "max_failures": "--max-failures", "ray_storage": "--ray-storage"}
+    if not args.ray:
+        given = [flag for dest, flag in flags.items() if getattr(args, dest) is not None]
+        if given:
+            raise DeltatuneError(f"{given[0]} only applies with --ray (deltatune train CONFIG --ray {given[0]} ...)")
+        return None
+    check_ray_available()
+    defaults = RayOptions()
+    return RayOptions(
+        num_workers=args.num_workers or defaults.num_workers, address=args.address, device=args.ray_device or defaults.device,
+        max_failures=defaults.max_failures if args.max_failures is None else args.max_failures, storage_path=args.ray_storage,
+    )
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -509,6 +567,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     overrides = list(args.set_) + list(args.overrides) + (["train.progress_bar=false"] if args.quiet else [])
     cfg = distill_config(args.teacher, args.student, source, overrides, args.output_dir)
     RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
+    _check_strategy_before_torch(args, cfg)
     d = cfg.data
     columns = REGISTRY[cfg.task].columns
     for ref in (d.train_file, d.validation_file, d.test_file):
@@ -645,12 +704,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_predict_files(run: str, files: list[str]) -> None:
+    """``predict --file``: the run reads image or audio files, and each file is one it can read (the checks
+    :func:`deltatune.api.predict` makes, here before torch loads; torch-free Pillow / soundfile).
+
+    Raises:
+        DeltatuneError: a run that reads texts or conversations; a file that is missing or not an image /
+            audio file of the run's kind (naming the file and what to do).
+    """
+    from deltatune.config import build_config
+
+    cfg = build_config(RunDir(run).config)
+    family = REGISTRY[cfg.task].family
+    if family == "vision-language":
+        raise DeltatuneError(
+            f"--file: {run} is a {cfg.task} run, which reads conversations, not bare files; "
+            "give rows with a 'messages' column (images named in the user turns) in a JSONL file via --input"
+        )
+    if family in ("encoder", "decoder", "encoder-decoder"):
+        raise DeltatuneError(f"--file: {run} is a {cfg.task} run, which reads texts; give them with --text or --input")
+    kind = {"vision": "image", "audio": "audio", "speech-seq2seq": "audio"}.get(family)
+    if kind is None:  # a family of its own: deltatune.api.predict decides
+        return
+    if kind == "image":
+        from deltatune.data.images import image_problem as problem_of
+    else:
+        from deltatune.data.audio import audio_problem as problem_of
+    for f in files:
+        problem = problem_of(Path(f).expanduser())
+        if problem is not None:
+            raise DeltatuneError(f"--file {f}: {Path(f).expanduser()} {problem}; the {cfg.task} run {run} reads {kind} files")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.text_pair and not args.text:
         raise DeltatuneError("--text-pair goes with --text (one --text-pair per --text); for a file use --input")
     from deltatune.output_files import PREDICTION_SUFFIXES
 
     _check_run_inputs(args, args.input, "--input", PREDICTION_SUFFIXES)
+    if args.file:
+        _check_predict_files(args.run, args.file)
     from deltatune.api import predict
 
     rows = predict(

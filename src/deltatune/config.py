@@ -49,7 +49,7 @@ from deltatune.tasks.options import (
 )
 from deltatune.tasks.options import AudioOptions, ImageOptions, MediaOptions
 from deltatune.tasks.options import VisionLanguageOptions
-from deltatune.tasks.options.augmentation import AugmentationOptions
+from deltatune.tasks.options.augmentation import AugmentationOptions, unused_augmentation_keys
 from deltatune.tasks.options.preference import completion_room_problem
 from deltatune.tasks.registry import REGISTRY, option_fields, task_names, tasks_reading
 
@@ -172,7 +172,7 @@ def load_yaml(text: str) -> Any:
 
 
 # the packaged model of a task family whose tasks cannot start from minilm (also deltatune auto's default)
-FAMILY_DEFAULT_MODELS = {"vision": "dinov2-small", "audio": "whisper-tiny-en"}
+FAMILY_DEFAULT_MODELS = {"vision": "dinov2-small", "audio": "whisper-tiny-en", "speech-seq2seq": "whisper-tiny-en"}
 
 
 class ModelConfig(_Section):
@@ -498,6 +498,9 @@ class DistillConfig(_Section):
 # task-specific data key -> the option model declaring it (deltatune.tasks.options)
 _OPTION_OF: dict[str, type[BaseModel]] = {key: model for model in OPTION_MODELS for key in model.model_fields}
 
+# top-level keys every saved config (<run>/config.yaml, RunConfig.to_yaml) holds
+_RESOLVED_KEYS = frozenset({"task", "name", "output_dir", "seed", "model", "data", "train", "eval", "delta"})
+
 # peak learning rates that work for each method when train.learning_rate is not set (from the registry)
 DEFAULT_LEARNING_RATES = default_learning_rates()
 # train.method contrastive with delta.method full: SetFit's body learning rate (arXiv:2209.11055)
@@ -632,6 +635,34 @@ class RunConfig(_Section):
             raise ValueError("distill.teacher trains with the task's own loss; remove train.method contrastive (--few-shot)")
         if self.train.packing:
             raise ValueError("distill.teacher keeps the teacher's outputs per example; remove train.packing")
+        return self
+
+    @model_validator(mode="after")
+    def _settings_without_their_switch(self) -> "RunConfig":
+        """``data.augmentation_*`` keys without ``data.augmentation: eda`` (text-classification,
+        text-regression), and ``distill.temperature`` / ``distill.alpha`` without ``distill.teacher``, would
+        change nothing: an error naming them when they were given (``model_fields_set``). A saved config
+        (every top-level key given, as ``<run>/config.yaml``) is refused only for values other than the
+        default, and not at all when it holds every key of the group, so that saved runs still load."""
+        resolved = _RESOLVED_KEYS <= self.model_fields_set
+        unused = [f"data.{k}" for k in unused_augmentation_keys(self.data, resolved)] if "augmentation" in option_fields(self.task) else []
+        if unused:
+            verb, it = ("is", "it") if len(unused) == 1 else ("are", "them")
+            raise ValueError(
+                f"{', '.join(unused)} {verb} set but data.augmentation is 'none', so nothing is augmented; "
+                f"set data.augmentation: eda or remove {it}"
+            )
+        d, given = self.distill, self.distill.model_fields_set
+        if d.teacher is None and not set(DistillConfig.model_fields) <= given:
+            fields = DistillConfig.model_fields
+            unused = [f"distill.{k}" for k in ("temperature", "alpha")
+                      if k in given and (not resolved or getattr(d, k) != fields[k].get_default())]
+            if unused:
+                verb, it = ("is", "it") if len(unused) == 1 else ("are", "them")
+                raise ValueError(
+                    f"{', '.join(unused)} {verb} set but distill.teacher is not, so nothing is distilled; set "
+                    f"distill.teacher to a finished run folder (or use deltatune distill --teacher RUN) or remove {it}"
+                )
         return self
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ import datasets
 import pytest
 
 from deltatune import api
-from deltatune.data.splits import split_by_column
+from deltatune.data.splits import FileRows, row_number, split_by_column, train_validation_indices, train_validation_split
 from deltatune.errors import DeltatuneError
 
 
@@ -62,3 +62,21 @@ def test_rows_of_a_split_are_named_as_such_in_errors_and_a_second_source_is_refu
     cfg["data"]["validation_file"] = str(other)
     with pytest.raises(DeltatuneError, match=r"has 3 rows with split=validation and data.validation_file is .*dev.jsonl too; use one"):
         api.check(cfg)
+
+
+def test_carved_parts_name_the_rows_of_the_file():
+    ds = datasets.Dataset.from_dict({"x": list(range(10))})
+    train_idx, val_idx = train_validation_indices(len(ds), 0.3, seed=4)
+    train, val = train_validation_split(ds, 0.3, seed=4)
+    assert train["x"] == train_idx and val["x"] == val_idx  # the same parts
+    source = FileRows("train.csv", val_idx)
+    assert source == "train.csv" and f"{source}: row" == "train.csv: row"
+    assert [row_number(source, j) for j in range(len(val))] == [i + 1 for i in val_idx]
+    assert row_number("dev.csv", 2) == 3  # a file of its own: its rows as they are
+
+
+def test_a_file_rows_source_survives_pickling():
+    import pickle
+
+    source = pickle.loads(pickle.dumps(FileRows("train.csv", [4, 1])))
+    assert source == "train.csv" and row_number(source, 0) == 5

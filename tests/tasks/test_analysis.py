@@ -30,6 +30,7 @@ CASES = [(s.name, s.family) for s in TASK_SPECS] + [(s.name, "encoder-decoder") 
 MODEL_FIXTURES = {
     "encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir",
     "vision": "tiny_vit_dir", "audio": "tiny_whisper_dir", "vision-language": "tiny_vlm_dir",
+    "speech-seq2seq": "tiny_whisper_asr_dir",
 }
 NO_ROW_SCORE = {"masked-lm", "causal-lm"}  # packed blocks of text, not rows: no worst_examples
 OWN_ROW_SCORE = {"dpo", "orpo", "simpo", "kto"}  # generative, but the worst rows are by reward margin over all rows
@@ -72,6 +73,8 @@ def _shows_row(name: str, row: dict, record: dict) -> bool:
     if name == "vision-language":  # the user turn's text (images by file name), the assistant's as reference
         user, answer = row["messages"][0]["content"], row["messages"][-1]["content"]
         return all(p["text"] in shown for p in user if p["type"] == "text") and record["reference"] == answer[0]["text"]
+    if name == "speech-recognition":  # the audio file, its transcript
+        return shown == row["audio"] and record["reference"] == row["text"]
     if name in {"image-classification", "audio-classification"}:  # the file's path and its label
         return shown == row["image" if name == "image-classification" else "audio"] and record["reference"] == row["label"]
     return row["source"] in shown and record["reference"] == row["target"]  # summarization, translation

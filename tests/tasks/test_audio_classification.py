@@ -116,6 +116,16 @@ def test_a_bad_audio_file_is_refused_or_skipped(tiny_whisper_dir, tmp_path, caps
     assert json.loads((run.path / "eval.json").read_text())
 
 
+def test_a_bad_audio_file_in_a_carved_validation_split_names_the_files_row(tiny_whisper_dir, tmp_path):
+    rows = _clips(tmp_path, 11)
+    train = _csv(tmp_path / "train.csv", rows[:5] + [("wav/gone.wav", "low")] + rows[5:])  # row 6 of the file
+    for seed in (0, 1):  # the shuffle puts row 6 in a different part and place each time
+        cfg = _config(tiny_whisper_dir, train, None, tmp_path / "run", validation_split=0.3)
+        cfg["seed"] = seed
+        with pytest.raises(DeltatuneError, match=r"train.csv: row 6, column 'audio': .*gone.wav does not exist"):
+            deltatune.finetune(cfg, verbose=False)
+
+
 def test_a_class_folder_of_wavs_is_training_data(tiny_whisper_dir, tmp_path):
     root = tmp_path / "digits"
     for rel, label in _clips(tmp_path, 8):

@@ -48,6 +48,7 @@ CASES = [(s.name, s.family) for s in TASK_SPECS] + [(s.name, "encoder-decoder") 
 MODEL_FIXTURES = {
     "encoder": "tiny_model_dir", "decoder": "tiny_llama_dir", "encoder-decoder": "tiny_t5_dir",
     "vision": "tiny_vit_dir", "audio": "tiny_whisper_dir", "vision-language": "tiny_vlm_dir",
+    "speech-seq2seq": "tiny_whisper_asr_dir",
 }
 
 
@@ -84,7 +85,8 @@ def check_contract(name: str, cls: type[Task], model_dir: str, tmp_path: Path) -
     if isinstance(task, GenerativeTask):  # text tasks return what encoding cut or dropped with the features
         assert features.stats is not None and features.stats.as_dict()["examples"] >= 1
     batch = task.collate(features.rows[:2])
-    inputs = {"text": "input_ids", "image-text": "input_ids", "image": "pixel_values", "audio": "input_features"}[task.input_kind]
+    inputs = {"text": "input_ids", "image-text": "input_ids", "image": "pixel_values", "audio": "input_features",
+              "audio-text": "input_features"}[task.input_kind]
     assert batch[inputs].dtype == (torch.long if inputs == "input_ids" else torch.float32) and task.num_targets(batch) >= 1
 
     # train two steps and save; the metrics hold the task's default metric
@@ -152,7 +154,7 @@ def test_every_registered_task_declares_its_capabilities():
                 continue
             cls = get_task_class(spec.name, encoder_decoder)
             # decoder and encoder-decoder tasks generate; encoder tasks decode their outputs
-            assert issubclass(cls, GenerativeTask) == (spec.family in ("decoder", "vision-language")), ref
+            assert issubclass(cls, GenerativeTask) == (spec.family in ("decoder", "vision-language", "speech-seq2seq")), ref
             assert cls.auto_model_class is not None, ref
             demo = cls.demo_rows()
             assert len(demo["rows"]) >= 2 and isinstance(demo["config"], dict), ref

@@ -72,6 +72,19 @@ def test_train_predict_evaluate_with_paths_relative_to_the_data_file(tiny_vit_di
     assert one[0]["label"] == rows[0][1] and one[0]["image"] == str(data / rows[0][0])
 
 
+def test_an_image_run_reports_examples_per_second_not_tokens(tiny_vit_dir, tmp_path, capfd):
+    rows = _images(tmp_path, 12)
+    train = _csv(tmp_path / "train.csv", rows)
+    cfg = _config(tiny_vit_dir, train, train, tmp_path / "run")
+    cfg["train"].update(max_steps=2, log_interval_seconds=0)
+    run = deltatune.finetune(cfg, verbose=True)
+    captured = capfd.readouterr()
+    lines = [x for x in captured.err.splitlines() if x.startswith("step ")]
+    assert lines and all("examples/s" in x and "tokens" not in x for x in lines), lines
+    assert "tokens" not in captured.out and "positions per forward pass" in captured.out  # the summary
+    assert "tokens_per_second" not in json.loads((run.path / "eval.json").read_text())["train"]
+
+
 def test_a_class_folder_directory_is_training_data(tiny_vit_dir, tmp_path):
     root = tmp_path / "train"
     for rel, label in _images(tmp_path, 12, ("red", "blue", "green")):
@@ -91,6 +104,30 @@ def test_a_bad_image_is_refused_naming_the_file_and_row(tiny_vit_dir, tmp_path, 
     with pytest.raises(DeltatuneError, match=rf"train.csv: row 4, column 'image': .*bad.jpg {problem}; .*data.skip_bad_rows: true"):
         deltatune.finetune(_config(tiny_vit_dir, train, train, tmp_path / "run"), verbose=False)
     assert not (tmp_path / "run").exists()  # refused before the run folder
+
+
+@pytest.mark.parametrize("bad_row", [3, 12])
+def test_a_bad_image_in_a_carved_validation_split_names_the_files_row(tiny_vit_dir, tmp_path, bad_row):
+    # no validation_file: the rows are shuffled into a training and a validation part, and the
+    # message still names the bad image's row in train.csv (data rows counted from 1)
+    rows = _images(tmp_path, 11)
+    train = _csv(tmp_path / "train.csv", rows[: bad_row - 1] + [("imgs/gone.png", "red")] + rows[bad_row - 1 :])
+    with pytest.raises(DeltatuneError, match=rf"train.csv: row {bad_row}, column 'image': .*gone.png does not exist"):
+        deltatune.finetune(_config(tiny_vit_dir, train, None, tmp_path / "run", validation_split=0.25), verbose=False)
+
+
+def test_skip_bad_rows_in_a_carved_split_reports_the_files_rows(tiny_vit_dir, tmp_path, capsys):
+    from deltatune.api import _encode, _load_splits
+    from deltatune.config import build_config
+
+    rows = _images(tmp_path, 10)
+    train = _csv(tmp_path / "train.csv", rows[:4] + [("imgs/gone.png", "red")] + rows[4:8] + [("imgs/lost.png", "blue")] + rows[8:])
+    cfg = build_config(_config(tiny_vit_dir, train, None, tmp_path / "run", validation_split=0.5, skip_bad_rows=True))
+    task, splits = _load_splits(cfg)
+    _, encoded = _encode(cfg, task, splits, tiny_vit_dir, strict=False)
+    dropped = encoded.train.stats.dropped_rows + encoded.validation.stats.dropped_rows
+    assert sorted(dropped) == [5, 10]  # rows 5 and 10 of train.csv, whichever part they fell in
+    assert "(data.skip_bad_rows; first: row 5)" in capsys.readouterr().err  # the lower of them in its part
 
 
 def test_skip_bad_rows_skips_and_counts_them(tiny_vit_dir, tmp_path, capsys):

@@ -62,6 +62,18 @@ def test_lines_every_interval_and_none_from_other_processes():
     assert silent.getvalue() == ""
 
 
+def test_tasks_without_tokens_show_examples_per_second_only():
+    from deltatune.training.progress import counts_tokens
+
+    assert counts_tokens("text") and counts_tokens("image-text") and not counts_tokens("image") and not counts_tokens("audio")
+    clock, out = _Clock(), io.StringIO()
+    p = Progress(total=10, initial=0, enabled=True, bar=True, interval=0, stream=out, clock=clock, tokens=False)  # not a TTY: lines
+    clock.now = 4.0
+    p.update(2, examples=16, tokens=514, loss=0.5)
+    assert out.getvalue() == "step 2/10 | loss 0.5000 | 4 examples/s | elapsed 4s | ETA 16s\n"
+    assert "tokens/s" not in progress_line(2, 10, 0.5, examples=16, tokens=None, elapsed=4, steps_done=2)
+
+
 def test_slow_rates_are_not_shown_as_zero():
     # SmolLM2 SFT on 2 CPU cores: ~0.04 examples/s used to print as "0.0 examples/s"
     assert format_rate(0.0412) == "0.0412" and format_rate(12.34) == "12.3" and format_rate(1234.5) == "1234"

@@ -44,7 +44,9 @@ MEDIA_FAMILIES = ("vision", "audio")
 
 def method_family(family: str) -> str:
     """The family a Δθ method's ``families`` / ``searched_for`` are checked against: ``"encoder"`` for
-    ``"vision"`` and ``"audio"`` (models or tasks), else ``family``."""
+    ``"vision"`` and ``"audio"`` (models or tasks), ``"encoder-decoder"`` for ``"speech-seq2seq"`` (Whisper), else ``family``."""
+    if family == "speech-seq2seq":
+        return "encoder-decoder"
     return "encoder" if family in MEDIA_FAMILIES else family
 
 

@@ -503,8 +503,9 @@ def _for_task(t: _Table, task: str, family: Optional[str], n: int, source: str) 
 
 
 def task_family(task: str) -> str:
-    """``"encoder"`` for tasks the packaged encoder does, ``"vision"``/``"audio"``/``"vision-language"`` for
-    image/audio/image-text tasks (their registry family), else ``"decoder"`` (generative tasks)."""
+    """``"encoder"`` for tasks the packaged encoder does, ``"vision"``/``"audio"``/``"vision-language"``/``"speech-seq2seq"``
+    for image/audio/image-text/speech-to-text tasks (their registry family), else ``"decoder"`` (generative tasks)."""
     if task in ENCODER_TASKS:
         return "encoder"
-    return REGISTRY[task].family if task in REGISTRY and REGISTRY[task].family in ("vision", "audio", "vision-language") else "decoder"
+    own = ("vision", "audio", "vision-language", "speech-seq2seq")
+    return REGISTRY[task].family if task in REGISTRY and REGISTRY[task].family in own else "decoder"

@@ -118,6 +118,7 @@ COLUMN_REMEDIES = {
     "image": "set the column names in data.image_column / data.label_column, e.g. data.image_column=path; or check --task",
     "audio": "set the column names in data.audio_column / data.label_column, e.g. data.audio_column=path; or check --task",
     "image-text": "give each row a 'messages' (or 'conversations') column of chat turns; or check --task",
+    "audio-text": "set the column names in data.audio_column / data.text_column, e.g. data.audio_column=path; or check --task",
 }
 
 

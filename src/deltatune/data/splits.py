@@ -35,18 +35,54 @@ def train_validation_split(
     Returns:
         (train, validation) datasets; row order inside each is the shuffled order.
     """
-    n = len(ds)
+    train_idx, val_idx = train_validation_indices(len(ds), fraction, seed, stratify_by, contiguous)
+    return ds.select(train_idx), ds.select(val_idx)
+
+
+def train_validation_indices(
+    n: int,
+    fraction: float,
+    seed: int,
+    stratify_by: Sequence[Hashable] | None = None,
+    contiguous: bool = False,
+) -> tuple[list[int], list[int]]:
+    """The row indices (from 0) of :func:`train_validation_split`'s two parts of ``n`` rows, in the
+    parts' order: index ``j`` of a part is row ``indices[j]`` of the file (what :class:`FileRows` keeps
+    so that messages name the file's row, not the part's)."""
     n_val = min(max(1, round(n * fraction)), n - 1)
     idx = list(range(n))
     if contiguous:
-        return ds.select(idx[: n - n_val]), ds.select(idx[n - n_val :])
+        return idx[: n - n_val], idx[n - n_val :]
     strat = list(stratify_by) if stratify_by is not None else None
     if strat is not None:
         counts = Counter(strat)
         if min(counts.values()) < 2 or n_val < len(counts) or n - n_val < len(counts):
             strat = None
     train_idx, val_idx = train_test_split(idx, test_size=n_val, random_state=seed, shuffle=True, stratify=strat)
-    return ds.select(train_idx), ds.select(val_idx)
+    return [int(i) for i in train_idx], [int(i) for i in val_idx]
+
+
+class FileRows(str):
+    """How messages name a split (a ``str``, as every ``source`` argument is) that also knows which
+    row of its file each of the split's rows is: ``file_rows[j]`` is the file row (from 0) of the
+    split's row ``j``. The two parts of a training file carved by :func:`train_validation_split` are
+    shuffled, so a part's own row index is not the row a user finds in the file; tasks name rows by
+    :func:`row_number`, which reads this."""
+
+    file_rows: tuple[int, ...] | None
+
+    def __new__(cls, name: str, file_rows: Sequence[int] | None = None) -> "FileRows":
+        obj = super().__new__(cls, name)
+        obj.file_rows = tuple(int(r) for r in file_rows) if file_rows is not None else None
+        return obj
+
+
+def row_number(source: str, index: int) -> int:
+    """The row messages name for row ``index`` (from 0) of the split that ``source`` names: data rows
+    counted from 1, as in the file when ``source`` is a :class:`FileRows` that knows the split's file
+    rows, else the split's own ``index + 1``."""
+    rows = getattr(source, "file_rows", None)
+    return rows[index] + 1 if rows is not None and 0 <= index < len(rows) else index + 1
 
 
 # values of data.split_column and the split they put a row in

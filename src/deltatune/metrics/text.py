@@ -14,6 +14,8 @@
   strip punctuation and the articles a/an/the, collapse whitespace; F1 over bag-of-token
   overlap; the maximum over the gold answers; ×100.
 - Perplexity: exp(mean token cross-entropy in nats).
+- WER / CER (speech recognition): :mod:`deltatune.metrics.speech` (jiwer), re-exported here as the
+  ``wer_cer`` scorer the task registry names.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import Sequence
 
 from deltatune.errors import DeltatuneError
 from deltatune.metrics.squad import exact_match, normalize_answer, squad_metrics, token_f1
+from deltatune.metrics.speech import wer_cer  # the speech-recognition scorer (registry name "wer_cer")
 
 __all__ = ["bleu_chrf", "exact_match_score", "f1_score", "normalize_answer", "perplexity", "rouge", "sentence_lines",
-           "squad_em_f1"]
+           "squad_em_f1", "wer_cer"]
 
 
 def _check_examples(metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:

@@ -169,14 +169,15 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False):
         raise _load_error(model_path, "cannot load its tokenizer", e) from None
 
 
-INPUT_KINDS = ("text", "image", "audio", "image-text")
+INPUT_KINDS = ("text", "image", "audio", "image-text", "audio-text")
 
 
 def load_processor(model_path: str, kind: str = "text", trust_remote_code: bool = False):
     """What turns a task's inputs into model inputs, by the task's ``input_kind``: ``"text"`` →
     :func:`load_tokenizer`; ``"image"`` → ``AutoImageProcessor`` (resize, crop, normalize);
     ``"audio"`` → ``AutoFeatureExtractor`` (e.g. Whisper's log-mel spectrogram); ``"image-text"`` →
-    ``AutoProcessor`` (tokenizer, image processor and chat template of a vision-language model).
+    ``AutoProcessor`` (tokenizer, image processor and chat template of a vision-language model); ``"audio-text"`` →
+    ``AutoProcessor`` (feature extractor and tokenizer of a speech-to-text model: ``WhisperProcessor``).
 
     Raises:
         DeltatuneError: an unknown ``kind``; no processor files (``preprocessor_config.json``) in the
@@ -188,6 +189,7 @@ def load_processor(model_path: str, kind: str = "text", trust_remote_code: bool 
 
     classes = {"image": (AutoImageProcessor, "image processor"), "audio": (AutoFeatureExtractor, "feature extractor")}
     classes["image-text"] = (AutoProcessor, "processor")  # tokenizer + image processor + chat template
+    classes["audio-text"] = (AutoProcessor, "processor")  # feature extractor + tokenizer (speech-recognition)
     if kind not in classes:
         raise DeltatuneError(f"unknown input kind {kind!r}; one of {', '.join(INPUT_KINDS)}")
     auto_class, what = classes[kind]

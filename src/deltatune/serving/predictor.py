@@ -223,7 +223,7 @@ def load(
     cfg = _permitted_config(rd, trust_remote_code, allow_pickle_weights)
     if generation:
         given = ", ".join(f"--{k[5:].replace('_', '-')}" for k in generation if k != "eval.do_sample")
-        if get_task_class(cfg.task).peft_task_type not in GENERATIVE_TASK_TYPES:
+        if not issubclass(get_task_class(cfg.task), GenerativeTask):  # speech-recognition: peft type None, generates
             raise DeltatuneError(
                 f"{given}: run {rd.root} ({cfg.task}) does not generate text; these options are for decoder and encoder-decoder runs"
             )

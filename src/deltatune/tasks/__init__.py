@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from deltatune.errors import DeltatuneError
-from deltatune.tasks.registry import REGISTRY, TaskSpec, register, task_names, tasks_of_family
+from deltatune.tasks.registry import ENCODER_DECODER_FAMILIES, REGISTRY, TaskSpec, register, task_names, tasks_of_family
 
 if TYPE_CHECKING:  # importing this package stays torch-free (deltatune.config reads the registry)
     from deltatune.config import ModelConfig, RunConfig
@@ -48,7 +48,7 @@ def get_task_class(name: str, encoder_decoder: bool = False, method: str = "stan
     spec = REGISTRY.get(name)
     if spec is None:
         raise DeltatuneError(f"unknown task '{name}'; known tasks: {', '.join(REGISTRY)}")
-    if encoder_decoder:
+    if encoder_decoder and spec.family not in ENCODER_DECODER_FAMILIES:  # speech-recognition: its own class is the one
         if spec.encoder_decoder is None:
             raise DeltatuneError(
                 f"task '{name}' does not run on an encoder-decoder model; use one of {', '.join(tasks_of_family('encoder-decoder'))}"

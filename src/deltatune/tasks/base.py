@@ -115,7 +115,8 @@ class Task(ABC):
     # what the model reads: "text" (a tokenizer), "image" (an image processor) or "audio" (a feature
     # extractor); deltatune.models.loading.load_processor loads the matching one for set_tokenizer and
     # encode, and the vocabulary check (deltatune.data.coverage) runs on text only (deltatune.api);
-    # "image-text": a vision-language model's AutoProcessor (tokenizer, image processor, chat template)
+    # "image-text": a vision-language model's AutoProcessor (tokenizer, image processor, chat template);
+    # "audio-text": a speech-to-text model's AutoProcessor (feature extractor and tokenizer: WhisperProcessor)
     input_kind: str = "text"
 
     def __init__(self, config: RunConfig):

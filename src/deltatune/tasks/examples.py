@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
+from deltatune.metrics.speech import row_word_accuracy
 from deltatune.metrics.squad import question_scores
 
 MAX_CHARS = 2000  # longest string of an analysis.json record, "…" included
@@ -137,6 +138,7 @@ ROW_SCORERS: dict[str, tuple[Callable[[str, Sequence[str]], float], str]] = {
     "rouge": (rouge_l, "ROUGE-L F (0-100)"),
     "bleu_chrf": (sentence_chrf, "sentence chrF (0-100)"),
     "squad_em_f1": (squad_f1, "SQuAD F1 (0-100)"),
+    "wer_cer": (row_word_accuracy, "word accuracy 100·max(0, 1 − WER)"),
 }
 
 

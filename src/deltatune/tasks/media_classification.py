@@ -34,6 +34,7 @@ import torch
 from deltatune.config import RunConfig
 from deltatune.data.columns import is_missing, require_columns
 from deltatune.data.paths import COLUMN_REMEDIES, resolve_file
+from deltatune.data.splits import row_number
 from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_with_new_head
 from deltatune.tasks.base import Features
@@ -148,6 +149,8 @@ class MediaClassificationTask(ClassificationTask):
     def encode(self, ds: datasets.Dataset, tokenizer, with_labels: bool = True, source: str = "data") -> Features:
         """Check each row's file and keep its resolved path (``{"file": str, "labels": ...}``); the pixels or
         samples are read in :meth:`collate`. ``Features.meta`` holds each feature's row index in ``ds``.
+        Messages name the row of the file (:func:`deltatune.data.splits.row_number`: a part carved out of
+        the training file keeps its file rows).
 
         Raises:
             DeltatuneError: a bad file (naming ``source``, the row, the column and the file), unless
@@ -164,21 +167,22 @@ class MediaClassificationTask(ClassificationTask):
                 if not skip:
                     hint = ", or set data.skip_bad_rows: true" if with_labels else "; prediction needs every file"
                     raise DeltatuneError(
-                        f"{source}: row {i + 1}, column '{self.file_column}': {path} {problem}; fix or remove the file{hint}"
+                        f"{source}: row {row_number(source, i)}, column '{self.file_column}': {path} {problem}; "
+                        f"fix or remove the file{hint}"
                     )
-                skipped.append(i + 1)
+                skipped.append(row_number(source, i))
                 continue
             row: dict[str, Any] = {"file": str(path)}
             if with_labels:
-                row["labels"] = self._label_ids(labels[i], i + 1, source)
+                row["labels"] = self._label_ids(labels[i], row_number(source, i), source)
             rows.append(row)
             meta.append(i)
         if skipped:
             print(f"warning: {source}: skipped {len(skipped)} of {len(ds)} rows whose {self.file_kind} file cannot be read "
-                  f"(data.skip_bad_rows; first: row {skipped[0]})", file=sys.stderr, flush=True)
+                  f"(data.skip_bad_rows; first: row {min(skipped)})", file=sys.stderr, flush=True)
         if not rows:
             raise DeltatuneError(f"{source}: no row has a readable {self.file_kind} file")
-        stats = FileStats(examples=len(rows), skipped_bad_files=len(skipped), dropped_rows=skipped)
+        stats = FileStats(examples=len(rows), skipped_bad_files=len(skipped), dropped_rows=sorted(skipped))
         return Features(rows, [self.input_length()] * len(rows), meta=meta, stats=stats)
 
     def training_features(self, features: Features) -> Features:

@@ -50,6 +50,7 @@ from deltatune.tasks.options.token_classification import token_classification_co
 from deltatune.tasks.options.audio import AudioOptions, audio_columns
 from deltatune.tasks.options.image import ImageOptions, image_columns
 from deltatune.tasks.options.media import MediaOptions
+from deltatune.tasks.options.speech import speech_recognition_columns
 from deltatune.tasks.options.vision_language import VisionLanguageOptions
 from deltatune.tasks.options.augmentation import AugmentationOptions
 
@@ -57,8 +58,11 @@ from deltatune.tasks.options.augmentation import AugmentationOptions
 ColumnsFn = Callable[[Any, bool], list]
 
 # "vision" and "audio": image and audio encoders (AutoModelForImageClassification / ...AudioClassification);
-# "vision-language": image-text-to-text models (AutoModelForImageTextToText: SmolVLM, Qwen2-VL, LLaVA, ...)
-FAMILIES = ("encoder", "decoder", "encoder-decoder", "vision", "audio", "vision-language")
+# "vision-language": image-text-to-text models (AutoModelForImageTextToText: SmolVLM, Qwen2-VL, LLaVA, ...);
+# "speech-seq2seq": audio encoder + text decoder models (AutoModelForSpeechSeq2Seq: Whisper, Speech2Text)
+FAMILIES = ("encoder", "decoder", "encoder-decoder", "vision", "audio", "vision-language", "speech-seq2seq")
+# families whose models are encoder-decoders (config.is_encoder_decoder) with the task's default implementation
+ENCODER_DECODER_FAMILIES = ("speech-seq2seq",)
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,9 @@ TASK_SPECS: tuple[TaskSpec, ...] = (
     # chat rows whose user turns hold images, on an image-text-to-text model (docs/vision_language.md)
     TaskSpec("vision-language", "deltatune.tasks.vision_language.task:VisionLanguageTask", "vision-language", scorer="rouge",
              options=(TemplateOptions, VisionLanguageOptions)),
+    # rows name audio files and hold their transcripts, on an audio encoder-decoder (docs/vision_audio.md)
+    TaskSpec("speech-recognition", "speech_recognition:SpeechRecognitionTask", "speech-seq2seq", scorer="wer_cer",
+             options=(AudioOptions, MediaOptions, TextToTextOptions), columns=speech_recognition_columns),
 )
 
 # name -> spec, in registration order; register() adds to it (test-only tasks)

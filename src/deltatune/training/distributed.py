@@ -27,18 +27,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
-from accelerate.utils import parse_flag_from_env
 
 from deltatune.config import DistributedConfig
 from deltatune.errors import DeltatuneError
 from deltatune.tasks.base import Features, Task
 from deltatune.training.batching import eval_batches
 from deltatune.training.compute import transformer_blocks
+from deltatune.training.strategy import check_requested_strategy, world_size  # noqa: F401 - world_size: this module's name for it
 
 
 def check_strategy(cfg: DistributedConfig, world: int, device_type: str, mixed_precision: str, torch_compile: bool = False) -> bool:
@@ -60,42 +59,15 @@ def check_strategy(cfg: DistributedConfig, world: int, device_type: str, mixed_p
             DDP on CPU without a word); ``deepspeed`` (not wired; GPU-only); ``fsdp`` with fp16,
             ``train.torch_compile``, or ``fsdp_cpu_offload`` on CPU processes.
     """
-    launch = "torchrun --nproc_per_node N -m deltatune train CONFIG"
-    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if parse_flag_from_env(flag):
-            raise DeltatuneError(
-                f"an accelerate launch with a {name} config is not used by deltatune (on CPU Accelerate would run DDP "
-                f"instead); set distributed.strategy in the config (fsdp) and launch with {launch} or "
-                "accelerate launch --config_file examples/accelerate/ddp.yaml -m deltatune train CONFIG"
-            )
-    if cfg.strategy == "deepspeed":
-        where = "GPU-only (Accelerate's DeepSpeed plugin), and " if device_type == "cpu" else ""
-        raise DeltatuneError(
-            f"distributed.strategy deepspeed is {where}not wired into deltatune's loop yet; use distributed.strategy fsdp "
-            "(ZeRO-3-like sharding) or ddp"
-        )
+    check_requested_strategy(cfg, world, mixed_precision, torch_compile, device_type)  # the checks the CLI makes before torch
     if cfg.strategy != "fsdp":
         return False
-    if world < 2:
-        raise DeltatuneError(
-            "distributed.strategy fsdp shards the model over several processes, and this launch has 1 (it would run "
-            f"unsharded); launch with {launch}, or set distributed.strategy ddp"
-        )
-    if mixed_precision == "fp16":
-        raise DeltatuneError("distributed.strategy fsdp with train.mixed_precision fp16 is not supported (no sharded gradient scaler); use bf16")
-    if torch_compile:
-        raise DeltatuneError("distributed.strategy fsdp with train.torch_compile is not supported yet; set train.torch_compile false")
     if cfg.fsdp_cpu_offload and device_type == "cpu":
         raise DeltatuneError(
             "distributed.fsdp_cpu_offload moves GPU shards to the CPU, and these processes run on the CPU already; "
             "set distributed.fsdp_cpu_offload false"
         )
     return True
-
-
-def world_size() -> int:
-    """The number of processes a launcher started (``WORLD_SIZE``; 1 without a launcher)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def block_modules(model: torch.nn.Module, names: Optional[list[str]] = None) -> list[torch.nn.Module]:

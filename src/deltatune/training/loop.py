@@ -60,7 +60,7 @@ from deltatune.training.early_stopping import EarlyStopping
 from deltatune.training.inference import batched_outputs, merge_outputs
 from deltatune.training.memory import estimate_run_memory
 from deltatune.training.optim import add_l1_gradient, build_optimizer, build_scheduler, regularized_parameters
-from deltatune.training.progress import Progress
+from deltatune.training.progress import Progress, counts_tokens
 from deltatune.training.tracking import Trackers
 
 # the batch of ``train.per_device_train_batch_size: auto`` (its micro-batch is planned)
@@ -693,7 +693,8 @@ class Trainer:
         tc = self.cfg.train
         self._call_start = time.perf_counter()
         return _LoopState(
-            progress=Progress(self.total_steps, self.state.global_step, self.is_main, tc.progress_bar, tc.log_interval_seconds),
+            progress=Progress(self.total_steps, self.state.global_step, self.is_main, tc.progress_bar, tc.log_interval_seconds,
+                              tokens=counts_tokens(self.task.input_kind)),
             start=time.perf_counter(),
             examples_at_start=self.state.examples_seen,
             micro_size=self.plan.micro_batch_size * self.world,

@@ -12,7 +12,8 @@ line at most every :data:`QUIET_INTERVAL_SECONDS`, so a long run still shows it 
 
 Rates are examples (not packs or windows) and real tokens (attention mask, not padding) per
 second of training since the start of this process's training, printed with 3 significant
-digits (a CPU run at 0.04 examples/s shows ``0.04``, not ``0.0``).
+digits (a CPU run at 0.04 examples/s shows ``0.04``, not ``0.0``). Tasks whose input has no
+tokens (images, audio: :func:`counts_tokens`) show examples/s only.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ from typing import Callable, Optional, TextIO
 from tqdm.auto import tqdm
 
 QUIET_INTERVAL_SECONDS = 300.0
+
+# Task.input_kind values whose inputs are not tokens (pixels, samples): no tokens/s for them
+TOKENLESS_INPUTS = ("image", "audio")
+
+
+def counts_tokens(input_kind: str) -> bool:
+    """Whether a task reading ``input_kind`` (``Task.input_kind``: ``text``, ``image``, ``audio``,
+    ``image-text``) trains on tokens, so that a tokens/s rate means something (not images or audio)."""
+    return input_kind not in TOKENLESS_INPUTS
 
 
 def format_rate(x: float) -> str:
@@ -46,17 +56,22 @@ def format_duration(seconds: float) -> str:
 
 
 def progress_line(
-    step: int, total: int, loss: Optional[float], examples: float, tokens: float, elapsed: float, steps_done: int, metric: str = ""
+    step: int, total: int, loss: Optional[float], examples: float, tokens: Optional[float], elapsed: float, steps_done: int,
+    metric: str = "",
 ) -> str:
     """One progress line (module doc). ``examples``/``tokens``: counts since the start of this
-    process's training; ``steps_done``: optimizer steps in that time (for the ETA)."""
+    process's training (``tokens`` ``None``: a task without tokens, no tokens/s); ``steps_done``:
+    optimizer steps in that time (for the ETA)."""
     rate = lambda n: n / elapsed if elapsed > 0 else 0.0  # noqa: E731
     parts = [f"step {step}/{total}"]
     if loss is not None:
         parts.append(f"loss {loss:.4f}")
     if metric:  # "accuracy=0.9123" from the latest evaluation
         parts.append("eval " + metric.replace("=", " "))
-    parts += [f"{format_rate(rate(examples))} examples/s", f"{format_rate(rate(tokens))} tokens/s", f"elapsed {format_duration(elapsed)}"]
+    parts.append(f"{format_rate(rate(examples))} examples/s")
+    if tokens is not None:
+        parts.append(f"{format_rate(rate(tokens))} tokens/s")
+    parts.append(f"elapsed {format_duration(elapsed)}")
     if steps_done > 0 and step < total:
         parts.append(f"ETA {format_duration(elapsed / steps_done * (total - step))}")
     return " | ".join(parts)
@@ -72,6 +87,7 @@ class Progress:
         interval: seconds between lines when not on a terminal (0: every step).
         stream: where to write (stderr by default, as tqdm).
         clock: seconds, monotonic (tests pass a fake one).
+        tokens: show tokens/s (False for tasks without tokens: :func:`counts_tokens`).
     """
 
     def __init__(
@@ -83,8 +99,10 @@ class Progress:
         interval: float,
         stream: Optional[TextIO] = None,
         clock: Callable[[], float] = time.perf_counter,
+        tokens: bool = True,
     ):
         self.total = total
+        self.tokens = tokens
         self.initial = initial
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
@@ -125,7 +143,9 @@ class Progress:
         if now - self.last_line >= self.interval or step >= self.total:
             self.last_line = now
             shown = recent_loss() if recent_loss is not None else loss
-            line = progress_line(step, self.total, shown, examples, tokens, elapsed, step - self.initial, self.metric)
+            line = progress_line(
+                step, self.total, shown, examples, tokens if self.tokens else None, elapsed, step - self.initial, self.metric
+            )
             print(line, file=self.stream, flush=True)
 
     def set_metric(self, text: str) -> None:

@@ -45,3 +45,25 @@ class AugmentationOptions(BaseModel):
     augmentation_seed: Optional[int] = Field(
         default=None, ge=0, description="seed of the augmentation (unset: the run's seed)"
     )
+
+
+
+def unused_augmentation_keys(data: BaseModel, resolved: bool = False) -> list[str]:
+    """The ``data.augmentation_*`` keys given (pydantic's ``model_fields_set``) while ``data.augmentation``
+    is ``none``, so that they would change nothing; empty when augmentation is on.
+
+    Args:
+        data: the ``data`` section.
+        resolved: the config is a saved one (``<run>/config.yaml``, every key written): only values other
+            than the default count. A ``data`` section holding every key of :class:`AugmentationOptions`
+            gives none, so that runs saved before this check still load.
+    """
+    given = data.model_fields_set
+    if getattr(data, "augmentation", "none") != "none" or set(AugmentationOptions.model_fields) <= given:
+        return []
+    fields = AugmentationOptions.model_fields
+    return [
+        k for k in fields
+        if k != "augmentation" and k in given
+        and (not resolved or getattr(data, k) != fields[k].get_default(call_default_factory=True))
+    ]

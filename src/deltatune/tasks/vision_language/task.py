@@ -32,6 +32,7 @@ from deltatune.config import DeltaConfig
 from deltatune.data.columns import require_columns
 from deltatune.data.images import image_problem, load_image
 from deltatune.data.paths import COLUMN_REMEDIES, base_folder
+from deltatune.data.splits import row_number
 from deltatune.errors import DeltatuneError
 from deltatune.models.loading import load_pretrained
 from deltatune.tasks.base import Features
@@ -153,7 +154,8 @@ class VisionLanguageTask(GenerationMetrics, LanguageModelTask):
         enc = self.encoder()
         st = VisionEncodeStats()
         rows = []
-        for i, row in enumerate(ds, start=1):
+        for j, row in enumerate(ds):
+            i = row_number(source, j)  # the file's row, also in a part carved out of the training file
             where = f"{source}: row {i}"
             messages, files = self.conversation(row, i, source)
             out = enc.encode(messages, self.images(files, where), st, where)
