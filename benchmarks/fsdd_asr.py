@@ -35,15 +35,22 @@ FSDD = ROOT.parent / "shared" / "data" / "audio_classification" / "fsdd"
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def write_manifest(out: Path) -> Path:
-    """``out/fsdd_asr.csv``: path (absolute), text (digit word), split, from FSDD's manifest.csv."""
+def write_manifest(out: Path, fsdd: Path = FSDD) -> Path:
+    """``out/fsdd_asr.csv``: path (absolute), text (digit word), split, from ``fsdd``/manifest.csv.
+
+    Raises:
+        SystemExit: one line when ``fsdd``/manifest.csv is missing (name the folder with ``--fsdd``).
+    """
+    fsdd = Path(fsdd).resolve()
+    if not (fsdd / "manifest.csv").is_file():
+        raise SystemExit(f"error: {fsdd / 'manifest.csv'} not found; point --fsdd at the FSDD folder (audio_classification/fsdd of the shared data)")
     out.mkdir(parents=True, exist_ok=True)
     target = out / "fsdd_asr.csv"
-    with (FSDD / "manifest.csv").open() as f, target.open("w", newline="") as g:
+    with (fsdd / "manifest.csv").open() as f, target.open("w", newline="") as g:
         w = csv.writer(g)
         w.writerow(["path", "text", "split"])
         for row in csv.DictReader(f):
-            w.writerow([str(FSDD / row["path"]), WORDS[int(row["label"])], row["split"]])
+            w.writerow([str(fsdd / row["path"]), WORDS[int(row["label"])], row["split"]])
     return target
 
 
@@ -80,6 +87,7 @@ def zero_shot(config: dict, test, max_audio_seconds: float | None) -> tuple[dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fsdd", default=str(FSDD), help="the FSDD folder holding manifest.csv (default: ../shared/data/audio_classification/fsdd)")
     ap.add_argument("--data-dir", default=str(ROOT / "runs" / "fsdd_asr_data"), help="where fsdd_asr.csv is written")
     ap.add_argument("--config", default=str(ROOT / "examples" / "fsdd_asr.yaml"))
     ap.add_argument("--output-dir", default=str(ROOT / "runs" / "fsdd_asr"), help="the fine-tuned run")
@@ -91,7 +99,7 @@ def main() -> None:
     ap.add_argument("--output", default=None, help="results JSON")
     args = ap.parse_args()
 
-    manifest = write_manifest(Path(args.data_dir))
+    manifest = write_manifest(Path(args.data_dir), Path(args.fsdd))
     print(f"wrote {manifest}")
     if args.write_manifest_only:
         return

@@ -392,6 +392,8 @@ def test_usage_and_config_errors_come_before_torch_is_imported(argv, tmp_path):
         (["predict", "img", "--file", "gone.png"], "error: --file gone.png: "),
         (["predict", "img", "--file", "a.png", "--file", "a.wav"], "a.wav is not an image Pillow can read; the image-classification run img reads image files"),
         (["predict", "wav", "--file", "a.png"], "a.png is not an audio file soundfile can read"),
+        (["predict", "wav", "--text", "hello"], "error: --text: the audio-classification run wav reads audio files, not texts; give them with --file"),
+        (["train", "--train", "d.csv", "--task", "speech-recognition", "data.audio_column=text"], "reads column 'text' for two different inputs"),
         (["train", "--train", "d.csv", "distributed.strategy=fsdp"], "error: distributed.strategy fsdp shards the model over several processes, and this launch has 1"),
         (["train", "--train", "d.csv", "distributed.strategy=deepspeed"], "error: distributed.strategy deepspeed is not wired into deltatune's loop yet"),
         (["train", "--train", "d.csv", "data.augmentation_alpha=0.3"], "data.augmentation_alpha is set but data.augmentation is 'none'"),

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="data file with the run's text column")
     src.add_argument("--text", action="append", help="a text to classify (repeatable)")
-    src.add_argument("--file", action="append", help="image-/audio-classification runs: an image or audio file to classify (repeatable)")
+    src.add_argument("--file", action="append", help="image-/audio-classification and speech-recognition runs: an image or audio file to classify or transcribe (repeatable)")
     pr.add_argument("--text-pair", action="append", help="sentence-pair tasks: the second text of each --text, in order")
     pr.add_argument(
         "--output", help="CSV/TSV/JSONL file to write (default: print JSONL); an existing file is refused without --overwrite"
@@ -736,6 +736,20 @@ def _check_predict_files(run: str, files: list[str]) -> None:
             raise DeltatuneError(f"--file {f}: {Path(f).expanduser()} {problem}; the {cfg.task} run {run} reads {kind} files")
 
 
+def _check_predict_texts(run: str) -> None:
+    """``predict --text``: the run reads texts (not image or audio files), checked before torch loads.
+
+    Raises:
+        DeltatuneError: an image-/audio-classification or speech-recognition run, saying to use --file or --input.
+    """
+    from deltatune.config import build_config
+
+    cfg = build_config(RunDir(run).config)
+    kind = {"vision": "image", "audio": "audio", "speech-seq2seq": "audio"}.get(REGISTRY[cfg.task].family)
+    if kind is not None:
+        raise DeltatuneError(f"--text: the {cfg.task} run {run} reads {kind} files, not texts; give them with --file or --input")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.text_pair and not args.text:
         raise DeltatuneError("--text-pair goes with --text (one --text-pair per --text); for a file use --input")
@@ -744,6 +758,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_run_inputs(args, args.input, "--input", PREDICTION_SUFFIXES)
     if args.file:
         _check_predict_files(args.run, args.file)
+    if args.text:
+        _check_predict_texts(args.run)
     from deltatune.api import predict
 
     rows = predict(

@@ -638,6 +638,19 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _distinct_columns(self) -> "RunConfig":
+        """The columns a task reads are different columns (``data.audio_column: path`` with
+        ``data.text_column: path`` would train on file names as transcripts)."""
+        spec = REGISTRY.get(self.task)
+        columns = spec.columns(self.data, True) if spec is not None and spec.columns is not None else []
+        seen: set[str] = set()
+        for c in (c for c in columns if c):
+            if c in seen:
+                raise ValueError(f"task {self.task} reads column {c!r} for two different inputs; give each its own column (data.*_column)")
+            seen.add(c)
+        return self
+
+    @model_validator(mode="after")
     def _settings_without_their_switch(self) -> "RunConfig":
         """``data.augmentation_*`` keys without ``data.augmentation: eda`` (text-classification,
         text-regression), and ``distill.temperature`` / ``distill.alpha`` without ``distill.teacher``, would

@@ -38,6 +38,10 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 
+class InterruptedAgain(KeyboardInterrupt):
+    """A second Ctrl-C inside :func:`interrupts_deferred`: the write or step in progress was abandoned."""
+
+
 @contextmanager
 def interrupts_deferred(what: str) -> Iterator[None]:
     """Hold a SIGINT (Ctrl-C, the web UI's Stop) that arrives inside the block until it ends.
@@ -52,7 +56,8 @@ def interrupts_deferred(what: str) -> Iterator[None]:
     unchanged).
 
     Raises:
-        KeyboardInterrupt: after the block, when a SIGINT arrived during it; during it, on a second one.
+        KeyboardInterrupt: after the block, when a SIGINT arrived during it; during it, on a second
+            one (:class:`InterruptedAgain`, a KeyboardInterrupt).
     """
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
@@ -61,7 +66,7 @@ def interrupts_deferred(what: str) -> Iterator[None]:
 
     def hold(signum: int, frame: Any) -> None:
         if received:
-            raise KeyboardInterrupt
+            raise InterruptedAgain
         received.append(signum)
         print(f"interrupt: finishing {what} before stopping (interrupt again to abandon it)", file=sys.stderr, flush=True)
 

@@ -39,6 +39,9 @@ def test_rising_validation_loss_with_falling_training_loss_is_overfitting_and_th
     assert "eval.early_stopping_patience" in d.message and "model.dropout" in d.message and "train.weight_decay" in d.message
     kept = diagnose(recs, best_step=50, restored=False)
     assert kept.overfitting and "the final weights are from step 50" in kept.message and "eval.metric_for_best_model" in kept.message
+    stopped = diagnose(recs + [{"step": 50, "event": "early_stopping", "best_step": 20}], best_step=20, restored=True)
+    assert "early stopping ended training and the best step (20) was restored" in stopped.message
+    assert "eval.early_stopping_patience" not in stopped.message and "model.dropout" in stopped.message  # not advised twice
 
 
 def test_falling_and_flat_validation_loss_is_no_sign_of_overfitting():

@@ -250,3 +250,13 @@ def test_whisper_tiny_en_on_16_fsdd_clips(tmp_path):
     assert m["generated_examples"] == 10 and 0.0 <= m["exact_match"] <= 100.0 and math.isfinite(m["wer"])
     out = deltatune.load(run.path).predict([picked["test"][7][0]])  # jackson saying "seven"
     assert isinstance(out[0]["generated"], str) and out[0]["generated"]
+
+
+def test_a_bad_audio_file_in_a_carved_validation_split_names_the_files_row(tiny_whisper_asr_dir, tmp_path):
+    rows = _clips(tmp_path, 11)
+    train = _csv(tmp_path / "train.csv", rows[:8] + [("wav/gone.wav", "low tone")] + rows[8:])  # row 9 of the file
+    for seed in (0, 1):  # the shuffle puts row 9 in a different part and place each time
+        cfg = _config(tiny_whisper_asr_dir, train, None, tmp_path / "run", validation_split=0.3)
+        cfg["seed"] = seed
+        with pytest.raises(DeltatuneError, match=r"train.csv: row 9, column 'audio': .*gone.wav does not exist"):
+            deltatune.finetune(cfg, verbose=False)

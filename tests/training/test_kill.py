@@ -142,19 +142,26 @@ def test_kill_twice_then_resume(tiny_model_dir, tmp_path, method):
     _killed_and_resumed(tiny_model_dir, tmp_path, method, kill_again=True)
 
 
+def _interrupted_in_checkpoint_5(tiny_model_dir, tmp_path: Path, name: str, pause_seconds: int) -> tuple[Path, subprocess.Popen, Path]:
+    """A ``deltatune train`` process held in the middle of writing checkpoint 5 (``pause_seconds``),
+    sent one SIGINT there: ``(run, process, log)``."""
+    run = tmp_path / name
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(_config(tiny_model_dir, tmp_path, "full", run)))
+    log = tmp_path / "train.log"
+    proc = _start([str(config)], log, pause=f"5:{pause_seconds}")
+    partial = run / "checkpoints" / ".tmp-step-00000005" / "trainable.safetensors"
+    _wait_until(proc, partial.is_file, log, "the checkpoint write of step 5")
+    proc.send_signal(signal.SIGINT)
+    return run, proc, log
+
+
 def test_ctrl_c_during_a_checkpoint_write_finishes_it_then_stops_resumably(tiny_model_dir, tmp_path):
     """SIGINT in the middle of writing checkpoint 5 (held there 3 s): the write completes, the
     trainer stops with 130 ("interrupted", not a torch.save error), and --resume ends as the
     uninterrupted run does."""
     reference = finetune(_config(tiny_model_dir, tmp_path, "full", tmp_path / "reference"), verbose=False)
-    run = tmp_path / "stopped"
-    config = tmp_path / "stopped.yaml"
-    config.write_text(yaml.safe_dump(_config(tiny_model_dir, tmp_path, "full", run)))
-    log = tmp_path / "train.log"
-    proc = _start([str(config)], log, pause="5:3")
-    partial = run / "checkpoints" / ".tmp-step-00000005" / "trainable.safetensors"
-    _wait_until(proc, partial.is_file, log, "the checkpoint write of step 5")
-    proc.send_signal(signal.SIGINT)
+    run, proc, log = _interrupted_in_checkpoint_5(tiny_model_dir, tmp_path, "stopped", 3)
     assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
     assert "finishing writing" in log.read_text() and "Traceback" not in log.read_text()
     checkpoints = [p.name for p in list_checkpoints(run / "checkpoints")]
@@ -162,4 +169,17 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_it_then_stops_resumably(tiny_
     done = subprocess.run([sys.executable, "-m", "deltatune", "train", str(run), "--resume"], cwd=ROOT,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from checkpoint step-00000005: step 5 of 24" in done.stdout
     assert _losses(run)[-1][1] == pytest.approx(_losses(reference.path)[-1][1], abs=1e-6)
+
+
+def test_a_second_ctrl_c_abandons_the_checkpoint_write_and_keeps_the_previous_one(tiny_model_dir, tmp_path):
+    run, proc, log = _interrupted_in_checkpoint_5(tiny_model_dir, tmp_path, "abandoned", 30)
+    _wait_until(proc, lambda: "finishing writing" in log.read_text(), log, "the first interrupt's message")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "interrupted again: the step in progress was abandoned; continue from step-00000004 with: deltatune train --resume" in text
+    assert "Traceback" not in text
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000003", "step-00000004"]  # no step 5
+    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # nor its temporary folder

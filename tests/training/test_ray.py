@@ -234,3 +234,17 @@ def test_ray_ctrl_c_checkpoints_and_exits_130(ray_cluster, tiny_model_dir, tmp_p
     assert step < STEPS and not (run / "eval.json").exists()
     assert (run / "checkpoints" / f"step-{step:08d}").is_dir()  # the interrupt checkpoint of the step the workers stopped after
     assert f"interrupted at step {step}; continue on Ray with: deltatune train --resume {run} --ray" in capsys.readouterr().out
+
+
+def test_an_address_nothing_answers_at_is_found_before_ray_tries_for_minutes():
+    import socket
+
+    from deltatune.training.ray_launch import _unreachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert _unreachable(f"127.0.0.1:{port}") is None and _unreachable(f"ray://127.0.0.1:{port}") is None
+    assert "nothing answers at 127.0.0.1:" in _unreachable(f"127.0.0.1:{port}")  # closed now
+    assert _unreachable("auto") is None

@@ -200,7 +200,10 @@ def diagnose(records: list[dict[str, Any]], best_step: Optional[int] = None, res
             f"{seen} but training loss did not fall{train}: not overfitting, but training is unstable; "
             "try a lower learning rate (train.learning_rate) or more warmup (train.warmup_ratio)"
         ), "unstable", pairs)
-    if restored and best_step is not None:
+    stopped_early = any(r.get("event") == "early_stopping" for r in records)
+    if restored and best_step is not None and stopped_early:
+        advice = f"early stopping ended training and the best step ({best_step}) was restored; to do better, consider {OTHER_REMEDIES}"
+    elif restored and best_step is not None:
         advice = f"the best step ({best_step}) was restored; {REMEDIES}"
     else:
         advice = (

@@ -133,19 +133,27 @@ class AudioClassificationTask(MediaClassificationTask):
     def demo_rows(cls) -> dict[str, Any]:
         """Eight 0.25 s 16 kHz WAVs, four low tones (220 Hz, "low") and four high (1760 Hz, "high"), written
         once per process to a temporary folder; rows hold their absolute paths (see :meth:`Task.demo_rows`)."""
-        import soundfile as sf
-
-        folder = Path(tempfile.gettempdir()) / "deltatune-demo-audio"
-        folder.mkdir(exist_ok=True)
-        t = np.arange(4000) / 16000
-        rows = []
-        for i in range(8):
-            label = "high" if i % 2 else "low"
-            path = folder / f"{label}-{i}.wav"
-            if not path.is_file():
-                tone = 0.5 * np.sin(2 * np.pi * (1760 if label == "high" else 220) * (1 + 0.01 * i) * t)
-                tmp = folder / f".{label}-{i}.{os.getpid()}.wav"
-                sf.write(str(tmp), tone.astype(np.float32), 16000)
-                os.replace(tmp, path)
-            rows.append({"audio": str(path), "label": label})
+        rows = [{"audio": path, "label": label} for path, label in demo_tones("deltatune-demo-audio")]
         return {"rows": rows, "config": {"data": {"max_audio_seconds": 0.5}}}
+
+
+def demo_tones(folder_name: str) -> list[tuple[str, str]]:
+    """Eight 0.25 s 16 kHz mono WAVs (float32 sines), ``(absolute path, "low" | "high")``: four low
+    tones (220 Hz) and four high (1760 Hz), each 1% apart, written once per machine to
+    ``<tempdir>/<folder_name>`` (atomically: a temporary name, then ``os.replace``)."""
+    import soundfile as sf
+
+    folder = Path(tempfile.gettempdir()) / folder_name
+    folder.mkdir(exist_ok=True)
+    t = np.arange(4000) / 16000
+    out = []
+    for i in range(8):
+        label = "high" if i % 2 else "low"
+        path = folder / f"{label}-{i}.wav"
+        if not path.is_file():
+            tone = 0.5 * np.sin(2 * np.pi * (1760 if label == "high" else 220) * (1 + 0.01 * i) * t)
+            tmp = folder / f".{label}-{i}.{os.getpid()}.wav"
+            sf.write(str(tmp), tone.astype(np.float32), 16000)
+            os.replace(tmp, path)
+        out.append((str(path), label))
+    return out

@@ -30,11 +30,11 @@ from deltatune.tasks.base import Features, GenerativeTask, Task
 from deltatune.tasks.chat_format import IGNORE_INDEX, ChatEncoder, EncodeStats, detect_format, row_to_messages
 from deltatune.tasks.collate import pad_batch
 from deltatune.tasks.generation import GenerationSettings, generate
-from deltatune.tasks.prompting import SCORERS, GenerationMetrics, PromptedColumns, token_loss_metrics
-from deltatune.tasks.token_loss import next_token_losses, resolve_chunk_size, unwrap
+from deltatune.tasks.prompting import SCORERS, GenerationMetrics, PromptedColumns
+from deltatune.tasks.token_loss import LabelTokenLoss, next_token_losses, resolve_chunk_size, unwrap
 
 
-class LanguageModelTask(GenerativeTask, Task):
+class LanguageModelTask(LabelTokenLoss, GenerativeTask, Task):
     """What all decoder tasks share: the model class, padding, the token loss, perplexity, generation."""
 
     auto_model_class = AutoModelForCausalLM
@@ -82,25 +82,9 @@ class LanguageModelTask(GenerativeTask, Task):
         vocab = getattr(getattr(unwrap(model), "config", None), "vocab_size", 0) or 0
         return next_token_losses(model, batch, resolve_chunk_size(self.config.train.loss_chunk_size, vocab))
 
-    def loss(self, model, batch):
-        ce, mask = self.token_losses(model, batch)
-        return ce.sum(), mask.sum()
-
     def num_targets(self, batch) -> int:
+        """Trained tokens: labels not -100 after the first position (each predicts the next token)."""
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-
-    @torch.no_grad()
-    def eval_step(self, model, batch):
-        ce, mask = self.token_losses(model, batch)
-        return {"loss_sum": ce.sum(-1).double().cpu().numpy(), "tokens": mask.sum(-1).cpu().numpy()}
-
-    def compute_metrics(self, outputs, features=None):
-        return token_loss_metrics(outputs)
-
-    def decode(self, outputs, features=None):
-        return [
-            {"loss": float(s / max(t, 1)), "tokens": int(t)} for s, t in zip(outputs["loss_sum"], outputs["tokens"])
-        ]
 
     @classmethod
     def from_pretrained_config(cls, config: RunConfig, model_config) -> "LanguageModelTask":

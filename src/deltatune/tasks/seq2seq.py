@@ -43,7 +43,6 @@ from typing import Any, NamedTuple
 
 import datasets
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForSeq2SeqLM
 
 from deltatune.config import RunConfig
@@ -55,8 +54,8 @@ from deltatune.tasks.base import Features, GenerativeTask, Task
 from deltatune.tasks.chat_format import IGNORE_INDEX, EncodeStats
 from deltatune.tasks.collate import pad_batch
 from deltatune.tasks.generation import GenerationSettings, generate
-from deltatune.tasks.prompting import GenerationMetrics, PromptedColumns, token_loss_metrics
-from deltatune.tasks.token_loss import unwrap
+from deltatune.tasks.prompting import GenerationMetrics, PromptedColumns
+from deltatune.tasks.token_loss import LabelTokenLoss, masked_cross_entropy, unwrap
 
 SEQ2SEQ_PROMPTS = {
     "summarization": "{source}",
@@ -101,7 +100,7 @@ def encoder_decoder_token_ids(tokenizer) -> DecoderTokenIds:
     return DecoderTokenIds(start, eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
 
 
-class Seq2SeqTask(GenerationMetrics, PromptedColumns, GenerativeTask, Task):
+class Seq2SeqTask(LabelTokenLoss, GenerationMetrics, PromptedColumns, GenerativeTask, Task):
     """Text-to-text on an encoder-decoder: source -> encoder, target -> decoder labels.
 
     Features: ``input_ids``/``attention_mask`` (source, at most ``data.max_seq_length``) and
@@ -305,34 +304,9 @@ class Seq2SeqTask(GenerationMetrics, PromptedColumns, GenerativeTask, Task):
             decoder_input_ids=decoder_input_ids,
             use_cache=False,
         ).logits
-        mask = labels != IGNORE_INDEX
-        ce = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).clamp(min=0), reduction="none"
-        ).view(labels.shape)
-        return ce * mask, mask
+        return masked_cross_entropy(logits, labels)
 
-    def loss(self, model, batch):
-        ce, mask = self.token_losses(model, batch)
-        return ce.sum(), mask.sum()
-
-    def num_targets(self, batch) -> int:
-        return int((batch["labels"] != IGNORE_INDEX).sum())
-
-    # ---- outputs -> metrics / predictions ------------------------------------------------
-    @torch.no_grad()
-    def eval_step(self, model, batch):
-        """Per example: ``loss_sum`` (float64, nats summed over its label tokens) and ``tokens``."""
-        ce, mask = self.token_losses(model, batch)
-        return {"loss_sum": ce.sum(-1).double().cpu().numpy(), "tokens": mask.sum(-1).cpu().numpy()}
-
-    def compute_metrics(self, outputs, features=None):
-        """Loss (mean nats per label token), perplexity and the label-token count."""
-        return token_loss_metrics(outputs)
-
-    def decode(self, outputs, features=None):
-        """Per row: mean token loss and label-token count (predictions come from :meth:`generate_rows`)."""
-        return [{"loss": float(s / max(t, 1)), "tokens": int(t)} for s, t in zip(outputs["loss_sum"], outputs["tokens"])]
-
+    # ---- outputs -> metrics / predictions (loss, num_targets, eval_step, compute_metrics: LabelTokenLoss)
     def generate_rows(self, model, tokenizer, ds, device="cpu", source: str = "data") -> tuple[list[str], list[bool]]:
         """Generate the output of each row from its source (see :func:`deltatune.tasks.generation.generate`).
 

@@ -44,18 +44,14 @@ and decoder's attention and MLP projections.
 from __future__ import annotations
 
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import datasets
-import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForSpeechSeq2Seq
 
 from deltatune.config import RunConfig
@@ -67,10 +63,11 @@ from deltatune.models.loading import load_pretrained, quiet_transformers
 from deltatune.tasks.audio_classification import WHISPER_POSITIONS_PER_SECOND, keep_whisper_positions
 from deltatune.tasks.base import Features, GenerativeTask, Task
 from deltatune.tasks.chat_format import IGNORE_INDEX, EncodeStats
+from deltatune.data.splits import row_number
 from deltatune.tasks.collate import pad_batch
 from deltatune.tasks.generation import GenerationSettings, eos_token_ids
-from deltatune.tasks.prompting import SCORERS, GenerationMetrics, token_loss_metrics
-from deltatune.tasks.token_loss import unwrap
+from deltatune.tasks.prompting import SCORERS, GenerationMetrics
+from deltatune.tasks.token_loss import LabelTokenLoss, masked_cross_entropy, unwrap
 
 
 @dataclass
@@ -126,7 +123,7 @@ def decoder_sequences(prompt: list[int], text_ids: list[int], eos: int | None, m
     return sequence[:-1], [IGNORE_INDEX] * (len(prompt) - 1) + body, cut
 
 
-class SpeechRecognitionTask(GenerationMetrics, GenerativeTask, Task):
+class SpeechRecognitionTask(LabelTokenLoss, GenerationMetrics, GenerativeTask, Task):
     """Audio file → transcript on a speech encoder-decoder (``AutoModelForSpeechSeq2Seq``: Whisper)."""
 
     name = "speech-recognition"
@@ -273,7 +270,8 @@ class SpeechRecognitionTask(GenerationMetrics, GenerativeTask, Task):
         return None
 
     def _files(self, ds: datasets.Dataset, source: str, skip: bool, with_labels: bool) -> tuple[list[str], list[int], list[int]]:
-        """(resolved paths, their row indices, skipped 1-based rows) of ``ds``'s audio column.
+        """(resolved paths, their row indices, skipped rows of the file) of ``ds``'s audio column (rows as
+        :func:`deltatune.data.splits.row_number` counts them: the file's, also in a part carved out of it).
 
         Raises:
             DeltatuneError: a bad or too long file unless ``skip``, naming the file, row and column.
@@ -287,8 +285,10 @@ class SpeechRecognitionTask(GenerationMetrics, GenerativeTask, Task):
             if problem is not None:
                 if not skip:
                     hint = ", or set data.skip_bad_rows: true" if with_labels else "; transcription needs every file"
-                    raise DeltatuneError(f"{source}: row {i + 1}, column '{self.audio_column}': {path} {problem}; fix or remove the file{hint}")
-                skipped.append(i + 1)
+                    raise DeltatuneError(
+                        f"{source}: row {row_number(source, i)}, column '{self.audio_column}': {path} {problem}; fix or remove the file{hint}"
+                    )
+                skipped.append(row_number(source, i))
                 continue
             files.append(str(path))
             keep.append(i)
@@ -409,33 +409,10 @@ class SpeechRecognitionTask(GenerationMetrics, GenerativeTask, Task):
         """Per-token cross-entropy (B, T) in fp32 over the labels (0 at -100) and the label mask (B, T)."""
         labels = batch["labels"]
         logits = model(input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"], use_cache=False).logits
-        mask = labels != IGNORE_INDEX
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).clamp(min=0), reduction="none")
-        return ce.view(labels.shape) * mask, mask
+        return masked_cross_entropy(logits, labels)
 
-    def loss(self, model, batch):
-        ce, mask = self.token_losses(model, batch)
-        return ce.sum(), mask.sum()
-
-    def num_targets(self, batch) -> int:
-        return int((batch["labels"] != IGNORE_INDEX).sum())
-
-    # ---- outputs -> metrics / predictions ------------------------------------------------
-    @torch.no_grad()
-    def eval_step(self, model, batch):
-        """Per example: ``loss_sum`` (float64, nats summed over its label tokens) and ``tokens``."""
-        ce, mask = self.token_losses(model, batch)
-        return {"loss_sum": ce.sum(-1).double().cpu().numpy(), "tokens": mask.sum(-1).cpu().numpy()}
-
-    def compute_metrics(self, outputs, features=None):
-        """Loss (mean nats per label token), perplexity and the label-token count; WER/CER come from
-        :meth:`final_metrics` (generation)."""
-        return token_loss_metrics(outputs)
-
-    def decode(self, outputs, features=None):
-        """Per row: mean token loss and label-token count (transcripts come from :meth:`generate_rows`)."""
-        return [{"loss": float(s / max(t, 1)), "tokens": int(t)} for s, t in zip(outputs["loss_sum"], outputs["tokens"])]
-
+    # ---- outputs -> metrics / predictions (loss, num_targets, eval_step, compute_metrics: LabelTokenLoss;
+    # WER/CER come from final_metrics, by generation)
     def usable_rows(self, ds: datasets.Dataset, source: str = "data") -> datasets.Dataset:
         """``ds`` without the rows whose file is unreadable or too long when ``data.skip_bad_rows`` is set (the rows
         :meth:`encode` skips), so that the generation metrics score the same rows as the loss; else ``ds``."""
@@ -514,17 +491,7 @@ class SpeechRecognitionTask(GenerationMetrics, GenerativeTask, Task):
     def demo_rows(cls) -> dict[str, Any]:
         """Eight 0.25 s 16 kHz WAVs, four low tones (220 Hz, transcript "low tone") and four high (1760 Hz,
         "high tone"), written once per process to a temporary folder; rows hold their absolute paths."""
-        folder = Path(tempfile.gettempdir()) / "deltatune-demo-speech"
-        folder.mkdir(exist_ok=True)
-        t = np.arange(4000) / 16000
-        rows = []
-        for i in range(8):
-            label = "high" if i % 2 else "low"
-            path = folder / f"{label}-{i}.wav"
-            if not path.is_file():
-                tone = 0.5 * np.sin(2 * np.pi * (1760 if label == "high" else 220) * (1 + 0.01 * i) * t)
-                tmp = folder / f".{label}-{i}.{os.getpid()}.wav"
-                sf.write(str(tmp), tone.astype(np.float32), 16000)
-                os.replace(tmp, path)
-            rows.append({"audio": str(path), "text": f"{label} tone"})
+        from deltatune.tasks.audio_classification import demo_tones
+
+        rows = [{"audio": path, "text": f"{label} tone"} for path, label in demo_tones("deltatune-demo-speech")]
         return {"rows": rows, "config": {"data": {"max_audio_seconds": 0.5, "max_target_length": 8}}}

@@ -158,3 +158,50 @@ def next_token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor], ch
     per_token = chunked_cross_entropy(head, hidden[:, :-1][mask], targets[mask], chunk_size)
     ce = torch.zeros(targets.shape, dtype=torch.float32, device=per_token.device).masked_scatter(mask, per_token)
     return ce, mask
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy of ``logits`` (B, T, V) against ``labels`` (B, T, int64, -100 = not
+    trained), in fp32: ``(ce * mask, mask)``, both (B, T); ``ce`` is 0 where the label is -100."""
+    mask = labels != IGNORE_INDEX
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1).clamp(min=0), reduction="none")
+    return ce.view(labels.shape) * mask, mask
+
+
+class LabelTokenLoss:
+    """Mixin for tasks trained on label tokens (decoder-only, encoder-decoder and speech tasks): the
+    loss, target count, evaluation outputs, loss metrics and per-row losses, from the class's
+    ``token_losses(model, batch) -> (ce (B, T), mask (B, T))``.
+
+    Metrics: mean nats per label token, its perplexity and the token count
+    (:func:`deltatune.tasks.prompting.token_loss_metrics`).
+    """
+
+    def token_losses(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - defined by the task
+        raise NotImplementedError
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(summed cross-entropy, number of label tokens)`` of the batch."""
+        ce, mask = self.token_losses(model, batch)
+        return ce.sum(), mask.sum()
+
+    def num_targets(self, batch) -> int:
+        """Label tokens in the batch (labels not -100)."""
+        return int((batch["labels"] != IGNORE_INDEX).sum())
+
+    @torch.no_grad()
+    def eval_step(self, model, batch):
+        """Per example: ``loss_sum`` (float64, nats summed over its label tokens) and ``tokens``."""
+        ce, mask = self.token_losses(model, batch)
+        return {"loss_sum": ce.sum(-1).double().cpu().numpy(), "tokens": mask.sum(-1).cpu().numpy()}
+
+    def compute_metrics(self, outputs, features=None):
+        """Loss (mean nats per label token), perplexity and the label-token count."""
+        from deltatune.tasks.prompting import token_loss_metrics
+
+        return token_loss_metrics(outputs)
+
+    def decode(self, outputs, features=None):
+        """Per row: mean token loss (nats) and label-token count (generated text, where the task has
+        any, comes from its ``generate_rows``)."""
+        return [{"loss": float(s / max(t, 1)), "tokens": int(t)} for s, t in zip(outputs["loss_sum"], outputs["tokens"])]

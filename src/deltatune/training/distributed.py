@@ -316,3 +316,13 @@ def describe_launch(cfg: DistributedConfig, world: int) -> str:
     if world < 2:
         return f"distributed: single process (with {launch}: ddp, the whole model on every process)"
     return f"distributed: ddp over {world} processes (the whole model and optimizer state on every process)"
+
+
+def resume_command(run: object, processes: int) -> str:
+    """The command that continues ``run`` with ``processes`` processes (checkpoints resume only with the
+    number of processes that made them): ``deltatune train --resume RUN`` for one; for several, the
+    torchrun and Ray launches (the same number under ``accelerate launch`` works too)."""
+    if processes <= 1:
+        return f"deltatune train --resume {run}"
+    return (f"torchrun --nproc_per_node {processes} -m deltatune train --resume {run} "
+            f"(or deltatune train --resume {run} --ray --num-workers {processes})")

@@ -31,7 +31,7 @@ from accelerate.utils import broadcast_object_list, gather_object, parse_flag_fr
 
 from deltatune.config import RunConfig
 from deltatune.errors import DeltatuneError
-from deltatune.files import interrupts_deferred
+from deltatune.files import InterruptedAgain, interrupts_deferred
 from deltatune.rundir import RunDir
 from deltatune.tasks.base import Features, Task
 from deltatune.training import batch_plan as planning
@@ -525,6 +525,7 @@ class Trainer:
         restore_rng_state(rng["per_process"][self.rank] if "per_process" in rng else rng)
         if self.is_main:
             self.run_dir.truncate_log(self.state.global_step)
+            print(f"resuming from checkpoint {path.name}: step {self.state.global_step} of {self.total_steps}", flush=True)
 
     def _check_resumable(self, path: Path, state: dict[str, Any]) -> None:
         """Refuse a checkpoint made by another launch size or for another schedule length.
@@ -542,7 +543,7 @@ class Trainer:
         if state.get("processes", 1) != self.world:
             raise DeltatuneError(
                 f"cannot resume from {path}: it was made by {state.get('processes', 1)} process(es), this launch has "
-                f"{self.world}; resume with the same number of processes"
+                f"{self.world}; resume with the same number: {distributed.resume_command(self.run_dir.root, state.get('processes', 1))}"
             )
         if state["total_steps"] != self.total_steps:
             raise DeltatuneError(
@@ -669,6 +670,14 @@ class Trainer:
         out_of_memory: Optional[str] = None
         try:
             self._train_epochs(loop)
+        except InterruptedAgain:  # a step abandoned half-way may have changed the weights: no checkpoint of it
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.is_main:
+                kept = list_checkpoints(self.run_dir.checkpoints)
+                print("interrupted again: the step in progress was abandoned; "
+                      + (f"continue from {kept[-1].name} with: {distributed.resume_command(self.run_dir.root, self.world)}" if kept
+                         else "no checkpoint was saved yet; start again with --overwrite"), file=sys.stderr, flush=True)
+            raise
         except KeyboardInterrupt:
             self.optimizer.zero_grad(set_to_none=True)
             self.state.interrupted = True

@@ -211,6 +211,22 @@ def run_on_ray(
             storage.rmdir()  # only when no other run's folder is left in it
 
 
+def _unreachable(address: str, timeout: float = 5.0) -> Optional[str]:
+    """Why nothing answers at a ``host:port`` or ``ray://host:port`` cluster address (a TCP connect with
+    ``timeout`` seconds), or None when something does or the address names no port (``auto``)."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"nothing answers at {host}:{port}: {e.strerror or type(e).__name__}"
+
+
 def _connect(ray, options: RayOptions) -> bool:
     """Join the cluster (``options.address``, ``RAY_ADDRESS``, or one already joined in this
     process), else start a local one; whether this call started it (to shut it down after).
@@ -222,6 +238,11 @@ def _connect(ray, options: RayOptions) -> bool:
         return False
     if options.address or os.environ.get("RAY_ADDRESS"):
         where = options.address or os.environ["RAY_ADDRESS"]
+        problem = _unreachable(where)
+        if problem:  # ray.init retries an address nothing answers at for minutes
+            raise DeltatuneError(
+                f"cannot join the Ray cluster at {where} ({problem}); check --address (or RAY_ADDRESS) and that `ray status` works there"
+            )
         try:
             ray.init(address=options.address, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as e:
