@@ -1060,10 +1060,11 @@ def check(
         return feats, (feats.stats.summary() if feats.stats is not None else None)
 
     feats, stats_line = encode(train, _source(cfg, "train"))
-    lines = [f"{cfg.task}: {len(feats)} encoded training examples from {d.train_file} (max_seq_length {d.max_seq_length})"]
+    tokens = counts_tokens(task.input_kind)  # image and audio rows have positions (patches, frames), not tokens
+    lines = [f"{cfg.task}: {len(feats)} encoded training examples from {d.train_file}" + (f" (max_seq_length {d.max_seq_length})" if tokens else "")]
     for i in range(min(examples, len(feats))):
         row = feats[i]
-        lines.append(f"--- example {i + 1}: {feats.lengths[i]} tokens")
+        lines.append(f"--- example {i + 1}: {feats.lengths[i]} {'tokens' if tokens else 'positions'}")
         lines += task.show_feature(tokenizer, row)
     if stats_line is not None:
         lines.append(stats_line)

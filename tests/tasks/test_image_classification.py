@@ -279,3 +279,4 @@ def test_check_shows_the_files_and_their_labels(tiny_vit_dir, tmp_path):
     train = _csv(tmp_path / "train.csv", rows)
     report = check(_config(tiny_vit_dir, train, train, tmp_path / "run"), examples=2)
     assert f"{tmp_path / rows[0][0]} -> red" in report and "examples 6 | skipped (unreadable file) 0" in report
+    assert "tokens" not in report and "max_seq_length" not in report and "--- example 1: " in report  # images have no tokens
