@@ -216,6 +216,22 @@ class Task(ABC):
             self.auto_model_class, model_dir, trust_remote_code=m.trust_remote_code, allow_pickle_weights=m.allow_pickle_weights
         )
 
+    def load_pretrained_float32(self, auto_class: Any, model_path: str, config_overrides: dict[str, Any]) -> torch.nn.Module:
+        """``auto_class.from_pretrained`` of ``model_path`` in float32 with ``config_overrides`` and the run's
+        trust settings; sets :attr:`new_parameter_names` to the parameters the checkpoint lacks.
+
+        Raises:
+            DeltatuneError: unloadable weights (:func:`deltatune.models.loading.load_pretrained`).
+        """
+        from deltatune.models.loading import load_pretrained
+
+        m = self.config.model
+        model, info = load_pretrained(auto_class, model_path, trust_remote_code=m.trust_remote_code,
+                                      allow_pickle_weights=m.allow_pickle_weights, dtype=torch.float32,
+                                      output_loading_info=True, **config_overrides)
+        self.new_parameter_names = set(info["missing_keys"])
+        return model
+
     @abstractmethod
     def build_model(self, model_path: str, config_overrides: dict[str, Any]) -> torch.nn.Module:
         """Load the pretrained backbone with this task's head.

@@ -222,16 +222,7 @@ class Seq2SeqTask(LabelTokenLoss, GenerationMetrics, PromptedColumns, Generative
         if self.from_two_checkpoints:
             model = self._build_from_two_checkpoints(model_path, config_overrides)
         else:
-            model, info = load_pretrained(
-                AutoModelForSeq2SeqLM,
-                model_path,
-                trust_remote_code=self.config.model.trust_remote_code,
-                allow_pickle_weights=self.config.model.allow_pickle_weights,
-                dtype=torch.float32,
-                output_loading_info=True,
-                **config_overrides,
-            )
-            self.new_parameter_names = set(info["missing_keys"])
+            model = self.load_pretrained_float32(AutoModelForSeq2SeqLM, model_path, config_overrides)
         self._check_lengths(model.config)
         return model
 

@@ -59,7 +59,7 @@ from deltatune.data.audio import audio_problem, load_audio
 from deltatune.data.columns import is_missing, require_columns
 from deltatune.data.paths import COLUMN_REMEDIES, resolve_file
 from deltatune.errors import DeltatuneError
-from deltatune.models.loading import load_pretrained, quiet_transformers
+from deltatune.models.loading import quiet_transformers
 from deltatune.tasks.audio_classification import WHISPER_POSITIONS_PER_SECOND, keep_whisper_positions
 from deltatune.tasks.base import Features, GenerativeTask, Task
 from deltatune.tasks.chat_format import IGNORE_INDEX, EncodeStats
@@ -382,16 +382,7 @@ class SpeechRecognitionTask(LabelTokenLoss, GenerationMetrics, GenerativeTask, T
         Raises:
             DeltatuneError: unloadable weights; ``data.max_target_length`` beyond the decoder's positions.
         """
-        model, info = load_pretrained(
-            AutoModelForSpeechSeq2Seq,
-            model_path,
-            trust_remote_code=self.config.model.trust_remote_code,
-            allow_pickle_weights=self.config.model.allow_pickle_weights,
-            dtype=torch.float32,
-            output_loading_info=True,
-            **config_overrides,
-        )
-        self.new_parameter_names = set(info["missing_keys"])
+        model = self.load_pretrained_float32(AutoModelForSpeechSeq2Seq, model_path, config_overrides)
         self.model_config = model.config
         positions = getattr(model.config, "max_target_positions", None)
         if positions and self.config.data.max_target_length > positions:
