@@ -3,8 +3,8 @@
 Stages, each a ``python -m deltatune`` subprocess timed by ``/usr/bin/time`` (wall seconds, peak RSS):
 
 1. ``teacher``: ``mpnet`` fine-tuned with the examples/sst2.yaml recipe on the first ``--rows`` rows
-   of ``../shared/data/text_classification/sst2/train.tsv`` (1 epoch, batch 32, lr 1e-4), dev.tsv;
-2. ``student-standard``: MiniLM fine-tuned the same way on the same rows;
+   of ``../shared/data/text_classification/sst2/train.tsv`` (``--teacher-epochs`` epochs, batch 32, lr 1e-4), dev.tsv;
+2. ``student-standard``: MiniLM fine-tuned the same way on the same rows (``--student-epochs`` epochs);
 3. ``student-distilled``: ``deltatune distill --teacher <1> --student minilm`` (the teacher's config,
    distill.alpha 0.5, distill.temperature 2);
 4. ``student-distilled-unlabeled`` (with ``--unlabeled N``): as 3, plus the next N train.tsv rows
@@ -102,6 +102,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=8000, help="first N training rows (teacher and students)")
     ap.add_argument("--unlabeled", type=int, default=0, help="also distil with the next N train.tsv rows as unlabelled text")
+    ap.add_argument("--teacher-epochs", type=int, default=1, help="epochs of the teacher")
+    ap.add_argument("--student-epochs", type=int, default=1, help="epochs of every student (standard and distilled)")
     ap.add_argument("--runs", default="runs/distill_sst2", help="folder of the runs")
     ap.add_argument("--output", default="benchmarks/results/distill_sst2.json")
     args = ap.parse_args()
@@ -109,20 +111,21 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     recipe, rows = "examples/sst2.yaml", f"data.max_train_samples={args.rows}"
     quiet = "train.progress_bar=false"
+    epochs = f"train.num_train_epochs={args.student_epochs}"
     teacher = runs / "teacher-mpnet"
     plan = [
-        ("teacher", ["train", recipe, rows, quiet, "model.name_or_path=mpnet", "name=sst2-teacher-mpnet", f"output_dir={teacher}"], teacher),
-        ("student-standard", ["train", recipe, rows, quiet, "name=sst2-minilm", f"output_dir={runs / 'minilm-standard'}"],
+        ("teacher", ["train", recipe, rows, quiet, f"train.num_train_epochs={args.teacher_epochs}", "model.name_or_path=mpnet", "name=sst2-teacher-mpnet", f"output_dir={teacher}"], teacher),
+        ("student-standard", ["train", recipe, rows, quiet, epochs, "name=sst2-minilm", f"output_dir={runs / 'minilm-standard'}"],
          runs / "minilm-standard"),
-        ("student-distilled", ["distill", "--teacher", str(teacher), "--student", "minilm", quiet, f"--output-dir={runs / 'minilm-distilled'}"],
+        ("student-distilled", ["distill", "--teacher", str(teacher), "--student", "minilm", quiet, epochs, f"--output-dir={runs / 'minilm-distilled'}"],
          runs / "minilm-distilled"),
     ]
     if args.unlabeled:
         extra = _unlabeled(args.rows, args.unlabeled, runs / "unlabeled.tsv")
-        plan.append(("student-distilled-unlabeled", ["distill", "--teacher", str(teacher), "--student", "minilm", quiet,
+        plan.append(("student-distilled-unlabeled", ["distill", "--teacher", str(teacher), "--student", "minilm", quiet, epochs,
                                                      f"distill.unlabeled_file={extra}", f"--output-dir={runs / 'minilm-distilled-unlabeled'}"],
                      runs / "minilm-distilled-unlabeled"))
-    results = {"rows": args.rows, "unlabeled": args.unlabeled, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    results = {"rows": args.rows, "unlabeled": args.unlabeled, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                "cpus": os.cpu_count(), "stages": {}}
     out = ROOT / args.output
     out.parent.mkdir(parents=True, exist_ok=True)

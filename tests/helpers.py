@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import random
 import subprocess
 import sys
@@ -80,3 +81,14 @@ def run_cli_fresh(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``deltatune <argv>`` in a fresh Python process in ``cwd``; its stdout is ``"no torch <rc>"``
     (or ``"torch loaded <rc>"``): whether the command imported torch before it ended, and its exit code."""
     return subprocess.run([sys.executable, "-c", _CLI_IN_A_FRESH_PROCESS, *argv], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def predictions_close(a, b) -> bool:
+    """Predictions equal: text and labels exactly, numbers within 1e-5 (nested dicts and lists)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(predictions_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(predictions_close(x, y) for x, y in zip(a, b))
+    return a == b

@@ -395,7 +395,7 @@ def test_usage_and_config_errors_come_before_torch_is_imported(argv, tmp_path):
         (["predict", "wav", "--text", "hello"], "error: --text: the audio-classification run wav reads audio files, not texts; give them with --file"),
         (["train", "--train", "d.csv", "--task", "speech-recognition", "data.audio_column=text"], "reads column 'text' for two different inputs"),
         (["train", "--train", "d.csv", "distributed.strategy=fsdp"], "error: distributed.strategy fsdp shards the model over several processes, and this launch has 1"),
-        (["train", "--train", "d.csv", "distributed.strategy=deepspeed"], "error: distributed.strategy deepspeed is not wired into deltatune's loop yet"),
+        (["train", "--train", "d.csv", "distributed.strategy=deepspeed", "distributed.offload_param=cpu"], "distributed.offload_param applies to zero_stage 3"),
         (["train", "--train", "d.csv", "data.augmentation_alpha=0.3"], "data.augmentation_alpha is set but data.augmentation is 'none'"),
         (["train", "--train", "d.csv", "distill.temperature=4"], "distill.temperature is set but distill.teacher is not"),
     ],

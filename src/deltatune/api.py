@@ -231,7 +231,7 @@ def _train_and_conclude(
         if trainer.is_main:
             _write_report(run_dir, verbose=False)
         if verbose and trainer.is_main:
-            print(f"interrupted at step {result.global_step}; continue with: {distributed.resume_command(run_dir.root, trainer.world)}")
+            print(f"interrupted at step {result.global_step}; continue with: {distributed.resume_command(run_dir.root, trainer.world, trainer.deepspeed)}")
         return run
     try:
         metrics = _conclude(cfg, run_dir, trainer, task, tokenizer, splits, encoded, before, result, model, saved, verbose)

@@ -349,6 +349,8 @@ def _serve_parser(sub) -> None:
     s.add_argument("--max-body-bytes", type=_COUNT, default=d.max_body_bytes, help="largest request body (bytes; larger: 413) (default: %(default)s)")
     s.add_argument("--max-inputs", type=_COUNT, default=d.max_inputs, help="most inputs in one /v1/predict request (default: %(default)s)")
     s.add_argument("--max-input-chars", type=_COUNT, default=d.max_input_chars, help="longest text of an input (characters) (default: %(default)s)")
+    s.add_argument("--max-upload-bytes", type=_COUNT, default=d.max_upload_bytes,
+                   help="largest uploaded file of an image/audio run's input (bytes, decoded) (default: %(default)s)")
     s.add_argument("--max-input-tokens", type=_COUNT, default=d.max_input_tokens, help="longest completion prompt (tokens) (default: %(default)s)")
     s.add_argument("--max-new-tokens-limit", type=_COUNT, default=d.max_new_tokens_limit, help="largest max_tokens a completion may ask (default: %(default)s)")
     s.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin (repeatable; default: none)")
@@ -503,14 +505,14 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
 
 
 def _check_strategy_before_torch(args: argparse.Namespace, cfg) -> None:
-    """Refuse a ``distributed.strategy`` this launch cannot run (``fsdp`` in a single process, ``deepspeed``)
+    """Refuse a ``distributed.strategy`` this launch cannot run (``fsdp`` in a single process, ``deepspeed`` not installed)
     before torch is imported (:func:`deltatune.training.strategy.check_requested_strategy`); with ``--ray`` the
     Ray workers are the launch, checked by :mod:`deltatune.training.ray_launch`."""
     if getattr(args, "ray", False):
         return
     from deltatune.training.strategy import check_requested_strategy, world_size  # torch-free
 
-    check_requested_strategy(cfg.distributed, world_size(), cfg.train.mixed_precision, cfg.train.torch_compile)
+    check_requested_strategy(cfg.distributed, world_size(), cfg.train.mixed_precision, cfg.train.torch_compile, l1_lambda=cfg.train.l1_lambda)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -625,6 +627,29 @@ def cmd_curve(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def _is_onnx_export(run: str) -> bool:
+    """Whether ``run`` is a folder of ``deltatune export --format onnx`` (it holds deltatune_onnx.json)."""
+    return (Path(run) / "deltatune_onnx.json").is_file()
+
+
+def _run_config_source(run: str):
+    """What :func:`build_config` reads for ``run``: its config.yaml, or an ONNX export's recorded run config (a dict).
+
+    Raises:
+        DeltatuneError: a damaged deltatune_onnx.json (names it).
+    """
+    if not _is_onnx_export(run):
+        return RunDir(run).config
+    meta = Path(run) / "deltatune_onnx.json"
+    try:
+        config = json.loads(meta.read_text())["config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DeltatuneError(f"{meta} is damaged ({type(e).__name__}: {e}); export the run again") from None
+    if not isinstance(config, dict):
+        raise DeltatuneError(f"{meta} is damaged (its config is not a mapping); export the run again")
+    return config
+
+
 def _check_run_inputs(args: argparse.Namespace, data: str | None, data_flag: str, suffixes: tuple[str, ...] | None) -> None:
     """The run folder, the data file and ``--output`` of evaluate/predict, checked before torch loads.
 
@@ -635,10 +660,11 @@ def _check_run_inputs(args: argparse.Namespace, data: str | None, data_flag: str
     from deltatune.output_files import check_output
 
     run = RunDir(args.run)
-    run.check_loadable()
+    if not _is_onnx_export(args.run):  # an ONNX export's config is in its deltatune_onnx.json
+        run.check_loadable()
     if data is not None:
         check_data_file(data)
-        cfg = build_config(run.config)
+        cfg = build_config(_run_config_source(args.run))
         columns = REGISTRY[cfg.task].columns
         if columns is not None:  # the columns the run was trained on (labels too for evaluate)
             check_columns(data, columns(cfg.data, data_flag == "--data"),
@@ -714,7 +740,7 @@ def _check_predict_files(run: str, files: list[str]) -> None:
     """
     from deltatune.config import build_config
 
-    cfg = build_config(RunDir(run).config)
+    cfg = build_config(_run_config_source(run))
     family = REGISTRY[cfg.task].family
     if family == "vision-language":
         raise DeltatuneError(
@@ -744,7 +770,7 @@ def _check_predict_texts(run: str) -> None:
     """
     from deltatune.config import build_config
 
-    cfg = build_config(RunDir(run).config)
+    cfg = build_config(_run_config_source(run))
     kind = {"vision": "image", "audio": "audio", "speech-seq2seq": "audio"}.get(REGISTRY[cfg.task].family)
     if kind is not None:
         raise DeltatuneError(f"--text: the {cfg.task} run {run} reads {kind} files, not texts; give them with --file or --input")
@@ -809,7 +835,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, backend=args.backend, device=args.device, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, threads=args.threads, workers=args.workers, forward_batch_size=args.forward_batch_size,
         max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
-        max_input_chars=args.max_input_chars, max_input_tokens=args.max_input_tokens,
+        max_input_chars=args.max_input_chars, max_input_tokens=args.max_input_tokens, max_upload_bytes=args.max_upload_bytes,
         max_new_tokens_limit=args.max_new_tokens_limit, cors_origins=args.cors_origin,
         trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights,
     )

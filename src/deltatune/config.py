@@ -456,7 +456,10 @@ class DistributedConfig(_Section):
     ``strategy``: ``ddp`` (every process holds the whole model, gradients averaged; one process
     is plain training), ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded over
     the processes, one unit per transformer block; needs at least 2 processes, else refused),
-    ``deepspeed`` (GPU-only, not wired yet: refused). ``fsdp_cpu_offload`` keeps shards,
+    ``deepspeed`` (DeepSpeed ZeRO through Accelerate's DeepSpeed plugin, ``training/deepspeed_engine.py``:
+    ``zero_stage`` 1 shards the optimizer state, 2 also the gradients, 3 also the parameters;
+    ``offload_optimizer`` / ``offload_param`` (ZeRO-3) ``cpu`` keep them in CPU memory on GPU
+    launches; needs ``pip install deltatune[deepspeed]``). ``fsdp_cpu_offload`` keeps shards,
     gradients and the optimizer step on the CPU (GPU launches). ``fsdp_reshard_after_forward``
     frees each block's gathered parameters after its forward (less memory, one more
     all-gather in the backward; ZeRO-3) or keeps them until the backward (ZeRO-2-like).
@@ -468,6 +471,15 @@ class DistributedConfig(_Section):
     fsdp_cpu_offload: bool = Field(default=False, description="FSDP: shards, gradients and optimizer step on the CPU")
     fsdp_reshard_after_forward: bool = Field(default=True, description="FSDP: free gathered block parameters after each forward")
     fsdp_blocks: Optional[list[str]] = Field(default=None, description="FSDP: class names wrapped as units (unset: _no_split_modules)")
+    zero_stage: Literal[1, 2, 3] = Field(default=2, description="deepspeed: ZeRO stage (1 optimizer state, 2 + gradients, 3 + parameters)")
+    offload_optimizer: Literal["none", "cpu"] = Field(default="none", description="deepspeed: optimizer state and step in CPU memory (GPU launches)")
+    offload_param: Literal["none", "cpu"] = Field(default="none", description="deepspeed, zero_stage 3: parameter shards in CPU memory (GPU launches)")
+
+    @model_validator(mode="after")
+    def _offload_param_needs_zero3(self) -> "DistributedConfig":
+        if self.offload_param != "none" and self.zero_stage != 3:
+            raise ValueError(f"distributed.offload_param applies to zero_stage 3 (parameters sharded), not {self.zero_stage}; set zero_stage 3 or offload_param none")
+        return self
 
 
 class DistillConfig(_Section):

@@ -20,6 +20,7 @@ from datasets import Dataset
 import deltatune
 from deltatune.tasks import get_task_class
 from deltatune.tasks.registry import TASK_SPECS
+from tests.helpers import predictions_close
 from tests.serving.server_process import free_port, start_server
 from tests.tasks.demo_runs import demo_config
 
@@ -61,15 +62,6 @@ def post(server, body, path="/v1/predict", headers=AUTH, **kw):
     return httpx.post(f"{server.url}{path}", json=body, headers=headers, timeout=60, **kw)
 
 
-def _close(a, b) -> bool:
-    """Predictions equal: text and labels exactly, numbers within 1e-5."""
-    if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -81,7 +73,7 @@ def test_every_task_predicts_over_http_as_deltatune_predict_does(server, task_ru
     body = r.json()
     assert body["model"] == task and body["task"] == task and len(body["predictions"]) == len(rows)
     expected = json.loads(json.dumps(deltatune.load(run, device="cpu").predict_rows(Dataset.from_list(rows), "test"), default=float))
-    assert _close(body["predictions"], expected), (body["predictions"], expected)
+    assert predictions_close(body["predictions"], expected), (body["predictions"], expected)
 
 
 def test_hugging_face_input_shapes_are_mapped_to_the_runs_columns(server, task_runs):

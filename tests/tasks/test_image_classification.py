@@ -75,13 +75,14 @@ def test_train_predict_evaluate_with_paths_relative_to_the_data_file(tiny_vit_di
 def test_an_image_run_reports_examples_per_second_not_tokens(tiny_vit_dir, tmp_path, capfd):
     rows = _images(tmp_path, 12)
     train = _csv(tmp_path / "train.csv", rows)
-    cfg = _config(tiny_vit_dir, train, train, tmp_path / "run")
+    cfg = _config(tiny_vit_dir, train, train, tmp_path / "run", max_seq_length=8)  # a text setting: no effect on images
     cfg["train"].update(max_steps=2, log_interval_seconds=0)
     run = deltatune.finetune(cfg, verbose=True)
     captured = capfd.readouterr()
     lines = [x for x in captured.err.splitlines() if x.startswith("step ")]
     assert lines and all("examples/s" in x and "tokens" not in x for x in lines), lines
-    assert "tokens" not in captured.out and "positions per forward pass" in captured.out  # the summary
+    # the memory estimate's length: (32 / 8-pixel patches of the model config)^2 + [CLS], not 16-pixel patches, not cut to 8
+    assert "tokens" not in captured.out and "(batch 8 x 17 positions per forward pass)" in captured.out, captured.out
     assert "tokens_per_second" not in json.loads((run.path / "eval.json").read_text())["train"]
 
 

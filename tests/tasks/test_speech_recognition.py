@@ -156,6 +156,18 @@ def test_long_transcripts_are_cut_keeping_the_end_token():
 
 
 # ---- training, evaluation, prediction -----------------------------------------------------
+def test_checked_absolute_paths_are_not_remembered(tiny_whisper_asr_dir, tmp_path):
+    """A server checks every request's uploads (new absolute temporary paths): nothing may pile up."""
+    rows = _clips(tmp_path / "data", 4)
+    task, _ = _task(tiny_whisper_asr_dir, tmp_path)
+    for rel, _text in rows:  # one request per file, as a server sees them
+        task.check(Dataset.from_dict({"audio": [str(tmp_path / "data" / rel)]}), "inputs", with_labels=False)
+    assert task._checked_files == {}
+    data_file = str(_csv(tmp_path / "data" / "rows.csv", rows))  # relative cells: how they resolve is kept
+    task.check(Dataset.from_dict({"audio": [r for r, _ in rows], "text": [t for _, t in rows]}), data_file)
+    assert task._checked_files == {r: str(tmp_path / "data" / r) for r, _ in rows}
+
+
 def test_train_evaluate_and_transcribe_tones(tiny_whisper_asr_dir, tmp_path):
     data = tmp_path / "data"
     rows = _clips(data, 16)

@@ -50,7 +50,7 @@ def parameter_summary(model: torch.nn.Module) -> dict[str, float]:
     """
     trainable = total = t_bytes = a_bytes = 0
     for p in model.parameters():
-        n = p.numel()
+        n = getattr(p, "ds_numel", None) or p.numel()  # ds_numel: a DeepSpeed ZeRO-3 parameter's whole count (its data is a shard)
         total += n
         a_bytes += n * p.element_size()
         if p.requires_grad:

@@ -16,6 +16,7 @@ one-line message and no traceback.
 """
 
 
+import asyncio
 import contextlib
 import hmac
 import threading
@@ -36,6 +37,7 @@ from deltatune.errors import DeltatuneError
 from deltatune.serving.batcher import DynamicBatcher
 from deltatune.serving.http_errors import ApiError, check_unicode, field_path
 from deltatune.serving.inputs import predict_located, request_rows
+from deltatune.serving.media_inputs import request_uploads
 from deltatune.serving.metrics import ServerMetrics
 from deltatune.serving.pool import ModelPool, ServedModel
 from deltatune.serving.predictor import Predictor
@@ -133,9 +135,12 @@ def create_app(pool: ModelPool, settings: ServeSettings, tasks: list[str], on_st
                 served.predictor.with_generation(**params)
             except DeltatuneError as e:
                 raise ApiError(400, f"parameters: {e}", param="parameters") from None
-        rows = request_rows(body.inputs, served.predictor.task, settings.max_inputs, settings.max_input_chars)
-        key = json.dumps(params, sort_keys=True)
-        predictions = await batcher(served).submit([(key, where, row) for where, row in rows])
+        # image/audio runs: the uploads are request-scoped temporary files, decoded and checked off the event loop
+        with request_uploads(served.predictor.task, settings.max_upload_bytes) as uploads:
+            args = (body.inputs, served.predictor.task, settings.max_inputs, settings.max_input_chars, uploads)
+            rows = request_rows(*args) if uploads is None else await asyncio.to_thread(request_rows, *args)
+            key = json.dumps(params, sort_keys=True)
+            predictions = await batcher(served).submit([(key, where, row) for where, row in rows])
         metrics.inputs.labels(served.name).inc(len(rows))
         # already typed by the task (the schema documents it): answered without re-validation
         return json_response({"model": served.name, "task": served.task_name, "predictions": predictions})

@@ -6,6 +6,9 @@ Hugging Face Inference API's shape (``{"text", "text_pair"}``, ``{"question", "c
 mapped to the run's column names; any other object is a row with the run's own column names.
 Every row then goes through the task's own check (:meth:`deltatune.tasks.base.Task.check`),
 as rows of a file do, so serving and ``predict`` accept the same things.
+
+Image and audio runs take each input's file content (base64), never a path on the server: the
+uploads become request-scoped temporary files (:mod:`deltatune.serving.media_inputs`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pydantic import BaseModel
 
 from deltatune.errors import DeltatuneError
 from deltatune.serving.http_errors import ApiError, strings
+from deltatune.serving.media_inputs import Uploads, upload_kind, upload_row
 from deltatune.tasks import Task
 
 
@@ -45,8 +49,13 @@ def item_row(item: Any, task: Task, where: str) -> dict[str, Any]:
     """One input as a row of the run's columns.
 
     Raises:
-        ApiError: 400 naming ``where`` when the input's form does not fit the task.
+        ApiError: 400 naming ``where`` when the input's form does not fit the task; for a
+            vision-language run, anything but a text (its rows would name image files, which the
+            server never opens on a request's word).
     """
+    if task.input_kind == "image-text" and not isinstance(item, str):
+        raise ApiError(400, f"{where}: a vision-language run takes a text over HTTP; images in requests are not supported yet "
+                       "(the server opens no file a request names)", param=where)
     if isinstance(item, dict):
         return _object_row(item, task, where)
     return _plain_row(item, task, where)
@@ -71,15 +80,19 @@ def check_lengths(item: Any, limit: int, where: str) -> None:
             raise ApiError(400, f"{path}: {len(text)} characters, more than the server's limit of {limit}", param=path)
 
 
-def request_rows(inputs: Any, task: Task, max_inputs: int, max_chars: int) -> list[tuple[str, dict[str, Any]]]:
+def request_rows(
+    inputs: Any, task: Task, max_inputs: int, max_chars: int, uploads: Uploads | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     """The rows of one request's ``inputs``, each with the field it came from (``inputs[i]``).
 
     Only the form and the size of the inputs are checked here; the task's own row checks run
-    with the prediction, on the whole batch (:func:`predict_located`).
+    with the prediction, on the whole batch (:func:`predict_located`). Inputs of image and audio
+    runs are uploads, decoded into ``uploads`` and their files checked here
+    (:func:`deltatune.serving.media_inputs.upload_row`; without ``uploads`` they are refused).
 
     Raises:
         ApiError: 400 for an empty list, more than ``max_inputs`` inputs, a text over
-            ``max_chars`` characters, or an input whose form does not fit the task.
+            ``max_chars`` characters, an input whose form does not fit the task, or a bad upload.
     """
     items = as_items(inputs)
     if not items:
@@ -89,6 +102,9 @@ def request_rows(inputs: Any, task: Task, max_inputs: int, max_chars: int) -> li
     out = []
     for i, item in enumerate(items):
         where = f"inputs[{i}]" if isinstance(inputs, list) else "inputs"
+        if upload_kind(task) is not None:
+            out.append((where, upload_row(item, task, uploads, where)))
+            continue
         check_lengths(item, max_chars, where)
         out.append((where, item_row(item, task, where)))
     return out

@@ -1,18 +1,31 @@
-"""Export an encoder run to ONNX: ``model.onnx`` + tokenizer + model config + ``deltatune_onnx.json``.
+"""Export an encoder run to ONNX: ``model.onnx`` + tokenizer (or processor) + model config + ``deltatune_onnx.json``.
 
 What the folder holds (read back by :func:`deltatune.serving.onnx_backend.load_onnx`):
 
 - ``model.onnx``: the task model (adapters merged into the weights first), fp32, or with
   ``quantize="int8"`` its weights quantized to int8 by onnxruntime's dynamic quantization
   (``onnxruntime.quantization.quantize_dynamic``: int8 weights of MatMul/Gemm per output
-  channel, activations quantized per batch at run time). Inputs ``input_ids``, ``attention_mask`` (and
-  ``token_type_ids`` when the tokenizer makes them and the model's forward takes them), int64
-  (batch, sequence), both axes dynamic; outputs the task's logits (``logits`` or
-  ``start_logits``/``end_logits``), float32.
-- the tokenizer files (``tokenizer.save_pretrained``) and the model's ``config.json``
-  (``id2label``, the QA v1.1/v2.0 choice, ...);
-- ``deltatune_onnx.json``: format version, task, input and output names, opset, quantization,
-  and the run's resolved config (``RunConfig.to_dict()``, what ``<run>/config.yaml`` holds).
+  channel, activations quantized per batch at run time). Outputs the task's logits (``logits``
+  or ``start_logits``/``end_logits``), float32. Inputs:
+
+  - text tasks (:data:`ONNX_TASKS`): ``input_ids``, ``attention_mask`` (and ``token_type_ids``
+    when the tokenizer makes them and the model's forward takes them), int64 (batch, sequence),
+    both axes dynamic;
+  - image-/audio-classification (:data:`MEDIA_ONNX_TASKS`): what the task's ``collate`` gives the
+    model (:meth:`~deltatune.tasks.media_classification.MediaClassificationTask.batch_inputs`):
+    ``pixel_values`` float32 (batch, 3, H, W), H x W the image processor's output size; Whisper
+    ``input_features`` float32 (batch, n_mels, frames), frames = 100 per second of
+    ``data.max_audio_seconds`` (the encoder was cut to it); wav2vec-style ``input_values``
+    float32 (batch, samples) (and ``attention_mask`` int64 when the extractor makes one). The batch
+    axis is dynamic, the others fixed to what the processor produces, except an audio time axis
+    when the clips are not padded to a fixed length (no ``data.max_audio_seconds`` and no clip length
+    of the extractor's own).
+- the tokenizer files (``tokenizer.save_pretrained``), or for image/audio runs the image
+  processor / feature extractor (``save_pretrained``: ``preprocessor_config.json``), and the
+  model's ``config.json`` (``id2label``, the QA v1.1/v2.0 choice, ...);
+- ``deltatune_onnx.json``: format version, task, input and output names (and the input shapes,
+  ``None`` for a dynamic axis), the processor's class, opset, quantization, and the run's resolved
+  config (``RunConfig.to_dict()``, what ``<run>/config.yaml`` holds).
 
 Exporter: the ``torch.export``-based exporter (``torch.onnx.export(..., dynamo=True)``,
 opset 18) with ``dynamic_shapes``; the TorchScript exporter (``dynamo=False``) is deprecated
@@ -34,8 +47,11 @@ from deltatune.errors import DeltatuneError
 from deltatune.models.loading import quiet_transformers
 from deltatune.serving.predictor import Predictor
 
-# the encoder tasks whose predictions come from one forward pass of the model (Task.eval_step)
+# the encoder text tasks whose predictions come from one forward pass of the model (Task.eval_step)
 ONNX_TASKS = ("text-classification", "token-classification", "question-answering", "extractive-summarization")
+# the file-reading tasks likewise (one forward pass on the processor's pixel_values / audio features)
+MEDIA_ONNX_TASKS = ("image-classification", "audio-classification")
+EXPORTABLE_TASKS = ONNX_TASKS + MEDIA_ONNX_TASKS
 QUANTIZE_CHOICES = ("int8",)
 ONNX_OPSET = 18
 MODEL_FILE = "model.onnx"
@@ -49,14 +65,14 @@ def check_onnx_request(task: str, quantize: str | None) -> None:
     """Refuse what the ONNX export does not support (callable before the run is loaded).
 
     Raises:
-        DeltatuneError: ``task`` is not one of :data:`ONNX_TASKS`; ``quantize`` is not ``None``
-            or ``"int8"``.
+        DeltatuneError: ``task`` is not one of :data:`EXPORTABLE_TASKS` (generative tasks:
+            speech-recognition, vision-language, decoders, ...); ``quantize`` is not ``None`` or ``"int8"``.
     """
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise DeltatuneError(f"--quantize {quantize!r} is not supported; use --quantize int8 (or leave it out for fp32)")
-    if task not in ONNX_TASKS:
+    if task not in EXPORTABLE_TASKS:
         raise DeltatuneError(
-            f"--format onnx supports the encoder tasks {', '.join(ONNX_TASKS)}; this run's task is {task}: "
+            f"--format onnx supports the encoder tasks {', '.join(EXPORTABLE_TASKS)}; this run's task is {task}: "
             "export decoder runs with --format gguf or as a merged model (--merge)"
         )
 
@@ -74,11 +90,11 @@ def export_onnx(predictor: Predictor, out_dir: Path, quantize: str | None = None
         quantize: ``None`` (fp32) or ``"int8"`` (dynamic int8 quantization of the weights).
 
     Returns:
-        The metadata written to ``deltatune_onnx.json`` (``task``, ``inputs``, ``outputs``,
-        ``opset``, ``quantize``, ``config``, ...).
+        The metadata written to ``deltatune_onnx.json`` (``task``, ``inputs``, ``input_shapes``,
+        ``outputs``, ``processor``, ``opset``, ``quantize``, ``config``, ...).
 
     Raises:
-        DeltatuneError: a task other than :data:`ONNX_TASKS`; an unknown ``quantize``; an
+        DeltatuneError: a task other than :data:`EXPORTABLE_TASKS`; an unknown ``quantize``; an
             adapter that cannot be merged (prefix tuning); the exporter failing (its first line).
         OSError: ``out_dir`` cannot be written.
     """
@@ -86,12 +102,17 @@ def export_onnx(predictor: Predictor, out_dir: Path, quantize: str | None = None
     check_onnx_request(cfg.task, quantize)
     out_dir = Path(out_dir)
     model = _merged(predictor.model).eval()
-    inputs = _input_names(model, predictor.tokenizer)
-    dummy = _dummy_inputs(predictor.tokenizer, inputs, _device_of(model))
+    if cfg.task in MEDIA_ONNX_TASKS:
+        dummy, dynamic = _media_dummy_inputs(predictor.task, model)
+        inputs = list(dummy)
+    else:
+        inputs = _input_names(model, predictor.tokenizer)
+        dummy = _dummy_inputs(predictor.tokenizer, inputs, _device_of(model))
+        dynamic = {k: {0: "batch", 1: "sequence"} for k in inputs}
     with torch.no_grad(), quiet_transformers():
         outputs = [k for k, v in model(**dummy).items() if isinstance(v, torch.Tensor)]
     fp32 = out_dir / (MODEL_FILE if quantize is None else "model-fp32.onnx")
-    _export(model, dummy, inputs, outputs, fp32)
+    _export(model, dummy, inputs, outputs, dynamic, fp32)
     if quantize == "int8":
         _quantize_int8(fp32, out_dir / MODEL_FILE)
         fp32.unlink()
@@ -103,7 +124,9 @@ def export_onnx(predictor: Predictor, out_dir: Path, quantize: str | None = None
         "task": cfg.task,
         "model_file": MODEL_FILE,
         "inputs": inputs,
+        "input_shapes": {k: [None if i in dynamic[k] else int(n) for i, n in enumerate(dummy[k].shape)] for k in inputs},
         "outputs": outputs,
+        "processor": type(predictor.tokenizer).__name__,
         "opset": ONNX_OPSET,
         "quantize": quantize,
         "torch_version": torch.__version__,
@@ -154,11 +177,37 @@ def _dummy_inputs(tokenizer, names: list[str], device: torch.device) -> dict[str
     return {k: v.to(device=device, dtype=torch.long) for k, v in out.items()}
 
 
-def _export(model: torch.nn.Module, dummy: dict[str, torch.Tensor], inputs: list[str], outputs: list[str], path: Path) -> None:
-    """``torch.onnx.export`` (``dynamo=True``) with dynamic batch and sequence axes, saved to ``path``."""
+def _media_dummy_inputs(task, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, str]]]:
+    """A batch of two of the task's own demo files (``demo_rows``: 32x32 PNGs / 0.25 s WAVs) made by
+    the task's :meth:`batch_inputs` (same processor, same clip length as prediction), and the
+    dynamic axes of each input: the batch axis; the last (time) axis too for audio clips that are
+    not padded to a fixed length (:meth:`AudioClassificationTask.clip_seconds` ``None``).
+
+    Raises:
+        DeltatuneError: the model's forward does not take an input the task makes.
+    """
+    files = [row[task.input_kind] for row in type(task).demo_rows()["rows"][:2]]
+    batch = task.batch_inputs(files, train=False)
+    params = inspect.signature(model.forward).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    missing = [k for k in batch if k not in params]
+    if missing and not takes_any:
+        raise DeltatuneError(f"the {type(model).__name__} does not take {', '.join(missing)}, which the {task.name} task gives it; it cannot be exported")
+    fixed_length = task.input_kind != "audio" or task.clip_seconds() is not None
+    dynamic = {k: {0: "batch"} if fixed_length else {0: "batch", v.dim() - 1: "time"} for k, v in batch.items()}
+    device = _device_of(model)
+    return {k: v.to(device) for k, v in batch.items()}, dynamic
+
+
+def _export(
+    model: torch.nn.Module, dummy: dict[str, torch.Tensor], inputs: list[str], outputs: list[str],
+    dynamic: dict[str, dict[int, str]], path: Path,
+) -> None:
+    """``torch.onnx.export`` (``dynamo=True``) with the dynamic axes ``dynamic`` (input -> {axis: name};
+    one ``torch.export.Dim`` per name), saved to ``path``."""
     import warnings
 
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dims = {name: torch.export.Dim(name) for axes in dynamic.values() for name in axes.values()}
     try:
         with warnings.catch_warnings(), quiet_transformers(), _quiet_onnx_logs():
             warnings.simplefilter("ignore")
@@ -168,7 +217,7 @@ def _export(model: torch.nn.Module, dummy: dict[str, torch.Tensor], inputs: list
                 kwargs=dummy,
                 input_names=inputs,
                 output_names=outputs,
-                dynamic_shapes={k: {0: batch, 1: sequence} for k in inputs},
+                dynamic_shapes={k: {axis: dims[name] for axis, name in dynamic[k].items()} for k in inputs},
                 opset_version=ONNX_OPSET,
                 dynamo=True,
                 verbose=False,

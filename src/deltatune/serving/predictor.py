@@ -196,7 +196,9 @@ def load(
     top_p: float | None = None,
     num_beams: int | None = None,
 ) -> Predictor:
-    """Load a run directory (or its model/ folder's parent) for prediction.
+    """Load a run directory (or its model/ folder's parent) for prediction; a folder of
+    ``deltatune export --format onnx`` loads with onnxruntime
+    (:func:`deltatune.serving.onnx_backend.load_onnx`; nothing in it runs code).
 
     The load permissions come from the caller only; the run's config.yaml values of
     ``model.trust_remote_code`` and ``model.allow_pickle_weights`` are ignored, so a run folder
@@ -217,6 +219,12 @@ def load(
             ``allow_pickle_weights``; a damaged model/adapter file (names it); generation options
             for a run that does not generate, out of range, or ``top_p`` without sampling.
     """
+    if (Path(run) / "deltatune_onnx.json").is_file():  # an ONNX export (deltatune export --format onnx): onnxruntime
+        from deltatune.serving.onnx_backend import load_onnx
+
+        if generation_overrides(max_new_tokens, temperature, top_p, num_beams):
+            raise DeltatuneError(f"{run} is an ONNX export of an encoder run, which does not generate text; generation options do not apply")
+        return load_onnx(run, device)
     rd = RunDir(run)
     rd.check_loadable()
     generation = generation_overrides(max_new_tokens, temperature, top_p, num_beams)

@@ -5,12 +5,13 @@ https://huggingface.co/docs/api-inference/): ``inputs`` is one input or a list o
 input may be depends on the served run's task (:data:`TASK_IO`); a JSON object is a row with
 the run's own column names (as in a ``predict --input`` file). The predictions are the records
 ``deltatune predict`` writes (:meth:`deltatune.serving.predictor.Predictor.predict_rows`), typed
-here so that the OpenAPI schema at ``/openapi.json`` tells clients what comes back.
+here so that the OpenAPI schema at ``/openapi.json`` tells clients what comes back. Image and
+audio runs take each file's content, base64-encoded (:data:`IMAGE_INPUT`, :data:`AUDIO_INPUT`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,12 +47,41 @@ class Conversation(BaseModel):
 
 Row = dict[str, Any]  # a row with the run's column names, as in a predict --input file
 
+# image and audio runs: the file's content, never a path on the server (deltatune.serving.media_inputs)
+Base64Image = Annotated[str, Field(
+    description="an image file's content, base64-encoded, or a data URL data:image/png;base64,... (PNG, JPEG, GIF, WebP, BMP, TIFF)",
+    json_schema_extra={"contentEncoding": "base64"},
+)]
+Base64Audio = Annotated[str, Field(
+    description="an audio file's content, base64-encoded, or a data URL data:audio/wav;base64,... (WAV, FLAC, OGG, MP3)",
+    json_schema_extra={"contentEncoding": "base64"},
+)]
+
+
+class ImageUpload(BaseModel):
+    """An image input as an object (Hugging Face's ``inputs.image``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: Base64Image
+
+
+class AudioUpload(BaseModel):
+    """An audio input as an object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio: Base64Audio
+
+
 # what one input of each task may be (the first form listed is the usual one)
 CLASSIFICATION_INPUT = Union[Text, TextPair, list[str], Row]
 QA_INPUT = Union[QuestionContext, list[str], Row]
 TEXT_INPUT = Union[Text, Row]
 CHAT_INPUT = Union[Text, Conversation, Row]
 PROMPTED_INPUT = Union[Text, list[str], Row]
+IMAGE_INPUT = Union[Base64Image, ImageUpload]
+AUDIO_INPUT = Union[Base64Audio, AudioUpload]
 
 
 class GenerationParameters(BaseModel):
@@ -148,6 +178,9 @@ TASK_IO: dict[str, TaskIO] = {
     "summarization": TaskIO(input=PROMPTED_INPUT, prediction=GenerationPrediction, parameters=GenerationParameters),
     "translation": TaskIO(input=PROMPTED_INPUT, prediction=GenerationPrediction, parameters=GenerationParameters),
     "generative-qa": TaskIO(input=PROMPTED_INPUT, prediction=GenerationPrediction, parameters=GenerationParameters),
+    "image-classification": TaskIO(input=IMAGE_INPUT, prediction=ClassificationPrediction),
+    "audio-classification": TaskIO(input=AUDIO_INPUT, prediction=ClassificationPrediction),
+    "speech-recognition": TaskIO(input=AUDIO_INPUT, prediction=GenerationPrediction, parameters=GenerationParameters),
     # preference-tuned and GRPO runs answer prompts as instruction runs do
     **{
         name: TaskIO(input=CHAT_INPUT, prediction=GenerationPrediction, parameters=GenerationParameters)

@@ -171,6 +171,13 @@ class Task(ABC):
             return datasets.Dataset.from_dict({d.text_column: [p[0] for p in pairs], d.text_pair_column: [p[1] for p in pairs]})
         return datasets.Dataset.from_dict({d.text_column: list(texts)})
 
+    def planned_length(self, lengths: Sequence[int]) -> int:
+        """Positions per example that the memory estimate and the micro-batch planner assume, from the
+        training features' ``lengths``. Default: the longest, at most ``data.max_seq_length`` (inputs
+        are cut to it)."""
+        limit = self.config.data.max_seq_length
+        return min(limit, max(lengths)) if len(lengths) else limit
+
     def stratify_keys(self, ds: datasets.Dataset) -> list | None:
         """Per-row keys to stratify the validation split by, or ``None``."""
         return None

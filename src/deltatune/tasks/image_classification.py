@@ -54,10 +54,23 @@ class ImageClassificationTask(MediaClassificationTask):
     def file_problem(self, path: Path) -> str | None:
         return image_problem(path)
 
+    # the backbone's patch side in pixels: its config's ``patch_size`` once :meth:`build_model` has read it
+    patch_size: int = _PATCH
+
     def input_length(self) -> int:
-        """Patches of the processed image (16-pixel patches) plus one [CLS]: the memory estimate's sequence length."""
+        """Patches of the processed image plus one [CLS]: the memory estimate's sequence length. The patch
+        side is the model config's ``patch_size`` (DINOv2 14, ViT 16) after :meth:`build_model`, 16 before
+        (``deltatune check``, which loads no model)."""
         h, w = pixel_size(self.tokenizer) if self.tokenizer is not None else (_DEFAULT_SIDE, _DEFAULT_SIDE)
-        return (h // _PATCH) * (w // _PATCH) + 1
+        return (h // self.patch_size) * (w // self.patch_size) + 1
+
+    def build_model(self, model_path: str, config_overrides: dict[str, Any]) -> torch.nn.Module:
+        """As :meth:`MediaClassificationTask.build_model`; keeps the backbone's ``patch_size`` for :meth:`input_length`."""
+        model = super().build_model(model_path, config_overrides)
+        patch = getattr(model.config, "patch_size", None)
+        if isinstance(patch, int) and patch > 0:  # some configs give (height, width) or none: keep 16
+            self.patch_size = patch
+        return model
 
     def batch_inputs(self, files: list[str], train: bool) -> dict[str, torch.Tensor]:
         """``pixel_values`` float32 (B, 3, H, W) from the image processor; training images augmented

@@ -91,6 +91,10 @@ class MediaClassificationTask(ClassificationTask):
         """Positions the backbone sees per example (the memory estimate's sequence length)."""
         raise NotImplementedError
 
+    def planned_length(self, lengths: Sequence[int]) -> int:
+        """:meth:`input_length`: every example has that many positions, whatever ``data.max_seq_length`` says."""
+        return self.input_length()
+
     # ---- rows -------------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer) -> None:
         """Keep the model's processor (image processor / feature extractor) for :meth:`collate`."""

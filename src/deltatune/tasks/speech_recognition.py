@@ -138,7 +138,7 @@ class SpeechRecognitionTask(LabelTokenLoss, GenerationMetrics, GenerativeTask, T
     def __init__(self, config: RunConfig, model_config=None):
         super().__init__(config)
         self.model_config = model_config  # the (saved) model's config, when known
-        # path cell -> the file it named in the rows check() saw last (with their data file's folder), for
+        # relative path cell -> the file it named in the rows check() saw (with their data file's folder), for
         # generation called without the rows' source (final_metrics(ds) has no source argument)
         self._checked_files: dict[str, str] = {}
 
@@ -233,7 +233,9 @@ class SpeechRecognitionTask(LabelTokenLoss, GenerationMetrics, GenerativeTask, T
             if empty:
                 what = "file path" if col == self.audio_column else "transcript"
                 raise DeltatuneError(f"{source}: row {empty[0]} has no {what} in column '{col}' ({len(empty)} such rows); fill or remove them")
-        self._checked_files.update({str(v): str(resolve_file(v, source)) for v in ds[self.audio_column]})
+        # only cells that resolve elsewhere (relative to their data file): a server's absolute upload paths add nothing
+        resolved = ((str(v), str(resolve_file(v, source))) for v in ds[self.audio_column])
+        self._checked_files.update({cell: path for cell, path in resolved if cell != path})
 
     def rows_from_texts(self, texts: Sequence[Any]) -> datasets.Dataset:
         """Rows from audio file paths (``predict --file``, :meth:`Predictor.predict`)."""

@@ -16,6 +16,11 @@ then moves that folder into the temporary checkpoint folder with the other files
 whole into place, so a sharded checkpoint too is complete or absent. DCP reshards on load, so such
 a checkpoint can be read by a launch of any number of processes (the loop itself resumes with the
 same number, as the global batch depends on it).
+A checkpoint of a DeepSpeed run (``distributed.strategy: deepspeed``) holds ``deepspeed/``
+instead: the folder ``engine.save_checkpoint`` wrote (every process's ZeRO partitions of the
+model and optimizer state, staged and moved in as sharded ones are;
+:mod:`deltatune.training.deepspeed_engine`). DeepSpeed reads its files with pickle, so such a
+checkpoint is resumed only on the user's word (``--trust-checkpoint``), as format 1 is.
 The ``.pt`` files are read with ``torch.load(weights_only=True)``: a file that needs any other
 Python object (a crafted pickle) is refused before it can run code. Checkpoints of format 1
 (older deltatune, no ``checkpoint_format``) kept python/numpy RNG states as pickled tuples
@@ -61,6 +66,7 @@ CHECKPOINT_FORMAT = 2
 
 CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
 SHARDED_FILES = ("sharded/.metadata", "scheduler.pt", "rng.pt", "trainer_state.json")
+DEEPSPEED_FILES = ("deepspeed/latest", "scheduler.pt", "rng.pt", "trainer_state.json")
 TRAINER_STATE_KEYS = ("global_step", "epoch", "batch_in_epoch", "examples_seen", "total_steps")
 PAUSE_ENV = "DELTATUNE_TEST_CHECKPOINT_PAUSE"
 
@@ -236,6 +242,7 @@ def save_checkpoint(
     rng_state: dict[str, Any],
     keep: int,
     sharded: Path | None = None,
+    sharded_as: str = "sharded",
 ) -> Path:
     """Write checkpoint ``folder/step-<step>`` atomically and prune to the newest ``keep``.
 
@@ -247,6 +254,8 @@ def save_checkpoint(
         sharded: the folder :func:`save_sharded` wrote (parameters and optimizer state of a sharded
             model): moved in as ``sharded/`` instead of writing ``trainable.safetensors`` and
             ``optimizer.pt`` (``model`` and ``optimizer`` are then not read).
+        sharded_as: the name ``sharded`` gets in the checkpoint: ``sharded`` (DCP, FSDP) or
+            ``deepspeed`` (``engine.save_checkpoint``'s folder).
 
     Returns:
         The checkpoint's path.
@@ -259,7 +268,7 @@ def save_checkpoint(
 
     def write(tmp: Path) -> None:
         if sharded is not None:
-            sharded.rename(tmp / "sharded")
+            sharded.rename(tmp / sharded_as)
             _pause_for_tests(step)
         else:
             write_tensors(trainable_state(model), tmp / "trainable.safetensors")
@@ -319,6 +328,7 @@ class CheckpointContents:
     trainer_state: dict[str, Any]
     rng: dict[str, Any]
     sharded: Path | None = None  # the DCP folder of a sharded checkpoint (``trainable``/``optimizer`` then empty)
+    deepspeed: Path | None = None  # the DeepSpeed folder of a DeepSpeed checkpoint (``trainable``/``optimizer`` then empty)
 
 
 def _format1_numpy_globals() -> list[Any]:
@@ -378,8 +388,10 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
             and plain values (a crafted pickle is refused without being run).
         UntrustedCheckpointError: a format-1 checkpoint and ``trust`` is false.
     """
-    is_sharded = (path / "sharded").is_dir()
-    missing = [n for n in (SHARDED_FILES if is_sharded else CHECKPOINT_FILES) if not (path / n).is_file()]
+    is_deepspeed = (path / "deepspeed").is_dir()
+    is_sharded = (path / "sharded").is_dir() or is_deepspeed
+    needed = DEEPSPEED_FILES if is_deepspeed else SHARDED_FILES if is_sharded else CHECKPOINT_FILES
+    missing = [n for n in needed if not (path / n).is_file()]
     if missing:
         raise CheckpointError(f"{path} is incomplete: {', '.join(missing)} missing")
     state_file = path / "trainer_state.json"
@@ -419,6 +431,11 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
             f"to accept them (numpy arrays only, nothing else is unpickled), resume {path.parent.parent} with --trust-checkpoint "
             "(Python: trust_checkpoint=True), else start a new run"
         )
+    if is_deepspeed and not trust:
+        raise UntrustedCheckpointError(
+            f"{path} holds DeepSpeed's own checkpoint files, which DeepSpeed reads with pickle; if {path.parent.parent} "
+            "is your own run, resume it with --trust-checkpoint (Python: trust_checkpoint=True)"
+        )
     trainable, optimizer = _read_model_files(path, legacy, is_sharded)
     scheduler = _load_tensors_file(path / "scheduler.pt", allow_pickle=legacy)
     rng = _load_tensors_file(path / "rng.pt", allow_pickle=legacy)
@@ -432,6 +449,8 @@ def read_checkpoint(path: Path, trust: bool = False) -> CheckpointContents:
     for name, value in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
         if not isinstance(value, dict):
             raise CheckpointError(f"{path / name} is not a state_dict")
+    if is_deepspeed:
+        return CheckpointContents(path, trainable, optimizer, scheduler, state, rng, deepspeed=path / "deepspeed")
     return CheckpointContents(path, trainable, optimizer, scheduler, state, rng, path / "sharded" if is_sharded else None)
 
 
@@ -461,7 +480,11 @@ def apply_checkpoint(contents: CheckpointContents, model: torch.nn.Module, optim
         CheckpointError: the saved tensors or states do not fit this model/optimizer.
     """
     try:
-        if contents.sharded is not None:
+        if contents.deepspeed is not None:  # model: the DeepSpeed engine
+            from deltatune.training import deepspeed_engine
+
+            deepspeed_engine.load(model, contents.deepspeed)
+        elif contents.sharded is not None:
             load_sharded(contents.sharded, model, optimizer)
         else:
             load_trainable_state(model, contents.trainable)

@@ -17,7 +17,8 @@ Strategies (``distributed.strategy`` in the config; docs/distributed.md):
   shards, their gradients and the optimizer step on the CPU (``CPUOffloadPolicy``). The loop's
   own thin layer, not Accelerate's FSDP plugin: Accelerate ignores that plugin on CPU (it forms
   DDP without a word), and a requested FSDP must never silently become DDP.
-- ``deepspeed``: refused for now (GPU-only through Accelerate's DeepSpeed plugin; not wired).
+- ``deepspeed``: DeepSpeed ZeRO-1/2/3 through Accelerate's DeepSpeed plugin, in its own module
+  (:mod:`deltatune.training.deepspeed_engine`); only its refusals are made here.
 
 Everything here is a collective call: every process calls it, in the same order.
 """
@@ -40,7 +41,9 @@ from deltatune.training.compute import transformer_blocks
 from deltatune.training.strategy import check_requested_strategy, world_size  # noqa: F401 - world_size: this module's name for it
 
 
-def check_strategy(cfg: DistributedConfig, world: int, device_type: str, mixed_precision: str, torch_compile: bool = False) -> bool:
+def check_strategy(
+    cfg: DistributedConfig, world: int, device_type: str, mixed_precision: str, torch_compile: bool = False, l1_lambda: float = 0.0
+) -> bool:
     """Check that ``cfg.strategy`` can run as asked in this launch; whether it is FSDP.
 
     Args:
@@ -49,17 +52,20 @@ def check_strategy(cfg: DistributedConfig, world: int, device_type: str, mixed_p
         device_type: ``"cpu"`` or ``"cuda"``: the processes' device.
         mixed_precision: the resolved ``train.mixed_precision`` (``no``, ``bf16``, ``fp16``).
         torch_compile: ``train.torch_compile``.
+        l1_lambda: ``train.l1_lambda``.
 
     Returns:
-        True for ``fsdp`` (the caller shards the model with :func:`shard_model`), False for ``ddp``.
+        True for ``fsdp`` (the caller shards the model with :func:`shard_model`), False for ``ddp``
+        and ``deepspeed`` (:mod:`deltatune.training.deepspeed_engine`).
 
     Raises:
         DeltatuneError: one line, for a request that would run as something else: ``fsdp`` in a
             single process, or an ``accelerate launch`` FSDP/DeepSpeed config (Accelerate would form
-            DDP on CPU without a word); ``deepspeed`` (not wired; GPU-only); ``fsdp`` with fp16,
+            DDP on CPU without a word); ``deepspeed`` not installed or with settings it does not
+            compose with (:func:`check_requested_strategy`); ``fsdp`` with fp16,
             ``train.torch_compile``, or ``fsdp_cpu_offload`` on CPU processes.
     """
-    check_requested_strategy(cfg, world, mixed_precision, torch_compile, device_type)  # the checks the CLI makes before torch
+    check_requested_strategy(cfg, world, mixed_precision, torch_compile, device_type, l1_lambda)  # the checks the CLI makes before torch
     if cfg.strategy != "fsdp":
         return False
     if cfg.fsdp_cpu_offload and device_type == "cpu":
@@ -305,7 +311,11 @@ def describe_launch(cfg: DistributedConfig, world: int) -> str:
     would be refused (nothing is raised: ``check`` is usually run without a launcher)."""
     launch = "torchrun --nproc_per_node N -m deltatune train CONFIG"
     if cfg.strategy == "deepspeed":
-        return "distributed: deepspeed would be refused (GPU-only, not wired yet); use fsdp or ddp"
+        parts = {1: "optimizer state", 2: "gradients and optimizer state", 3: "parameters, gradients and optimizer state"}[cfg.zero_stage]
+        offload = [k for k in ("offload_optimizer", "offload_param") if getattr(cfg, k) != "none"]
+        where = f"over {world} processes" if world > 1 else "in one process"
+        return (f"distributed: deepspeed ZeRO-{cfg.zero_stage} {where} (Accelerate's DeepSpeed plugin; {parts} about "
+                f"1/{world} per process{', ' + ' and '.join(offload) + ' in CPU memory' if offload else ''})")
     if cfg.strategy == "fsdp":
         if world < 2:
             return f"distributed: fsdp shards over several processes; launch with {launch} (a single process is refused)"
@@ -318,11 +328,15 @@ def describe_launch(cfg: DistributedConfig, world: int) -> str:
     return f"distributed: ddp over {world} processes (the whole model and optimizer state on every process)"
 
 
-def resume_command(run: object, processes: int) -> str:
+def resume_command(run: object, processes: int, deepspeed: bool = False) -> str:
     """The command that continues ``run`` with ``processes`` processes (checkpoints resume only with the
     number of processes that made them): ``deltatune train --resume RUN`` for one; for several, the
-    torchrun and Ray launches (the same number under ``accelerate launch`` works too)."""
+    torchrun and Ray launches (the same number under ``accelerate launch`` works too). ``deepspeed``:
+    a DeepSpeed run, whose checkpoints need ``--trust-checkpoint`` (DeepSpeed reads them with pickle)."""
+    resume = f"--resume {run}" + (" --trust-checkpoint" if deepspeed else "")
     if processes <= 1:
-        return f"deltatune train --resume {run}"
-    return (f"torchrun --nproc_per_node {processes} -m deltatune train --resume {run} "
-            f"(or deltatune train --resume {run} --ray --num-workers {processes})")
+        return f"deltatune train {resume}"
+    if deepspeed:
+        return f"torchrun --nproc_per_node {processes} -m deltatune train {resume}"
+    return (f"torchrun --nproc_per_node {processes} -m deltatune train {resume} "
+            f"(or deltatune train {resume} --ray --num-workers {processes})")

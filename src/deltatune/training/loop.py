@@ -35,7 +35,7 @@ from deltatune.files import InterruptedAgain, interrupts_deferred
 from deltatune.rundir import RunDir
 from deltatune.tasks.base import Features, Task
 from deltatune.training import batch_plan as planning
-from deltatune.training import distributed
+from deltatune.training import deepspeed_engine, distributed
 from deltatune.training.batch_plan import BatchPlan, activation_factor, is_out_of_memory, needed_bytes, plan_by_trial, plan_batch
 from deltatune.training.batching import epoch_batches, shard_batch, split_batch, steps_per_epoch
 from deltatune.training.checkpoint import (
@@ -107,7 +107,8 @@ def check_launch(config: Optional[RunConfig] = None) -> bool:
     config = config or RunConfig()
     device = "cuda" if torch.cuda.is_available() and not cpu_processes() else "cpu"
     precision = resolve_mixed_precision(config.train.mixed_precision)
-    return distributed.check_strategy(config.distributed, distributed.world_size(), device, precision, config.train.torch_compile)
+    return distributed.check_strategy(config.distributed, distributed.world_size(), device, precision, config.train.torch_compile,
+                                      config.train.l1_lambda)
 
 
 def process_state() -> PartialState:
@@ -222,7 +223,12 @@ class Trainer:
         # fp16 needs accelerate's gradient scaler; bf16 needs none, so it is a plain autocast and
         # several runs with different precisions can share one process (accelerate's state is global)
         self.fsdp = check_launch(config)  # distributed.strategy fsdp: the model is sharded (_prepare)
-        self.accelerator = Accelerator(mixed_precision="fp16" if self.mixed_precision == "fp16" else None, cpu=cpu_processes())
+        self.deepspeed = config.distributed.strategy == "deepspeed"  # DeepSpeed ZeRO: training/deepspeed_engine.py
+        self.zero3 = self.deepspeed and config.distributed.zero_stage == 3  # parameters partitioned: gathered to save/evaluate
+        if self.deepspeed:
+            self.accelerator = deepspeed_engine.make_accelerator(config)
+        else:
+            self.accelerator = Accelerator(mixed_precision="fp16" if self.mixed_precision == "fp16" else None, cpu=cpu_processes())
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         tc = config.train
@@ -265,7 +271,11 @@ class Trainer:
     def _prepare(self, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The model for training and its optimizer: Accelerate's DDP (or nothing, one process), or
         FSDP2 (:func:`deltatune.training.distributed.shard_model`, the optimizer made over the shards;
-        the main process keeps a CPU copy of the unsharded model to save the gathered weights into)."""
+        the main process keeps a CPU copy of the unsharded model to save the gathered weights into),
+        or DeepSpeed's engine and ZeRO optimizer (:func:`deltatune.training.deepspeed_engine.prepare`)."""
+        if self.deepspeed:  # ZeRO-3: the main process keeps a CPU copy to save the gathered weights into
+            self._plain = distributed.plain_copy(model) if self.is_main and self.zero3 else None
+            return deepspeed_engine.prepare(self.accelerator, model, build_optimizer(model, self.cfg.train), self.plan.micro_batch_size)
         if not self.fsdp:
             return self.accelerator.prepare(model, build_optimizer(model, self.cfg.train))
         self._plain = distributed.plain_copy(model) if self.is_main else None
@@ -274,16 +284,20 @@ class Trainer:
 
     @property
     def shards(self) -> int:
-        """Processes the parameters, gradients and optimizer state are split over (1 unless FSDP)."""
-        return self.world if self.fsdp else 1
+        """Processes the parameters, gradients and optimizer state are split over (1 unless FSDP or ZeRO-3)."""
+        return self.world if self.fsdp or self.zero3 else 1
 
     @property
     def strategy(self) -> str:
-        """What runs: ``single process``, ``ddp over N processes`` or ``fsdp over N processes``."""
+        """What runs: ``single process``, ``ddp over N processes``, ``fsdp over N processes`` or ``deepspeed ZeRO-S ...``."""
+        if self.deepspeed:
+            return f"deepspeed ZeRO-{self.cfg.distributed.zero_stage} " + ("in one process" if self.world == 1 else f"over {self.world} processes")
         return "single process" if self.world == 1 else f"{'fsdp' if self.fsdp else 'ddp'} over {self.world} processes"
 
     def _no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
         """Backward passes without gradient synchronization (micro-batches before a step's last)."""
+        if self.deepspeed:  # the engine accumulates until the boundary (deepspeed_engine.backward)
+            return contextlib.nullcontext()
         return distributed.no_gradient_sync(model) if self.fsdp else self.accelerator.no_sync(model)
 
     def _clip_gradients(self) -> torch.Tensor:
@@ -294,8 +308,11 @@ class Trainer:
 
     def _save_best(self) -> None:
         """Keep the trainable weights of the best evaluation (main process writes; gathered first under FSDP)."""
-        if self.fsdp:
-            tensors = distributed.gather_full_state(self.model, trainable_only=True)
+        if self.fsdp or self.zero3:
+            if self.zero3:
+                tensors = deepspeed_engine.trainable_state(self.model)
+            else:
+                tensors = distributed.gather_full_state(self.model, trainable_only=True)
             if self.is_main:
                 replace_dir_atomically(lambda d: write_tensors(tensors, d / "trainable.safetensors"), self.run_dir.checkpoints / "best")
         elif self.is_main:
@@ -303,19 +320,22 @@ class Trainer:
 
     def _load_best(self) -> None:
         """Put the best evaluation's trainable weights back (every process reads them)."""
+        if self.zero3:
+            deepspeed_engine.load_trainable_state(self.model, read_best_state(self.run_dir.checkpoints))
+            return
         if not self.fsdp:
             load_best_state(self.run_dir.checkpoints, self.accelerator.unwrap_model(self.model))
             return
         distributed.load_full_state(self.model, read_best_state(self.run_dir.checkpoints))
 
     def _save_final_model(self) -> None:
-        """``save_model`` into model/ (main process); under FSDP the weights are gathered into the
-        unsharded CPU copy first, which stands in for ``self.model`` while it is saved."""
-        if not self.fsdp:
+        """``save_model`` into model/ (main process); under FSDP and ZeRO-3 the weights are gathered into
+        the unsharded CPU copy first, which stands in for ``self.model`` while it is saved."""
+        if not self.fsdp and not self.zero3:
             if self.is_main:
                 self.save_model(self.run_dir.model)
             return
-        tensors = distributed.gather_full_state(self.model)
+        tensors = deepspeed_engine.full_state(self.accelerator, self.model) if self.zero3 else distributed.gather_full_state(self.model)
         if not self.is_main:
             return
         sharded, self.model = self.model, distributed.load_into_copy(self._plain, tensors)
@@ -325,21 +345,25 @@ class Trainer:
             self.model = sharded
 
     def _stage_shards(self) -> Optional[Path]:
-        """Under FSDP, every process writes its shards of the current step (the main process puts them
-        in the checkpoint); ``None`` otherwise. A failed write is reported on every process.
+        """Under FSDP (DeepSpeed), every process writes its shards (its ZeRO partitions) of the current
+        step (the main process puts them in the checkpoint); ``None`` otherwise. A failed write is
+        reported on every process.
 
         Raises:
             DeltatuneError: the shards could not be written.
         """
-        if not self.fsdp:
+        if not self.fsdp and not self.deepspeed:
             return None
         folder = staging_folder(self.run_dir.checkpoints, self.state.global_step)
         if self.is_main:
             self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
             clear_staging(self.run_dir.checkpoints)
         self.accelerator.wait_for_everyone()
-        distributed.reshard(self.model)
         try:
+            if self.deepspeed:  # every process writes its partitions (moved in as deepspeed/)
+                deepspeed_engine.save(self.model, folder)
+                return folder
+            distributed.reshard(self.model)
             save_sharded(folder, self.model, self.optimizer)
         except OSError as e:
             raise DeltatuneError(f"checkpoint of step {self.state.global_step} not written to {folder}: {e}") from e
@@ -387,7 +411,7 @@ class Trainer:
         """
         tc = self.cfg.train
         lengths = self.train_features.lengths
-        seq_len = min(self.cfg.data.max_seq_length, max(lengths)) if len(lengths) else self.cfg.data.max_seq_length
+        seq_len = self.task.planned_length(lengths)
         device = self.accelerator.device
         if tc.micro_batch_size is None and tc.per_device_train_batch_size == "auto" and device.type == "cuda":
             plan = plan_by_trial(
@@ -475,6 +499,7 @@ class Trainer:
                     rng_state,
                     self.cfg.train.save_total_limit,
                     sharded=shards,
+                    sharded_as="deepspeed" if self.deepspeed else "sharded",
                 )
             except DeltatuneError as e:
                 failure = str(e)
@@ -501,7 +526,7 @@ class Trainer:
                 contents = read_checkpoint(path, trust=trust_checkpoint)
                 state, rng = contents.trainer_state, contents.rng
                 self._check_resumable(path, state)
-                apply_checkpoint(contents, model, self.optimizer, self.scheduler)
+                apply_checkpoint(contents, self.model if self.deepspeed else model, self.optimizer, self.scheduler)
                 break
             except CheckpointError as e:
                 problems.append(str(e))
@@ -543,7 +568,7 @@ class Trainer:
         if state.get("processes", 1) != self.world:
             raise DeltatuneError(
                 f"cannot resume from {path}: it was made by {state.get('processes', 1)} process(es), this launch has "
-                f"{self.world}; resume with the same number: {distributed.resume_command(self.run_dir.root, state.get('processes', 1))}"
+                f"{self.world}; resume with the same number: {distributed.resume_command(self.run_dir.root, state.get('processes', 1), self.deepspeed)}"
             )
         if state["total_steps"] != self.total_steps:
             raise DeltatuneError(
@@ -564,7 +589,7 @@ class Trainer:
         self.model.eval()
         # the bare module: a DDP forward may broadcast buffers (a collective), which would hang when
         # the processes run different numbers of evaluation batches (one may get none)
-        run = distributed.sharded_outputs if self.fsdp else batched_outputs
+        run = distributed.sharded_outputs if self.fsdp or self.zero3 else batched_outputs
         parts = run(
             self.accelerator.unwrap_model(self.model),
             self.task,
@@ -675,7 +700,7 @@ class Trainer:
             if self.is_main:
                 kept = list_checkpoints(self.run_dir.checkpoints)
                 print("interrupted again: the step in progress was abandoned; "
-                      + (f"continue from {kept[-1].name} with: {distributed.resume_command(self.run_dir.root, self.world)}" if kept
+                      + (f"continue from {kept[-1].name} with: {distributed.resume_command(self.run_dir.root, self.world, self.deepspeed)}" if kept
                          else "no checkpoint was saved yet; start again with --overwrite"), file=sys.stderr, flush=True)
             raise
         except KeyboardInterrupt:
@@ -790,7 +815,10 @@ class Trainer:
                     loss_sum, _ = self.task.loss(model, mb)
                     loss_sum = loss_sum * weights[j]
                 # DDP averages gradients over processes: multiply back by world size.
-                self.accelerator.backward(loss_sum * (self.world / max(total_targets, 1)))
+                if self.deepspeed:  # the engine's backward; it steps in _optimizer_step
+                    deepspeed_engine.backward(model, loss_sum * (self.world / max(total_targets, 1)), boundary=sync)
+                else:
+                    self.accelerator.backward(loss_sum * (self.world / max(total_targets, 1)))
             loop.window_loss += loss_sum.detach().float()
             step_loss += loss_sum.detach().float()
         return step_loss
@@ -803,6 +831,13 @@ class Trainer:
         """
         tc = self.cfg.train
         self._check_finite("loss", step_loss)
+        if self.deepspeed:  # the engine clips and steps; a non-finite norm still stops the run before any save
+            norm = deepspeed_engine.step(self.model)
+            self.optimizer.step()  # Accelerate's wrapper: a no-op under DeepSpeed; tells the scheduler a step was made
+            if norm is not None and tc.max_grad_norm:
+                self._check_finite("gradient norm", norm)
+            self.scheduler.step()
+            return
         if self.l1_params:
             add_l1_gradient(self.l1_params, tc.l1_lambda)
         if tc.max_grad_norm:

@@ -85,9 +85,10 @@ class MemoryEstimate:
 def shard_numel(p: torch.Tensor, shards: int = 1) -> int:
     """Elements of one process's shard of ``p`` split on dimension 0 over ``shards`` processes
     (``ceil(dim0 / shards) x rest``, FSDP2's padded shard); ``p.numel()`` for 1."""
-    if shards <= 1 or p.ndim == 0:
-        return p.numel()
-    return math.ceil(p.shape[0] / shards) * math.prod(p.shape[1:])
+    shape = getattr(p, "ds_shape", None) or p.shape  # ds_shape: a DeepSpeed ZeRO-3 parameter's whole shape (its data is a shard)
+    if shards <= 1 or len(shape) == 0:
+        return math.prod(shape)
+    return math.ceil(shape[0] / shards) * math.prod(shape[1:])
 
 
 def optimizer_state_bytes(params: list[torch.nn.Parameter], optimizer: str, momentum: float = 0.9, shards: int = 1) -> int:
@@ -223,7 +224,7 @@ def _largest_block_bytes(model: torch.nn.Module) -> int:
     blocks = transformer_blocks(model)
     if blocks is None:
         return 0
-    return max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks)
+    return max(sum(shard_numel(p) * p.element_size() for p in b.parameters()) for b in blocks)
 
 
 def estimate_run_memory(

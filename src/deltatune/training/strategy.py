@@ -24,7 +24,8 @@ def world_size() -> int:
 
 
 def check_requested_strategy(
-    cfg: DistributedConfig, world: int, mixed_precision: str, torch_compile: bool = False, device_type: Optional[str] = None
+    cfg: DistributedConfig, world: int, mixed_precision: str, torch_compile: bool = False, device_type: Optional[str] = None,
+    l1_lambda: float = 0.0,
 ) -> None:
     """Refuse a ``distributed.strategy`` that cannot run as asked in a launch of ``world`` processes.
 
@@ -33,24 +34,29 @@ def check_requested_strategy(
         world: the number of processes of this launch (:func:`world_size`).
         mixed_precision: ``train.mixed_precision`` (``auto`` before the device is known: not checked).
         torch_compile: ``train.torch_compile``.
-        device_type: ``"cpu"`` or ``"cuda"`` when known (only the wording of the deepspeed refusal uses it).
+        device_type: ``"cpu"`` or ``"cuda"`` when known (deepspeed's offload refusal needs it).
+        l1_lambda: ``train.l1_lambda`` (deepspeed: refused when set).
 
     Raises:
-        DeltatuneError: one line: an ``accelerate launch`` FSDP/DeepSpeed config; ``deepspeed``;
-            ``fsdp`` in a single process, with fp16 or with ``train.torch_compile``.
+        DeltatuneError: one line: an ``accelerate launch`` FSDP config; an ``accelerate launch``
+            DeepSpeed config without ``deepspeed``, or whose ZeRO stage / offload differ from the
+            config's; ``deepspeed`` not installed, or with fp16, ``train.torch_compile``,
+            ``train.l1_lambda`` or an offload on CPU processes; ``fsdp`` in a single process, with
+            fp16 or with ``train.torch_compile``.
     """
-    for flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(flag, "false").strip().lower() in _TRUE:
-            raise DeltatuneError(
-                f"an accelerate launch with a {name} config is not used by deltatune (on CPU Accelerate would run DDP "
-                f"instead); set distributed.strategy in the config (fsdp) and launch with {LAUNCH} or "
-                "accelerate launch --config_file examples/accelerate/ddp.yaml -m deltatune train CONFIG"
-            )
-    if cfg.strategy == "deepspeed":
-        where = "GPU-only (Accelerate's DeepSpeed plugin), and " if device_type == "cpu" else ""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in _TRUE:
         raise DeltatuneError(
-            f"distributed.strategy deepspeed is {where}not wired into deltatune's loop yet; use distributed.strategy fsdp "
-            "(ZeRO-3-like sharding) or ddp"
+            "an accelerate launch with a FSDP config is not used by deltatune (on CPU Accelerate would run DDP "
+            f"instead); set distributed.strategy in the config (fsdp) and launch with {LAUNCH} or "
+            "accelerate launch --config_file examples/accelerate/ddp.yaml -m deltatune train CONFIG"
+        )
+    if cfg.strategy == "deepspeed":  # an accelerate DeepSpeed config is welcome: its settings must agree
+        _check_deepspeed(cfg, mixed_precision, torch_compile, device_type, l1_lambda)
+    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").strip().lower() in _TRUE:
+        raise DeltatuneError(
+            f"an accelerate launch with a DeepSpeed config and distributed.strategy {cfg.strategy} (it would not run "
+            "DeepSpeed); set distributed.strategy deepspeed (and distributed.zero_stage), or launch with "
+            "accelerate launch --config_file examples/accelerate/ddp.yaml"
         )
     if cfg.strategy != "fsdp":
         return
@@ -63,3 +69,44 @@ def check_requested_strategy(
         raise DeltatuneError("distributed.strategy fsdp with train.mixed_precision fp16 is not supported (no sharded gradient scaler); use bf16")
     if torch_compile:
         raise DeltatuneError("distributed.strategy fsdp with train.torch_compile is not supported yet; set train.torch_compile false")
+
+
+# accelerate launch's environment for a DeepSpeed config -> the deltatune key that must agree with it
+_ACCELERATE_DEEPSPEED_ENV = (
+    ("ACCELERATE_DEEPSPEED_ZERO_STAGE", "zero_stage"),
+    ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "offload_optimizer"),
+    ("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "offload_param"),
+)
+
+
+def _check_deepspeed(cfg: DistributedConfig, mixed_precision: str, torch_compile: bool, device_type: Optional[str], l1_lambda: float) -> None:
+    """The refusals of ``distributed.strategy: deepspeed`` (see :func:`check_requested_strategy`)."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise DeltatuneError("distributed.strategy deepspeed needs DeepSpeed: pip install 'deltatune[deepspeed]'")
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        raise DeltatuneError(
+            "an accelerate launch with a DeepSpeed JSON file (deepspeed_config_file) is not used by deltatune; give "
+            "distributed.zero_stage / offload_optimizer / offload_param in the config and use "
+            "examples/accelerate/deepspeed_zero2.yaml or deepspeed_zero3.yaml"
+        )
+    for env, key in _ACCELERATE_DEEPSPEED_ENV:
+        given = os.environ.get(env)
+        if given is not None and given.strip().lower() != str(getattr(cfg, key)):
+            raise DeltatuneError(
+                f"the accelerate DeepSpeed config says {key} {given.strip()} ({env}) and the "
+                f"run config distributed.{key} {getattr(cfg, key)}; make them agree (deltatune trains with its own config)"
+            )
+    if mixed_precision == "fp16":
+        raise DeltatuneError("distributed.strategy deepspeed with train.mixed_precision fp16 is not supported by deltatune yet; use bf16")
+    if torch_compile:
+        raise DeltatuneError("distributed.strategy deepspeed with train.torch_compile is not supported; set train.torch_compile false")
+    if l1_lambda:
+        raise DeltatuneError(
+            "distributed.strategy deepspeed with train.l1_lambda is not supported (the engine owns the gradients); "
+            "set train.l1_lambda 0 or use distributed.strategy ddp"
+        )
+    offload = [f"distributed.{k} cpu" for k in ("offload_optimizer", "offload_param") if getattr(cfg, k) != "none"]
+    if offload and device_type == "cpu":
+        raise DeltatuneError(f"{' and '.join(offload)} moves GPU state to the CPU, and these processes run on the CPU already; set it to none")
