@@ -393,11 +393,18 @@ def test_usage_and_config_errors_come_before_torch_is_imported(argv, tmp_path):
         (["predict", "img", "--file", "a.png", "--file", "a.wav"], "a.wav is not an image Pillow can read; the image-classification run img reads image files"),
         (["predict", "wav", "--file", "a.png"], "a.png is not an audio file soundfile can read"),
         (["predict", "wav", "--text", "hello"], "error: --text: the audio-classification run wav reads audio files, not texts; give them with --file"),
+        (["export", "vlm", "--out", "vlm-onnx", "--format", "onnx"], "--format onnx supports the encoder tasks"),
         (["train", "--train", "d.csv", "--task", "speech-recognition", "data.audio_column=text"], "reads column 'text' for two different inputs"),
         (["train", "--train", "d.csv", "distributed.strategy=fsdp"], "error: distributed.strategy fsdp shards the model over several processes, and this launch has 1"),
         (["train", "--train", "d.csv", "distributed.strategy=deepspeed", "distributed.offload_param=cpu"], "distributed.offload_param applies to zero_stage 3"),
         (["train", "--train", "d.csv", "data.augmentation_alpha=0.3"], "data.augmentation_alpha is set but data.augmentation is 'none'"),
         (["train", "--train", "d.csv", "distill.temperature=4"], "distill.temperature is set but distill.teacher is not"),
+        (["train", "--train", "d.csv", "distributed.strategy=deepspeed", "distributed.zero_stage=true"],
+         "'distributed.zero_stage': Input should be 1, 2 or 3 (got 'true')"),
+        (["train", "--train", "d.csv", "distributed.zero_stage=3"],
+         "distributed.zero_stage is set but distributed.strategy is ddp, and it applies only to distributed.strategy: deepspeed"),
+        (["check", "--train", "d.csv", "distributed.strategy=ddp", "distributed.offload_optimizer=cpu"],
+         "distributed.offload_optimizer is set but distributed.strategy is ddp"),
     ],
 )
 def test_predict_files_strategy_and_unused_settings_are_refused_before_torch(argv, needle, tmp_path):
@@ -416,6 +423,59 @@ def test_predict_files_strategy_and_unused_settings_are_refused_before_torch(arg
     assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
     assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+_OFFLOAD = ["distributed.strategy=deepspeed", "distributed.zero_stage=3", "distributed.offload_param=cpu"]
+
+
+@pytest.mark.parametrize(
+    "argv, env, needle",
+    [
+        (["check", "--train", "d.csv", "distributed.strategy=deepspeed", "train.mixed_precision=fp16"], {},
+         "error: distributed.strategy deepspeed with train.mixed_precision fp16 is not supported by deltatune yet; use bf16"),
+        (["check", "--train", "d.csv", "distributed.strategy=deepspeed", "train.l1_lambda=0.01"], {},
+         "error: distributed.strategy deepspeed with train.l1_lambda is not supported"),
+        (["check", "--train", "d.csv", *_OFFLOAD], {"CUDA_VISIBLE_DEVICES": ""},
+         "error: distributed.offload_param cpu moves GPU state to the CPU, and these processes run on the CPU already; set it to none"),
+        (["train", "--train", "d.csv", *_OFFLOAD], {"CUDA_VISIBLE_DEVICES": "-1"}, "error: distributed.offload_param cpu moves GPU state"),
+        (["train", "--train", "d.csv", "distributed.strategy=deepspeed", "distributed.offload_optimizer=cpu"], {"ACCELERATE_USE_CPU": "true"},
+         "error: distributed.offload_optimizer cpu moves GPU state"),
+    ],
+)
+def test_check_makes_the_deepspeed_refusals_of_train_before_torch(argv, env, needle, tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:  # refused first as not installed, before torch all the same
+        needle = "error: distributed.strategy deepspeed needs DeepSpeed"
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "d.csv").write_text("text,label\na,b\nc,d\n")
+    out = run_cli_fresh(argv, tmp_path)
+    assert out.stdout.split() == ["no", "torch", "2"], out.stdout + out.stderr
+    assert out.stderr.startswith(needle) and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_leaves_the_number_of_processes_to_the_launch(tmp_path):
+    from deltatune.cli import _validated_config, parse_args
+    from deltatune.errors import DeltatuneError
+
+    (tmp_path / "d.csv").write_text("text,label\na,b\nc,d\n")
+    fsdp = ["--train", str(tmp_path / "d.csv"), "--output-dir", str(tmp_path / "run"), "distributed.strategy=fsdp"]
+    _validated_config(parse_args(["check", *fsdp]), strategy=True)  # usually run without torchrun: not refused
+    with pytest.raises(DeltatuneError, match="distributed.strategy fsdp shards the model over several processes, and this launch has 1"):
+        _validated_config(parse_args(["train", *fsdp]), run_dir=True)
+
+
+def test_check_words_a_one_process_deepspeed_launch_for_one_process():
+    from deltatune.config import build_config
+    from deltatune.training.distributed import describe_launch
+
+    d = build_config({"distributed": {"strategy": "deepspeed", "zero_stage": 3, "offload_param": "cpu"}}).distributed
+    one, four = describe_launch(d, 1), describe_launch(d, 4)
+    assert one.startswith("distributed: deepspeed ZeRO-3 in one process") and "1/1" not in one and "offload_param in CPU memory" in one
+    assert "torchrun --nproc_per_node N" in one
+    assert four.startswith("distributed: deepspeed ZeRO-3 over 4 processes") and "about 1/4 per process" in four
 
 
 @pytest.mark.parametrize(

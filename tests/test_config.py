@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from deltatune.config import RunConfig, apply_overrides, build_config, parse_override
@@ -345,6 +347,13 @@ def test_a_student_run_folder_overlapping_its_teacher_is_refused(output_dir):
          r"^config error in config: distill.temperature is set but distill.teacher is not, so nothing is distilled; "
          r"set distill.teacher to a finished run folder \(or use deltatune distill --teacher RUN\) or remove it$"),
         ({"distill": {"temperature": 4, "alpha": 0.9}}, r"distill.temperature, distill.alpha are set but distill.teacher is not"),
+        ({"distributed": {"zero_stage": 3}},
+         r"^config error in config: distributed.zero_stage is set but distributed.strategy is ddp, and it applies only to "
+         r"distributed.strategy: deepspeed; set distributed.strategy: deepspeed or remove it$"),
+        ({"distributed": {"strategy": "ddp", "zero_stage": 2, "offload_optimizer": "cpu"}},  # even at its default
+         r"distributed.zero_stage, distributed.offload_optimizer are set but distributed.strategy is ddp"),
+        ({"distributed": {"strategy": "fsdp", "offload_param": "cpu"}},
+         r"distributed.offload_param is set but distributed.strategy is fsdp, .*FSDP's own CPU offload is distributed.fsdp_cpu_offload: true"),
     ],
 )
 def test_settings_without_their_switch_are_refused(config, message):
@@ -362,4 +371,26 @@ def test_settings_with_their_switch_and_saved_configs_are_accepted():
     assert build_config(saved).data.augmentation == "none"
     saved["data"]["augmentation_alpha"] = 0.3  # but not a value that would have been ignored
     with pytest.raises(DeltatuneError, match="data.augmentation_alpha is set but data.augmentation is 'none'"):
+        build_config(saved)
+
+
+@pytest.mark.parametrize("value", [True, False, "true", "2", 0, 4, 2.5, "two", None])
+def test_the_zero_stage_is_1_2_or_3_never_a_boolean_or_text(value):
+    for source, overrides in (({"distributed": {"strategy": "deepspeed", "zero_stage": value}}, None),
+                              (None, ["distributed.strategy=deepspeed", f"distributed.zero_stage={json.dumps(value)}"])):
+        with pytest.raises(DeltatuneError) as e:
+            build_config(source, overrides)
+        assert "'distributed.zero_stage': Input should be 1, 2 or 3 (got " in str(e.value) and "\n" not in str(e.value)
+    assert build_config(None, ["distributed.strategy=deepspeed", "distributed.zero_stage=3"]).distributed.zero_stage == 3
+
+
+def test_deepspeed_keys_with_deepspeed_and_saved_configs_are_accepted():
+    d = build_config({"distributed": {"strategy": "deepspeed", "zero_stage": 3, "offload_optimizer": "cpu", "offload_param": "cpu"}}).distributed
+    assert (d.zero_stage, d.offload_optimizer, d.offload_param) == (3, "cpu", "cpu")
+    saved = build_config({"distributed": {"strategy": "fsdp"}}).to_dict()  # every distributed key written, as <run>/config.yaml
+    assert build_config(saved).distributed.zero_stage == 2
+    saved["distributed"].pop("offload_param")  # saved before a key was added: defaults still load
+    assert build_config(saved).distributed.strategy == "fsdp"
+    saved["distributed"]["zero_stage"] = 3  # but not a value that would have been ignored
+    with pytest.raises(DeltatuneError, match="distributed.zero_stage is set but distributed.strategy is fsdp"):
         build_config(saved)

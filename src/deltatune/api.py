@@ -1036,10 +1036,12 @@ def check(
     tokens unknown to the model's vocabulary, examples truncated at ``data.max_seq_length``).
 
     Raises:
-        DeltatuneError: as :func:`finetune` for bad config/data/model, when no training
+        DeltatuneError: as :func:`finetune` for bad config/data/model or a refused ``distributed.strategy``
+            (those that do not depend on the number of processes), when no training
             example has a trained token, and with ``strict`` on a data warning.
     """
     cfg = build_config(config, overrides)
+    check_launch(cfg, launch=False)  # train's refusals of distributed.strategy (a DeepSpeed offload on CPU processes too)
     d = cfg.data
     train, in_file = _training_rows(cfg)
     task = create_task(cfg)

@@ -351,6 +351,8 @@ def _serve_parser(sub) -> None:
     s.add_argument("--max-input-chars", type=_COUNT, default=d.max_input_chars, help="longest text of an input (characters) (default: %(default)s)")
     s.add_argument("--max-upload-bytes", type=_COUNT, default=d.max_upload_bytes,
                    help="largest uploaded file of an image/audio run's input (bytes, decoded) (default: %(default)s)")
+    s.add_argument("--max-upload-pixels", type=_COUNT, default=d.max_upload_pixels,
+                   help="most pixels (width x height) of an uploaded image, checked before decoding (default: %(default)s)")
     s.add_argument("--max-input-tokens", type=_COUNT, default=d.max_input_tokens, help="longest completion prompt (tokens) (default: %(default)s)")
     s.add_argument("--max-new-tokens-limit", type=_COUNT, default=d.max_new_tokens_limit, help="largest max_tokens a completion may ask (default: %(default)s)")
     s.add_argument("--cors-origin", action="append", default=[], help="allow browser calls from this origin (repeatable; default: none)")
@@ -467,7 +469,7 @@ def _config_source(args: argparse.Namespace, consume: bool = True) -> str | None
     return config
 
 
-def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[str | None, list[str]]:
+def _validated_config(args: argparse.Namespace, run_dir: bool = False, strategy: bool = False) -> tuple[str | None, list[str]]:
     """The config source and overrides, with the config built and checked before torch is imported.
 
     Raises:
@@ -477,7 +479,8 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
             local CSV/TSV/JSONL one whose header lacks a column the task reads (the registry's
             ``columns``, :func:`deltatune.data.paths.check_columns`); with
             ``run_dir``, first the refusals of the run folder (:meth:`deltatune.rundir.RunDir.check`),
-            in the order :func:`deltatune.api.finetune` makes these checks.
+            in the order :func:`deltatune.api.finetune` makes these checks; with ``strategy`` (``check``) the
+            refusals of ``distributed.strategy`` that do not depend on the number of processes.
     """
     from deltatune.config import build_config
     from deltatune.training.tracking import check_tracking  # torch-free
@@ -492,6 +495,8 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
         RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
         check_tracking(cfg.train)  # a missing tracker package, an MLflow store URI MLflow cannot open
         _check_strategy_before_torch(args, cfg)
+    elif strategy:
+        _check_strategy_before_torch(args, cfg, launch=False)
     d = cfg.data
     columns = REGISTRY[cfg.task].columns
     # image / audio tasks (model families "vision" / "audio"): the hint names their file column
@@ -504,15 +509,17 @@ def _validated_config(args: argparse.Namespace, run_dir: bool = False) -> tuple[
     return source, overrides
 
 
-def _check_strategy_before_torch(args: argparse.Namespace, cfg) -> None:
-    """Refuse a ``distributed.strategy`` this launch cannot run (``fsdp`` in a single process, ``deepspeed`` not installed)
-    before torch is imported (:func:`deltatune.training.strategy.check_requested_strategy`); with ``--ray`` the
-    Ray workers are the launch, checked by :mod:`deltatune.training.ray_launch`."""
+def _check_strategy_before_torch(args: argparse.Namespace, cfg, launch: bool = True) -> None:
+    """Refuse a ``distributed.strategy`` this launch cannot run (``fsdp`` in a single process, ``deepspeed`` not installed,
+    a DeepSpeed offload where the environment says the processes run on the CPU) before torch is imported
+    (:func:`deltatune.training.strategy.check_requested_strategy`); with ``--ray`` the Ray workers are the launch,
+    checked by :mod:`deltatune.training.ray_launch`; without ``launch`` (``check``) the number of processes is not known."""
     if getattr(args, "ray", False):
         return
-    from deltatune.training.strategy import check_requested_strategy, world_size  # torch-free
+    from deltatune.training.strategy import check_requested_strategy, device_type_before_torch, world_size  # torch-free
 
-    check_requested_strategy(cfg.distributed, world_size(), cfg.train.mixed_precision, cfg.train.torch_compile, l1_lambda=cfg.train.l1_lambda)
+    check_requested_strategy(cfg.distributed, world_size() if launch else None, cfg.train.mixed_precision, cfg.train.torch_compile,
+                             device_type_before_torch(), l1_lambda=cfg.train.l1_lambda)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -802,7 +809,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    source, overrides = _validated_config(args)
+    source, overrides = _validated_config(args, strategy=True)  # train's refusals of the strategy, before torch
     from deltatune.api import check
 
     print(check(source, overrides, examples=args.examples, strict=args.strict))
@@ -836,6 +843,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms, threads=args.threads, workers=args.workers, forward_batch_size=args.forward_batch_size,
         max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
         max_input_chars=args.max_input_chars, max_input_tokens=args.max_input_tokens, max_upload_bytes=args.max_upload_bytes,
+        max_upload_pixels=args.max_upload_pixels,
         max_new_tokens_limit=args.max_new_tokens_limit, cors_origins=args.cors_origin,
         trust_remote_code=args.trust_remote_code, allow_pickle_weights=args.allow_pickle_weights,
     )

@@ -86,9 +86,12 @@ class _Section(BaseModel):
 
 
 def _takes_numbers(annotation: Any) -> bool:
-    """Whether a field type accepts int or float (and not bool): ``float``, ``Optional[int]``, ..."""
+    """Whether a field type accepts int or float (and not bool): ``float``, ``Optional[int]``, ``Literal[1, 2, 3]``
+    (pydantic would take ``True`` as the choice 1), ..."""
     args = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) else (annotation,)
-    return bool.__name__ not in {getattr(a, "__name__", "") for a in args} and any(a in (int, float) for a in args)
+    numbers = [a for a in args if a in (int, float) or (typing.get_origin(a) is Literal and any(
+        isinstance(c, (int, float)) and not isinstance(c, bool) for c in typing.get_args(a)))]
+    return bool.__name__ not in {getattr(a, "__name__", "") for a in args} and bool(numbers)
 
 
 # YAML 1.1 reads these words as booleans; a text (or Literal) key gets them back as text
@@ -477,7 +480,8 @@ class DistributedConfig(_Section):
 
     @model_validator(mode="after")
     def _offload_param_needs_zero3(self) -> "DistributedConfig":
-        if self.offload_param != "none" and self.zero_stage != 3:
+        # under ddp/fsdp the DeepSpeed keys are refused by RunConfig._settings_without_their_switch
+        if self.strategy == "deepspeed" and self.offload_param != "none" and self.zero_stage != 3:
             raise ValueError(f"distributed.offload_param applies to zero_stage 3 (parameters sharded), not {self.zero_stage}; set zero_stage 3 or offload_param none")
         return self
 
@@ -505,6 +509,25 @@ class DistillConfig(_Section):
         if self.teacher is None and self.unlabeled_file is not None:
             raise ValueError("distill.unlabeled_file needs distill.teacher (the run that labels its rows)")
         return self
+
+
+def unused_deepspeed_keys(d: DistributedConfig, resolved: bool) -> list[str]:
+    """The DeepSpeed keys (``distributed.zero_stage``, ``offload_optimizer``, ``offload_param``) given
+    (``model_fields_set``) although ``distributed.strategy`` is not ``deepspeed``: they would change nothing.
+
+    Args:
+        d: the ``distributed`` section.
+        resolved: the config is a saved one (every top-level key given): only values other than the
+            default count, and none when the section holds every one of its keys (as ``<run>/config.yaml``).
+
+    Returns:
+        the dotted keys, in the section's order (empty under ``deepspeed``).
+    """
+    given, fields = d.model_fields_set, DistributedConfig.model_fields
+    if d.strategy == "deepspeed" or set(fields) <= given:
+        return []
+    return [f"distributed.{k}" for k in ("zero_stage", "offload_optimizer", "offload_param")
+            if k in given and (not resolved or getattr(d, k) != fields[k].get_default())]
 
 
 # task-specific data key -> the option model declaring it (deltatune.tasks.options)
@@ -666,7 +689,8 @@ class RunConfig(_Section):
     def _settings_without_their_switch(self) -> "RunConfig":
         """``data.augmentation_*`` keys without ``data.augmentation: eda`` (text-classification,
         text-regression), and ``distill.temperature`` / ``distill.alpha`` without ``distill.teacher``, would
-        change nothing: an error naming them when they were given (``model_fields_set``). A saved config
+        change nothing, and so would ``distributed.zero_stage`` / ``offload_*`` without ``distributed.strategy:
+        deepspeed``: an error naming them when they were given (``model_fields_set``). A saved config
         (every top-level key given, as ``<run>/config.yaml``) is refused only for values other than the
         default, and not at all when it holds every key of the group, so that saved runs still load."""
         resolved = _RESOLVED_KEYS <= self.model_fields_set
@@ -688,6 +712,15 @@ class RunConfig(_Section):
                     f"{', '.join(unused)} {verb} set but distill.teacher is not, so nothing is distilled; set "
                     f"distill.teacher to a finished run folder (or use deltatune distill --teacher RUN) or remove {it}"
                 )
+        unused = unused_deepspeed_keys(self.distributed, resolved)
+        if unused:
+            verb, they, it = ("is", "it applies", "it") if len(unused) == 1 else ("are", "they apply", "them")
+            fsdp = (" (FSDP's own CPU offload is distributed.fsdp_cpu_offload: true)"
+                    if self.distributed.strategy == "fsdp" and any("offload" in k for k in unused) else "")
+            raise ValueError(
+                f"{', '.join(unused)} {verb} set but distributed.strategy is {self.distributed.strategy}, and {they} only "
+                f"to distributed.strategy: deepspeed{fsdp}; set distributed.strategy: deepspeed or remove {it}"
+            )
         return self
 
     @model_validator(mode="after")

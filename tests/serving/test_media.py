@@ -179,6 +179,7 @@ BAD = [
     ("image", base64.b64encode(os.urandom(MAX_UPLOAD + 1)).decode(), "inputs[0]", "--max-upload-bytes"),
     ("image", "data:audio/wav;base64," + base64.b64encode(_wav(0.1)).decode(), "inputs[0]", "this run reads image files"),
     ("image", "data:image/png," + "rawdata", "inputs[0]", "not base64"),
+    ("image", "https://example.com/photo.png", "inputs[0]", "looks like a URL; the server fetches nothing"),
     ("image", {"image": base64.b64encode(b"xyz").decode()}, "inputs[0].image", "not an image"),
     ("image", {"path": base64.b64encode(_png()).decode()}, "inputs[0]", '{"image": "<base64>"}'),
     ("image", {"audio": base64.b64encode(_png()).decode()}, "inputs[0]", '{"image": "<base64>"}'),
@@ -286,3 +287,21 @@ def test_a_vision_language_run_takes_no_file_paths_over_http(item, tmp_path):
         request_rows([item], task, max_inputs=4, max_chars=1000)
     assert e.value.status == 400
     assert request_rows(["what is this?"], task, max_inputs=4, max_chars=1000)[0][1]["messages"][0]["content"][-1]["text"] == "what is this?"
+
+
+def test_an_image_of_too_many_pixels_is_refused_before_it_is_decoded(media):
+    """A small compressed file can decode to gigabytes: the header's size is checked first (serve --max-upload-pixels)."""
+    from io import BytesIO
+
+    from deltatune.serving.http_errors import ApiError
+    from deltatune.serving.media_inputs import request_uploads, upload_row
+
+    task = deltatune.load(media["image"][0], device="cpu").task
+    buf = BytesIO()
+    Image.new("1", (300, 200)).save(buf, format="PNG")  # 60,000 pixels in a few hundred bytes
+    with request_uploads(task, MAX_UPLOAD, max_pixels=50_000) as uploads:
+        with pytest.raises(ApiError, match=r"^inputs\[0\]: the uploaded image \(\d+ bytes\) has 300 x 200 pixels, more than the "
+                           r"server's limit of 50000 \(serve --max-upload-pixels\)"):
+            upload_row(base64.b64encode(buf.getvalue()).decode(), task, uploads, "inputs[0]")
+    with request_uploads(task, MAX_UPLOAD, max_pixels=60_000) as uploads:  # at the limit: accepted
+        assert upload_row(base64.b64encode(buf.getvalue()).decode(), task, uploads, "inputs[0]")

@@ -159,7 +159,7 @@ def test_a_generative_predictor_is_refused(tmp_path):
     from deltatune.serving.predictor import Predictor
 
     predictor = Predictor(build_config({"task": "causal-lm"}), None, None, None, "cpu")  # refused before the model is read
-    with pytest.raises(DeltatuneError, match="task is causal-lm: export decoder runs with --format gguf or as a merged model"):
+    with pytest.raises(DeltatuneError, match=r"task is causal-lm: export decoder runs \(instruction, causal-lm, prompted tasks\) with --format gguf, other runs as a merged model"):
         export_onnx(predictor, tmp_path)
     assert not any(tmp_path.iterdir())
 

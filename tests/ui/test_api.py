@@ -272,7 +272,9 @@ def test_a_run_trained_from_the_cli_shows_running_and_is_not_deleted(client, dat
                                stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         deadline = time.monotonic() + 120
-        while not (client.runs_dir / "cli" / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+        metrics = client.runs_dir / "cli" / "metrics.jsonl"  # a step's record, not the start record of step 0:
+        # a Ctrl-C before the first step leaves nothing to resume ("failed"), after it a checkpoint
+        while not (metrics.is_file() and '"loss"' in metrics.read_text()) and time.monotonic() < deadline:
             assert trainer.poll() is None
             time.sleep(0.3)
         detail = client.get("/api/runs/cli").json()

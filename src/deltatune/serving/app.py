@@ -136,7 +136,7 @@ def create_app(pool: ModelPool, settings: ServeSettings, tasks: list[str], on_st
             except DeltatuneError as e:
                 raise ApiError(400, f"parameters: {e}", param="parameters") from None
         # image/audio runs: the uploads are request-scoped temporary files, decoded and checked off the event loop
-        with request_uploads(served.predictor.task, settings.max_upload_bytes) as uploads:
+        with request_uploads(served.predictor.task, settings.max_upload_bytes, settings.max_upload_pixels) as uploads:
             args = (body.inputs, served.predictor.task, settings.max_inputs, settings.max_input_chars, uploads)
             rows = request_rows(*args) if uploads is None else await asyncio.to_thread(request_rows, *args)
             key = json.dumps(params, sort_keys=True)
@@ -254,7 +254,7 @@ class BodyTooLarge(StarletteHTTPException):
     """A body over ``max_body_bytes``, found while it streams in (no Content-Length given)."""
 
     def __init__(self, limit: int):
-        super().__init__(413, f"the body is larger than the server's limit of {limit} bytes")
+        super().__init__(413, f"the body is larger than the server's limit of {limit} bytes (serve --max-body-bytes); send less per request")
 
 
 class Guard:
@@ -295,7 +295,7 @@ class Guard:
                 return await refusal(scope, receive, send_counted)
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            refusal = _error(413, f"the body is larger than the server's limit of {self.limit} bytes", "body", code="body_too_large")
+            refusal = _error(413, f"the body is larger than the server's limit of {self.limit} bytes (serve --max-body-bytes); send less per request", "body", code="body_too_large")
             return await refusal(scope, receive, send_counted)
         received = {"n": 0}
 

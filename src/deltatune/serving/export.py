@@ -85,11 +85,6 @@ def export_run(
         raise DeltatuneError(f"run {run} trained with delta.method {method}: it has no adapter; export with --merge")
     if fmt == "model" and method in PEFT_METHODS and not merge:
         raise DeltatuneError("an adapter run exports as a standalone model only with --merge (or use --format adapter)")
-    if fmt == "onnx":
-        from deltatune.config import build_config
-        from deltatune.serving.onnx_export import check_onnx_request
-
-        check_onnx_request(build_config(RunDir(run).config).task, quantize)
     predictor = load(run, device="cpu", trust_remote_code=trust_remote_code, allow_pickle_weights=allow_pickle_weights)
     if fmt == "onnx":
         from deltatune.serving.onnx_export import export_onnx
@@ -128,7 +123,8 @@ def _export_gguf(predictor, out: Path, merge: bool, dtype: str) -> None:
 def check_export_args(run: str | Path, out: str | Path, fmt: str, overwrite: bool, quantize: str | None = None) -> None:
     """The checks of an export that need no model (torch-free: the CLI runs them first).
 
-    Refuses an unknown ``fmt``, ``quantize`` without ONNX, an ``out`` inside the run, an
+    Refuses an unknown ``fmt``, ``quantize`` without ONNX, a run ONNX cannot export
+    (:func:`deltatune.serving.onnx_tasks.check_onnx_request`), an ``out`` inside the run, an
     existing one without ``overwrite``, and with ``overwrite`` one that is not an export of
     this kind (a folder without a model config; a file that is not GGUF).
 
@@ -152,6 +148,11 @@ def check_export_args(run: str | Path, out: str | Path, fmt: str, overwrite: boo
                 f"--format gguf is for decoder runs (instruction, causal-lm, prompted tasks); this is a {task} run: "
                 "use --format onnx (encoder tasks) or --merge"
             )
+    if fmt == "onnx":  # the run's task, from its config: refused before torch loads
+        from deltatune.config import build_config
+        from deltatune.serving.onnx_tasks import check_onnx_request
+
+        check_onnx_request(build_config(rd.config).task, quantize)
     resolved, run_root = out.resolve(), Path(run).resolve()
     inside = [k for k in RunDir(run).own_paths() if resolved == k.resolve() or k.resolve() in resolved.parents]
     if inside or resolved == run_root or resolved in run_root.parents or run_root in resolved.parents:

@@ -61,12 +61,14 @@ class Uploads:
         folder: the request's temporary folder (removed by :func:`request_uploads`).
         kind: ``"image"`` or ``"audio"``.
         max_bytes: largest decoded input (bytes).
+        max_pixels: most pixels of an uploaded image (width x height, from its header).
         files: the files written so far.
     """
 
     folder: Path
     kind: str
     max_bytes: int
+    max_pixels: int = 50_000_000
     files: list[Path] = field(default_factory=list)
 
     def save(self, data: bytes, media_type: str) -> Path:
@@ -79,7 +81,7 @@ class Uploads:
 
 
 @contextmanager
-def request_uploads(task: Task, max_bytes: int) -> Iterator[Uploads | None]:
+def request_uploads(task: Task, max_bytes: int, max_pixels: int = 50_000_000) -> Iterator[Uploads | None]:
     """A request's :class:`Uploads` for an image or audio run (``None`` for other runs); its temporary
     folder and every file in it are removed when the block ends, also on an error or a cancelled request."""
     kind = upload_kind(task)
@@ -87,7 +89,7 @@ def request_uploads(task: Task, max_bytes: int) -> Iterator[Uploads | None]:
         yield None
         return
     with tempfile.TemporaryDirectory(prefix="deltatune-upload-", ignore_cleanup_errors=True) as folder:
-        yield Uploads(Path(folder), kind, max_bytes)
+        yield Uploads(Path(folder), kind, max_bytes, max_pixels)
 
 
 def upload_row(item: Any, task: Task, uploads: Uploads | None, where: str) -> dict[str, Any]:
@@ -103,7 +105,8 @@ def upload_row(item: Any, task: Task, uploads: Uploads | None, where: str) -> di
     text, param = _encoded(item, kind, where)
     media_type, data = _decode(text, kind, uploads.max_bytes, param)
     path = uploads.save(data, media_type)
-    problem = _file_problem(task, path)
+    problem = _too_many_pixels(path, uploads.max_pixels) if kind == "image" else None
+    problem = problem or _file_problem(task, path)
     if problem is not None:
         problem = problem.replace(str(path), "the upload")
         hint = " (the server never opens a path named in a request)" if _looks_like_path(text) else ""
@@ -142,23 +145,30 @@ def _decode(text: str, kind: str, max_bytes: int, where: str) -> tuple[str, byte
         payload = match["data"]
     compact = "".join(payload.split())  # line breaks of `base64` without -w0
     if not compact:
-        raise ApiError(400, f"{where}: the input is empty; send a {kind} file's content, base64-encoded", param=where)
+        raise ApiError(400, f"{where}: the input is empty; send {_a(kind)} file's content, base64-encoded", param=where)
     if 3 * (len(compact) // 4) > max_bytes + 3:
         raise ApiError(400, f"{where}: the {kind} is about {3 * len(compact) // 4} bytes, more than the server's limit of {max_bytes} "
                        "bytes per input (serve --max-upload-bytes); send a smaller file", param=where)
     data = _base64_bytes(compact)
     if data is None:
         if match is None and _looks_like_path(text):
-            raise ApiError(400, f"{where}: this looks like a file path; the server does not open files named in a request: send "
+            what = "a URL; the server fetches nothing named in a request" if re.match(r"[a-z]+://", text.strip()) and not \
+                text.strip().startswith("file://") else "a file path; the server does not open files named in a request"
+            raise ApiError(400, f"{where}: this looks like {what}: send "
                            f"the {kind} file's content, base64-encoded (e.g. base64 -w0 FILE) or as a data URL", param=where)
         raise ApiError(400, f"{where}: not base64; send the {kind} file's content, base64-encoded, or a data URL "
                        f"data:{kind}/...;base64,<data>", param=where)
     if not data:
-        raise ApiError(400, f"{where}: the {kind} is empty (0 bytes); send a {kind} file's content, base64-encoded", param=where)
+        raise ApiError(400, f"{where}: the {kind} is empty (0 bytes); send {_a(kind)} file's content, base64-encoded", param=where)
     if len(data) > max_bytes:
         raise ApiError(400, f"{where}: the {kind} is {len(data)} bytes, more than the server's limit of {max_bytes} bytes per input "
                        "(serve --max-upload-bytes); send a smaller file", param=where)
     return media_type, data
+
+
+def _a(kind: str) -> str:
+    """``kind`` with its article: "an image", "an audio"."""
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
 
 
 def _base64_bytes(compact: str) -> bytes | None:
@@ -178,6 +188,22 @@ def _looks_like_path(text: str) -> bool:
     """Whether ``text`` reads as a file path or URL (``/data/x.png``, ``C:\\x.wav``, ``~/a.flac``, ``file:///...``)."""
     t = text.strip()
     return bool(re.match(r"([A-Za-z]:\\|~|\.{1,2}[/\\]|/|[a-z]+://)", t)) or bool(re.search(r"\.[A-Za-z0-9]{2,5}$", t))
+
+
+def _too_many_pixels(path: Path, max_pixels: int) -> str | None:
+    """``"has W x H pixels, more than ..."`` when the image's header says more than ``max_pixels``
+    (read without decoding the pixels), else ``None`` (also for a file Pillow cannot open: the task's
+    check says what is wrong with it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - not an image: _file_problem names the problem
+        return None
+    if width * height > max_pixels:
+        return f"has {width} x {height} pixels, more than the server's limit of {max_pixels} (serve --max-upload-pixels)"
+    return None
 
 
 def _file_problem(task: Task, path: Path) -> str | None:

@@ -45,36 +45,15 @@ import torch
 
 from deltatune.errors import DeltatuneError
 from deltatune.models.loading import quiet_transformers
+from deltatune.serving.onnx_tasks import EXPORTABLE_TASKS, MEDIA_ONNX_TASKS, ONNX_TASKS, QUANTIZE_CHOICES, check_onnx_request  # noqa: F401 - re-exported
 from deltatune.serving.predictor import Predictor
 
-# the encoder text tasks whose predictions come from one forward pass of the model (Task.eval_step)
-ONNX_TASKS = ("text-classification", "token-classification", "question-answering", "extractive-summarization")
-# the file-reading tasks likewise (one forward pass on the processor's pixel_values / audio features)
-MEDIA_ONNX_TASKS = ("image-classification", "audio-classification")
-EXPORTABLE_TASKS = ONNX_TASKS + MEDIA_ONNX_TASKS
-QUANTIZE_CHOICES = ("int8",)
 ONNX_OPSET = 18
 MODEL_FILE = "model.onnx"
 META_FILE = "deltatune_onnx.json"
 FORMAT_VERSION = 1
 # graph inputs, in this order, when the tokenizer makes them and the model's forward takes them
 INPUT_CANDIDATES = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def check_onnx_request(task: str, quantize: str | None) -> None:
-    """Refuse what the ONNX export does not support (callable before the run is loaded).
-
-    Raises:
-        DeltatuneError: ``task`` is not one of :data:`EXPORTABLE_TASKS` (generative tasks:
-            speech-recognition, vision-language, decoders, ...); ``quantize`` is not ``None`` or ``"int8"``.
-    """
-    if quantize is not None and quantize not in QUANTIZE_CHOICES:
-        raise DeltatuneError(f"--quantize {quantize!r} is not supported; use --quantize int8 (or leave it out for fp32)")
-    if task not in EXPORTABLE_TASKS:
-        raise DeltatuneError(
-            f"--format onnx supports the encoder tasks {', '.join(EXPORTABLE_TASKS)}; this run's task is {task}: "
-            "export decoder runs with --format gguf or as a merged model (--merge)"
-        )
 
 
 def export_onnx(predictor: Predictor, out_dir: Path, quantize: str | None = None) -> dict[str, Any]:

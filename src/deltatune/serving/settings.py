@@ -37,6 +37,8 @@ class ServeSettings:
         max_input_chars: longest text in an input (characters); longer is 400.
         max_upload_bytes: largest uploaded file of an image or audio run's input (bytes, decoded;
             larger is 400); the base64 text is 4/3 of it and must also fit ``max_body_bytes``.
+        max_upload_pixels: most pixels (width x height) of an uploaded image, read from its header
+            before it is decoded (more is 400): a small compressed file can decode to gigabytes.
         max_input_tokens: longest prompt of a completion (tokens).
         max_new_tokens_limit: the largest ``max_tokens`` a completion may ask for.
         max_n: the largest ``n`` (choices per completion request).
@@ -58,6 +60,7 @@ class ServeSettings:
     max_inputs: int = 256
     max_input_chars: int = 20_000
     max_upload_bytes: int = 10 << 20
+    max_upload_pixels: int = 50_000_000  # a 48-megapixel phone photo fits
     max_input_tokens: int = 4096
     max_new_tokens_limit: int = 1024
     max_n: int = 8

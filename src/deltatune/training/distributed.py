@@ -42,13 +42,13 @@ from deltatune.training.strategy import check_requested_strategy, world_size  # 
 
 
 def check_strategy(
-    cfg: DistributedConfig, world: int, device_type: str, mixed_precision: str, torch_compile: bool = False, l1_lambda: float = 0.0
+    cfg: DistributedConfig, world: Optional[int], device_type: str, mixed_precision: str, torch_compile: bool = False, l1_lambda: float = 0.0
 ) -> bool:
     """Check that ``cfg.strategy`` can run as asked in this launch; whether it is FSDP.
 
     Args:
         cfg: the ``distributed`` config section.
-        world: the number of processes of this launch.
+        world: the number of processes of this launch (``None``: not known, see :func:`check_requested_strategy`).
         device_type: ``"cpu"`` or ``"cuda"``: the processes' device.
         mixed_precision: the resolved ``train.mixed_precision`` (``no``, ``bf16``, ``fp16``).
         torch_compile: ``train.torch_compile``.
@@ -313,9 +313,12 @@ def describe_launch(cfg: DistributedConfig, world: int) -> str:
     if cfg.strategy == "deepspeed":
         parts = {1: "optimizer state", 2: "gradients and optimizer state", 3: "parameters, gradients and optimizer state"}[cfg.zero_stage]
         offload = [k for k in ("offload_optimizer", "offload_param") if getattr(cfg, k) != "none"]
-        where = f"over {world} processes" if world > 1 else "in one process"
-        return (f"distributed: deepspeed ZeRO-{cfg.zero_stage} {where} (Accelerate's DeepSpeed plugin; {parts} about "
-                f"1/{world} per process{', ' + ' and '.join(offload) + ' in CPU memory' if offload else ''})")
+        cpu = ", " + " and ".join(offload) + " in CPU memory" if offload else ""
+        if world < 2:  # nothing to partition over: the one process holds everything
+            return (f"distributed: deepspeed ZeRO-{cfg.zero_stage} in one process (Accelerate's DeepSpeed plugin; all of the "
+                    f"{parts} in this process{cpu}; with {launch} each process holds about 1/N)")
+        return (f"distributed: deepspeed ZeRO-{cfg.zero_stage} over {world} processes (Accelerate's DeepSpeed plugin; {parts} "
+                f"about 1/{world} per process{cpu})")
     if cfg.strategy == "fsdp":
         if world < 2:
             return f"distributed: fsdp shards over several processes; launch with {launch} (a single process is refused)"

@@ -95,9 +95,11 @@ def cpu_processes() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def check_launch(config: Optional[RunConfig] = None) -> bool:
+def check_launch(config: Optional[RunConfig] = None, launch: bool = True) -> bool:
     """Refuse launch modes that would not run as asked (before anything is written); whether the
     run shards the model (``distributed.strategy: fsdp``, :mod:`deltatune.training.distributed`).
+    Without ``launch`` (``deltatune check``, usually run without a launcher) the number of processes
+    is not known: the refusals that depend on it are not made.
 
     Raises:
         DeltatuneError: an ``accelerate launch`` with an FSDP or DeepSpeed config (set
@@ -107,7 +109,8 @@ def check_launch(config: Optional[RunConfig] = None) -> bool:
     config = config or RunConfig()
     device = "cuda" if torch.cuda.is_available() and not cpu_processes() else "cpu"
     precision = resolve_mixed_precision(config.train.mixed_precision)
-    return distributed.check_strategy(config.distributed, distributed.world_size(), device, precision, config.train.torch_compile,
+    world = distributed.world_size() if launch else None
+    return distributed.check_strategy(config.distributed, world, device, precision, config.train.torch_compile,
                                       config.train.l1_lambda)
 
 

@@ -23,15 +23,32 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def device_type_before_torch() -> Optional[str]:
+    """``"cpu"`` when the environment says, without torch, that this launch's processes run on the CPU, else
+    ``None`` (not known before torch). The processes run on the CPU when ``ACCELERATE_USE_CPU`` is set
+    (``accelerate launch --cpu``; :func:`deltatune.training.loop.cpu_processes`) or when
+    ``CUDA_VISIBLE_DEVICES`` hides every GPU (empty, or its first entry a negative number: CUDA ignores
+    the entries from the first invalid one). Device files (``/dev/nvidia*``) or ``nvidia-smi`` are not
+    asked: the driver may create the files only when CUDA starts (``nvidia-modprobe``), WSL2 and ROCm GPUs
+    have none, and ``nvidia-smi`` can be missing where CUDA works."""
+    if os.environ.get("ACCELERATE_USE_CPU", "false").strip().lower() in _TRUE:
+        return "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and (not visible.strip() or visible.split(",")[0].strip().startswith("-")):
+        return "cpu"
+    return None
+
+
 def check_requested_strategy(
-    cfg: DistributedConfig, world: int, mixed_precision: str, torch_compile: bool = False, device_type: Optional[str] = None,
+    cfg: DistributedConfig, world: Optional[int], mixed_precision: str, torch_compile: bool = False, device_type: Optional[str] = None,
     l1_lambda: float = 0.0,
 ) -> None:
     """Refuse a ``distributed.strategy`` that cannot run as asked in a launch of ``world`` processes.
 
     Args:
         cfg: the ``distributed`` config section.
-        world: the number of processes of this launch (:func:`world_size`).
+        world: the number of processes of this launch (:func:`world_size`); ``None``: not known
+            (``deltatune check``, usually run without a launcher): ``fsdp`` in a single process is not refused.
         mixed_precision: ``train.mixed_precision`` (``auto`` before the device is known: not checked).
         torch_compile: ``train.torch_compile``.
         device_type: ``"cpu"`` or ``"cuda"`` when known (deepspeed's offload refusal needs it).
@@ -60,7 +77,7 @@ def check_requested_strategy(
         )
     if cfg.strategy != "fsdp":
         return
-    if world < 2:
+    if world is not None and world < 2:
         raise DeltatuneError(
             "distributed.strategy fsdp shards the model over several processes, and this launch has 1 (it would run "
             f"unsharded); launch with {LAUNCH}, or set distributed.strategy ddp"
