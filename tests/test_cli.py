@@ -707,6 +707,8 @@ def test_distill_checks_its_usage_before_torch_and_trains_a_student_next_to_the_
     (existing / "x").mkdir(parents=True)
     out = run_cli_fresh(["distill", "--teacher", str(teacher), "--student", tiny_model_dir, "--output-dir", str(existing)], tmp_path)
     assert out.stdout.split() == ["no", "torch", "2"] and "taken" in out.stderr  # an existing folder is refused as train does
+    out = run_cli_fresh(["distill", "--teacher", str(teacher), "--student", str(tmp_path / "no-such-model")], tmp_path)
+    assert out.stdout.split() == ["no", "torch", "2"] and out.stderr.startswith("error: --student ") and "no such folder" in out.stderr
     assert main(["distill", "--teacher", str(teacher), "--student", tiny_model_dir, "--quiet", "distill.temperature=3",
                  "--set", "train.max_steps=1"]) == 0
     saved = yaml.safe_load((student / "config.yaml").read_text())

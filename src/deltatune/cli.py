@@ -573,6 +573,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from deltatune.tasks.distill.setup import distill_config
 
     source = _config_source(args)
+    student = Path(args.student).expanduser()
+    if args.student.startswith((".", "/", "~")) and not student.exists():  # a local path (hub ids and packaged names are checked later)
+        raise DeltatuneError(f"--student {args.student}: no such folder; give a model folder, a hub id or a packaged model name (e.g. minilm)")
     overrides = list(args.set_) + list(args.overrides) + (["train.progress_bar=false"] if args.quiet else [])
     cfg = distill_config(args.teacher, args.student, source, overrides, args.output_dir)
     RunDir(cfg.output_dir).check(overwrite=args.overwrite, resume=False)
